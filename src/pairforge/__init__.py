@@ -1,0 +1,3 @@
+"""pairforge: labeled segmentation data from diffusion models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,48 @@
+"""The `pairforge` command line: one verb per subcommand, composed from the sub-apps."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from pairforge.errors import PairforgeError
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="pairforge: labeled segmentation data from diffusion models.",
+)
+
+
+def _compose() -> None:
+    from pairforge.data.cli import app as data_app
+    from pairforge.eval.cli import app as eval_app
+    from pairforge.generate.cli import app as generate_app
+    from pairforge.seg.cli import app as seg_app
+    from pairforge.train.cli import app as train_app
+
+    app.add_typer(data_app, name="data", help="Built-in data, importers and checks.")
+    app.add_typer(seg_app, name="seg", help="Label-efficient segmentation from diffusion features.")
+    app.add_typer(eval_app, name="eval", help="FID / KID, mask statistics, downstream experiment.")
+    # train/ and generate/ contribute top-level verbs (train, sample, generate).
+    for sub in (train_app, generate_app):
+        for command in sub.registered_commands:
+            app.registered_commands.append(command)
+
+
+_compose()
+
+
+def main() -> None:
+    """Console entry point: PairforgeError becomes `error: ...` and exit code 2."""
+    try:
+        app()
+    except PairforgeError as err:
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Diffusion math: schedules, training objectives, samplers and guidance."""

@@ -1,0 +1,1 @@
+"""Evaluation: FID / KID, mIoU, mask statistics, the downstream experiment and the report."""

@@ -1,0 +1,5 @@
+"""`pairforge generate` commands (work in progress)."""
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, help="generate commands")

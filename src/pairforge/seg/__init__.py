@@ -1,0 +1,1 @@
+"""Label-efficient segmentation from frozen diffusion features, and auto-labeling."""

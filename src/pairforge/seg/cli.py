@@ -1,0 +1,5 @@
+"""`pairforge seg` commands (work in progress)."""
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, help="seg commands")

@@ -1,0 +1,1 @@
+"""Training: the flat accelerate training loop, checkpoints, EMA and run directories."""
