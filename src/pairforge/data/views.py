@@ -1,0 +1,239 @@
+"""Views of a dataset for models: random training crops, regular evaluation tiles, stitching.
+
+Large measurements are cut into crops of `crop_size` px which are then downsampled to the model
+`resolution` (area averaging for image channels, majority class for masks).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pairforge.data.dataset import IGNORE, Dataset
+from pairforge.data.normalize import ChannelNormalizer
+from pairforge.errors import PairforgeError
+
+
+def _as_tensor(x) -> tuple[torch.Tensor, bool]:
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(x)), True
+    return x, False
+
+
+def downsample_image(x, factor: float):
+    """Area-average (..., C, H, W) down by `factor` (any factor > 0; H/factor rounded)."""
+    t, was_np = _as_tensor(x)
+    if factor == 1:
+        return x
+    lead = t.shape[:-3]
+    t4 = t.reshape(-1, *t.shape[-3:]).float()
+    size = (round(t.shape[-2] / factor), round(t.shape[-1] / factor))
+    out = F.interpolate(t4, size=size, mode="area").reshape(*lead, t.shape[-3], *size)
+    return out.numpy() if was_np else out
+
+
+def downsample_mask(mask, factor: float, num_classes: int):
+    """Majority-class downsampling of (..., H, W) class indices (255 = ignore, never wins).
+
+    Each output pixel takes the class covering most of its input area, so thin or small objects
+    survive as long as they dominate their block (no all-pixels-must-agree erosion). Ties go to
+    the lower class index. Blocks that are entirely ignore stay ignore.
+    """
+    t, was_np = _as_tensor(mask)
+    if factor == 1:
+        return mask
+    lead = t.shape[:-2]
+    m = t.reshape(-1, *t.shape[-2:]).long()
+    size = (round(m.shape[-2] / factor), round(m.shape[-1] / factor))
+    valid = m != IGNORE
+    onehot = F.one_hot(torch.where(valid, m, 0), num_classes).permute(0, 3, 1, 2).float()
+    onehot = onehot * valid[:, None]
+    votes = F.interpolate(onehot, size=size, mode="area")
+    out = votes.argmax(dim=1)
+    out[votes.sum(dim=1) <= 1e-6] = IGNORE
+    out = out.reshape(*lead, *size)
+    return out.numpy() if was_np else out
+
+
+def tile_coords(height: int, width: int, tile: int, overlap: int = 0) -> list[tuple[int, int]]:
+    """Top-left corners of tiles covering (height, width); the last row/column is flush."""
+    if tile > height or tile > width:
+        raise PairforgeError(
+            f"tile size {tile} exceeds the image ({height} x {width}); use a smaller tile or "
+            "crop size"
+        )
+    if not 0 <= overlap < tile:
+        raise PairforgeError(f"overlap {overlap} must be in [0, tile size {tile})")
+    step = tile - overlap
+
+    def starts(n: int) -> list[int]:
+        count = math.ceil((n - tile) / step) + 1
+        return sorted({min(i * step, n - tile) for i in range(count)})
+
+    return [(y, x) for y in starts(height) for x in starts(width)]
+
+
+def _blend_window(tile_h: int, tile_w: int, blend: str) -> torch.Tensor:
+    if blend == "mean":
+        return torch.ones(tile_h, tile_w, dtype=torch.float64)
+    if blend == "hann":
+        # Periodic-free Hann with a floor so image borders (covered by one tile) keep weight.
+        wy = torch.hann_window(tile_h + 2, periodic=False, dtype=torch.float64)[1:-1]
+        wx = torch.hann_window(tile_w + 2, periodic=False, dtype=torch.float64)[1:-1]
+        return torch.outer(wy, wx).clamp_min(1e-3)
+    raise PairforgeError(f"unknown blend {blend!r}; use 'mean' or 'hann'")
+
+
+def stitch(tiles, coords, shape: tuple[int, int], blend: str = "mean"):
+    """Weighted average of (N, C, th, tw) tiles placed at `coords` into (C, H, W)."""
+    t, was_np = _as_tensor(tiles)
+    n, c, th, tw = t.shape
+    if n != len(coords):
+        raise PairforgeError(f"stitch got {n} tiles but {len(coords)} coordinates")
+    window = _blend_window(th, tw, blend)
+    acc = torch.zeros(c, *shape, dtype=torch.float64)
+    weight = torch.zeros(shape, dtype=torch.float64)
+    for tile, (y, x) in zip(t.double(), coords):
+        acc[:, y : y + th, x : x + tw] += tile * window
+        weight[y : y + th, x : x + tw] += window
+    if (weight == 0).any():
+        raise PairforgeError("stitch: the tiles do not cover the whole image")
+    out = (acc / weight).to(t.dtype if t.is_floating_point() else torch.float32)
+    return out.numpy() if was_np else out
+
+
+def tile_image(image, tile: int, overlap: int = 0):
+    """Cut (C, H, W) into tiles: returns ((N, C, tile, tile), coords)."""
+    coords = tile_coords(image.shape[-2], image.shape[-1], tile, overlap)
+    tiles = [image[..., y : y + tile, x : x + tile] for y, x in coords]
+    stack = np.stack if isinstance(image, np.ndarray) else torch.stack
+    return stack(tiles), coords
+
+
+def load_tiles(
+    ds: Dataset,
+    ids: list[str],
+    crop_size: int,
+    resolution: int,
+    normalizer: ChannelNormalizer | None = None,
+    overlap: int = 0,
+    require_mask: bool = False,
+) -> dict:
+    """Evaluation view: regular tiles of each measurement, downsampled to `resolution`.
+
+    Returns {"image": float32 (N, C, res, res) normalized, "mask": int64 (N, res, res) or None,
+    "source": list of (id, y, x) in full-resolution pixels}.
+    """
+    normalizer = normalizer or ds.normalizer
+    factor = crop_size / resolution
+    images, masks, source = [], [], []
+    labeled = all(ds.has_mask(i) for i in ids)
+    if require_mask and not labeled:
+        missing = [i for i in ids if not ds.has_mask(i)]
+        raise PairforgeError(f"{ds.root}: samples {missing[:5]} have no mask in masks/")
+    for sample_id in ids:
+        image, mask = ds.read_pair(sample_id)
+        tiles, coords = tile_image(image, crop_size, overlap)
+        tiles_t = torch.from_numpy(normalizer.encode(tiles))
+        images.append(downsample_image(tiles_t, factor))
+        if labeled:
+            mtiles, _ = tile_image(mask, crop_size, overlap)
+            masks.append(downsample_mask(torch.from_numpy(mtiles), factor, ds.num_classes))
+        source.extend((sample_id, y, x) for y, x in coords)
+    return {
+        "image": torch.cat(images).float(),
+        "mask": torch.cat(masks).long() if labeled else None,
+        "source": source,
+    }
+
+
+class RandomCropDataset(torch.utils.data.Dataset):
+    """Training view: random `crop_size` crops, downsampled to `resolution`, paired augmentation.
+
+    Item `index` is a pure function of (seed, epoch, index), so a resumed run sees the same
+    crops. Samples are drawn with probability proportional to their area. Items are
+    {"image": float32 (C, res, res) normalized, "mask": int64 (res, res)}; "mask" is present only
+    when every selected sample is labeled (or `require_mask`, which makes a missing mask an error).
+    """
+
+    def __init__(
+        self,
+        ds: Dataset,
+        ids: list[str] | None = None,
+        crop_size: int = 256,
+        resolution: int = 64,
+        augment: bool = True,
+        length: int | None = None,
+        normalizer: ChannelNormalizer | None = None,
+        require_mask: bool = False,
+        seed: int = 0,
+    ):
+        ids = list(ds.ids() if ids is None else ids)
+        if not ids:
+            raise PairforgeError(f"{ds.root}: no samples selected for training")
+        if crop_size < resolution:
+            raise PairforgeError(
+                f"crop_size {crop_size} is smaller than resolution {resolution}; crops are "
+                "downsampled to the resolution, so crop_size must be >= resolution"
+            )
+        self.normalizer = normalizer or ds.normalizer
+        self.crop_size, self.resolution, self.augment = crop_size, resolution, augment
+        self.num_classes = ds.num_classes
+        self.seed, self.epoch = seed, 0
+        self.ids = ids
+        self.images, self.masks = [], []
+        labeled = [ds.has_mask(i) for i in ids]
+        if require_mask and not all(labeled):
+            missing = [i for i, ok in zip(ids, labeled) if not ok]
+            raise PairforgeError(
+                f"{ds.root}: samples {missing[:5]} have no mask in masks/, but this task needs "
+                "masks; label them or train on the labeled split only"
+            )
+        self.with_mask = all(labeled)
+        for sample_id in ids:
+            image, mask = ds.read_pair(sample_id)
+            if min(image.shape[1:]) < crop_size:
+                raise PairforgeError(
+                    f"sample {sample_id!r} is {image.shape[2]}x{image.shape[1]} px, smaller than "
+                    f"crop_size {crop_size}; lower data.crop_size"
+                )
+            self.images.append(torch.from_numpy(self.normalizer.encode(image)))
+            self.masks.append(torch.from_numpy(mask) if self.with_mask else None)
+        areas = np.array([im.shape[1] * im.shape[2] for im in self.images], dtype=np.float64)
+        self.weights = areas / areas.sum()
+        if length is None:
+            length = int(max(1, round(areas.sum() / crop_size**2)) * 4)
+        self.length = length
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        k = int(rng.choice(len(self.images), p=self.weights))
+        image = self.images[k]
+        _, h, w = image.shape
+        y = int(rng.integers(0, h - self.crop_size + 1))
+        x = int(rng.integers(0, w - self.crop_size + 1))
+        crop = image[:, y : y + self.crop_size, x : x + self.crop_size]
+        factor = self.crop_size / self.resolution
+        out = {"image": downsample_image(crop, factor).float()}
+        if self.with_mask:
+            mcrop = self.masks[k][y : y + self.crop_size, x : x + self.crop_size]
+            out["mask"] = downsample_mask(mcrop, factor, self.num_classes).long()
+        if self.augment:
+            flip_h, flip_v, rot = rng.integers(0, 2), rng.integers(0, 2), int(rng.integers(0, 4))
+            for key in out:
+                t = out[key]
+                if flip_h:
+                    t = t.flip(-1)
+                if flip_v:
+                    t = t.flip(-2)
+                out[key] = torch.rot90(t, rot, dims=(-2, -1)).contiguous()
+        return out
