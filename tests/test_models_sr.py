@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pairforge.errors import PairforgeError
-from pairforge.models.sr import SuperResUNet, upsample_low_res
+from pairforge.models.sr import SuperResUNet, noise_augment, upsample_low_res
 
 
 def tiny_sr(in_channels=4, low_res_channels=4, low_res_image_channels=2, **overrides):
@@ -83,3 +83,13 @@ def test_bad_arguments_raise():
     model = tiny_sr()
     with pytest.raises(PairforgeError, match="low_res shape"):
         model(torch.randn(1, 4, 32, 32), 1, torch.randn(1, 3, 8, 8), 0.2)
+
+
+def test_noise_augment_levels():
+    low_res, noise = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    torch.testing.assert_close(noise_augment(low_res, 0.0, noise), low_res)
+    torch.testing.assert_close(noise_augment(low_res, 1.0, noise), noise, atol=1e-6, rtol=0)
+    mixed = noise_augment(low_res, torch.tensor([0.0, 0.5]), noise)
+    torch.testing.assert_close(mixed[0], low_res[0])
+    expected = (low_res[1] + noise[1]) * (0.5**0.5)
+    torch.testing.assert_close(mixed[1], expected)

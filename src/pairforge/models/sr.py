@@ -8,6 +8,8 @@ told the augmentation level, here as a second timestep-style embedding added to 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -32,6 +34,21 @@ def upsample_low_res(
         return image
     mask_codes = F.interpolate(low_res[:, image_channels:], size=size, mode="nearest")
     return torch.cat([image, mask_codes], dim=1)
+
+
+def noise_augment(
+    low_res: torch.Tensor, noise_level: torch.Tensor | float, noise: torch.Tensor
+) -> torch.Tensor:
+    """Variance-preserving noise augmentation of the low-res condition (cascaded diffusion).
+
+    low_res, noise (B, C, h, w); noise_level scalar or (B,) in [0, 1]:
+    cos(pi/2 * level) * low_res + sin(pi/2 * level) * noise, so level 0 leaves low_res unchanged
+    and level 1 is pure noise. Training draws a random level per sample; sampling uses a fixed one.
+    """
+    levels = torch.as_tensor(noise_level, device=low_res.device, dtype=low_res.dtype)
+    levels = levels.reshape(-1, 1, 1, 1) if levels.ndim else levels
+    angle = levels * (math.pi / 2)
+    return torch.cos(angle) * low_res + torch.sin(angle) * noise
 
 
 class SuperResUNet(ModelMixin, ConfigMixin):
