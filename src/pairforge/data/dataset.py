@@ -43,6 +43,27 @@ def read_array(path: Path) -> np.ndarray:
         ) from err
 
 
+def decode_color_mask(rgb: np.ndarray, colors, path: Path, fix: str) -> np.ndarray:
+    """(H, W, 3|4) color mask -> int64 (H, W) index of the matching color; unknown colors raise."""
+    rgb = rgb[..., :3].astype(np.int64)
+    code = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+    lut = {(r << 16) | (g << 8) | b: i for i, (r, g, b) in enumerate(colors)}
+    values, counts = np.unique(code, return_counts=True)
+    unknown = [(int(v), int(c)) for v, c in zip(values, counts) if int(v) not in lut]
+    if unknown:
+        listing = ", ".join(
+            f"({v >> 16}, {(v >> 8) & 255}, {v & 255}) ({c} px)" for v, c in unknown[:10]
+        )
+        raise PairforgeError(
+            f"{path}: unknown mask colors {listing}; declared colors are "
+            f"{[list(c) for c in colors]}; {fix}"
+        )
+    out = np.empty(code.shape, dtype=np.int64)
+    for v in values:
+        out[code == v] = lut[int(v)]
+    return out
+
+
 def _to_chw(arr: np.ndarray, num_channels: int, path: Path) -> np.ndarray:
     """Bring a stored image to (C, H, W), accepting (H, W), (C, H, W) and (H, W, C)."""
     if arr.ndim == 2:
@@ -218,24 +239,11 @@ class Dataset:
                 f"{path}: mask_encoding is color but the mask has shape {raw.shape}; expected an "
                 "RGB image"
             )
-        rgb = raw[..., :3].astype(np.int64)
-        code = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-        lut = {(r << 16) | (g << 8) | b: i for i, (r, g, b) in enumerate(self.spec.class_colors)}
-        values, counts = np.unique(code, return_counts=True)
-        unknown = [(int(v), int(c)) for v, c in zip(values, counts) if int(v) not in lut]
-        if unknown:
-            listing = ", ".join(
-                f"({v >> 16}, {(v >> 8) & 255}, {v & 255}) ({c} px)" for v, c in unknown[:10]
-            )
-            raise PairforgeError(
-                f"{path}: unknown mask colors {listing}; declared colors are "
-                f"{[list(c) for c in self.spec.class_colors]}; add a class with that color to "
-                f"{SPEC_FILE} (antialiased edges must be removed: save masks without smoothing)"
-            )
-        out = np.empty(code.shape, dtype=np.int64)
-        for v in values:
-            out[code == v] = lut[int(v)]
-        return out
+        return decode_color_mask(
+            raw, self.spec.class_colors, path,
+            fix=f"add a class with that color to {SPEC_FILE} (antialiased edges must be removed: "
+            "save masks without smoothing)",
+        )  # fmt: skip
 
     # -- normalization --------------------------------------------------------------------
     @cached_property
