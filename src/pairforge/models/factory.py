@@ -1,0 +1,192 @@
+"""Model factory: named U-Net presets (tiny / small / base) for any channel count and task."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from pairforge.errors import PairforgeError
+
+TASKS = ("image", "joint", "mask", "sdm", "sr")
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """U-Net size: one entry of `block_out_channels` / `attention_levels` per resolution level.
+
+    block_out_channels: channel width per level (each divisible by norm_num_groups).
+    layers_per_block:   residual blocks per level.
+    attention_levels:   self-attention on (True) or off per level.
+    norm_num_groups:    GroupNorm groups.
+    dropout:            residual-block dropout in [0, 1).
+    """
+
+    block_out_channels: tuple[int, ...]
+    layers_per_block: int
+    attention_levels: tuple[bool, ...]
+    norm_num_groups: int = 32
+    dropout: float = 0.0
+
+
+PRESETS: dict[str, ModelPreset] = {
+    # Tests: two levels, no attention; a forward pass at 16 px takes milliseconds.
+    "tiny": ModelPreset((16, 32), 1, (False, False), norm_num_groups=8),
+    # CPU demo at 32-64 px: ~1.5 GFLOP/image at 64 px, attention only at the coarsest level.
+    "small": ModelPreset((32, 64, 128, 128), 1, (False, False, False, True), norm_num_groups=16),
+    # GPU, paper-sized (DDPM CIFAR/CelebA-64 scale, ~35M parameters at 64 px).
+    "base": ModelPreset((128, 256, 256, 256), 2, (False, True, False, False), norm_num_groups=32),
+}
+
+# Class names stored in pairforge.json so that a run knows which class loads its weights.
+MODEL_CLASS_FOR_TASK = {
+    "image": "UNet2DModel",
+    "joint": "UNet2DModel",
+    "mask": "UNet2DModel",
+    "sdm": "SemanticUNet",
+    "sr": "SuperResUNet",
+}
+
+
+def resolve_preset(preset: str, overrides: dict[str, Any] | None = None) -> ModelPreset:
+    """The named preset with `overrides` (keys = ModelPreset fields, None values ignored) applied."""
+    if preset not in PRESETS:
+        raise PairforgeError(
+            f"model.preset={preset!r} is unknown; use one of {', '.join(PRESETS)} "
+            "(or override block_out_channels / layers_per_block / attention_levels)."
+        )
+    chosen = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = sorted(set(chosen) - set(asdict(PRESETS[preset])))
+    if unknown:
+        raise PairforgeError(
+            f"model override {unknown[0]!r} is unknown; use one of "
+            f"{', '.join(asdict(PRESETS[preset]))}."
+        )
+    for key in ("block_out_channels", "attention_levels"):
+        if key in chosen:
+            chosen[key] = tuple(chosen[key])
+    spec = replace(PRESETS[preset], **chosen)
+    if "block_out_channels" in chosen and "attention_levels" not in chosen:
+        # A different depth without explicit attention levels: attend at the coarsest level only.
+        levels = len(spec.block_out_channels)
+        spec = replace(spec, attention_levels=tuple(i == levels - 1 for i in range(levels)))
+    _check_preset(spec)
+    return spec
+
+
+def _check_preset(spec: ModelPreset) -> None:
+    if len(spec.attention_levels) != len(spec.block_out_channels):
+        raise PairforgeError(
+            f"model.attention_levels={list(spec.attention_levels)} must have one entry per level "
+            f"of model.block_out_channels={list(spec.block_out_channels)}."
+        )
+    for width in spec.block_out_channels:
+        if width % spec.norm_num_groups:
+            raise PairforgeError(
+                f"model.block_out_channels entry {width} is not divisible by "
+                f"model.norm_num_groups={spec.norm_num_groups}; pick widths that are multiples."
+            )
+    if spec.layers_per_block < 1:
+        raise PairforgeError(f"model.layers_per_block={spec.layers_per_block} must be >= 1.")
+
+
+def build_model(
+    task: str,
+    preset: str,
+    in_channels: int,
+    out_channels: int,
+    sample_size: int,
+    num_classes: int | None = None,
+    low_res_channels: int | None = None,
+    low_res_image_channels: int | None = None,
+    overrides: dict[str, Any] | None = None,
+):
+    """A freshly initialized denoiser for `task`, sized by the named preset.
+
+    image / joint / mask -> diffusers UNet2DModel(sample, timestep).sample
+    sdm                  -> SemanticUNet(sample, timestep, segmap).sample; needs num_classes
+    sr                   -> SuperResUNet(sample, timestep, low_res, noise_level).sample; needs
+                            low_res_channels and low_res_image_channels
+    in_channels / out_channels: channels of the noisy sample / of the prediction (eps or v).
+    sample_size: training resolution in pixels (the models are convolutional; other sizes work).
+    """
+    if task not in TASKS:
+        raise PairforgeError(f"task={task!r} is unknown; use one of {', '.join(TASKS)}.")
+    spec = resolve_preset(preset, overrides)
+    levels = len(spec.block_out_channels)
+    if sample_size % 2 ** (levels - 1):
+        raise PairforgeError(
+            f"resolution {sample_size} px is not divisible by 2^{levels - 1} (the U-Net has "
+            f"{levels} levels); pick a multiple of {2 ** (levels - 1)} or a shallower model."
+        )
+    common = {
+        "sample_size": sample_size,
+        "in_channels": in_channels,
+        "out_channels": out_channels,
+        "block_out_channels": spec.block_out_channels,
+        "layers_per_block": spec.layers_per_block,
+        "attention_levels": spec.attention_levels,
+        "norm_num_groups": spec.norm_num_groups,
+        "dropout": spec.dropout,
+    }
+    if task == "sdm":
+        if not num_classes:
+            raise PairforgeError("task 'sdm' needs num_classes (the mask classes).")
+        semantic_unet = load_model_class("SemanticUNet")
+        return semantic_unet(num_classes=num_classes, **common)
+    if task == "sr":
+        if not low_res_channels or not low_res_image_channels:
+            raise PairforgeError(
+                "task 'sr' needs low_res_channels and low_res_image_channels (image + mask codec "
+                "channels of the low-resolution condition)."
+            )
+        super_res_unet = load_model_class("SuperResUNet")
+        return super_res_unet(
+            low_res_channels=low_res_channels,
+            low_res_image_channels=low_res_image_channels,
+            **common,
+        )
+    return _unet2d(spec, sample_size, in_channels, out_channels)
+
+
+def _unet2d(spec: ModelPreset, sample_size: int, in_channels: int, out_channels: int):
+    from diffusers import UNet2DModel
+
+    down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in spec.attention_levels)
+    up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(spec.attention_levels))
+    return UNet2DModel(
+        sample_size=sample_size,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        down_block_types=down,
+        up_block_types=up,
+        block_out_channels=spec.block_out_channels,
+        layers_per_block=spec.layers_per_block,
+        norm_num_groups=spec.norm_num_groups,
+        dropout=spec.dropout,
+        attention_head_dim=min(64, spec.block_out_channels[-1]),
+    )
+
+
+def load_model_class(name: str):
+    """The denoiser class called `name` (UNet2DModel, SemanticUNet, SuperResUNet), imported lazily."""
+    try:
+        if name == "UNet2DModel":
+            from diffusers import UNet2DModel
+
+            return UNet2DModel
+        if name == "SemanticUNet":
+            from pairforge.models.sdm import SemanticUNet
+
+            return SemanticUNet
+        if name == "SuperResUNet":
+            from pairforge.models.sr import SuperResUNet
+
+            return SuperResUNet
+    except ImportError as err:
+        raise PairforgeError(
+            f"model class {name} is not available in this installation ({err}); the sdm / sr "
+            "tasks need pairforge.models.sdm / pairforge.models.sr."
+        ) from err
+    raise PairforgeError(
+        f"model class {name!r} is unknown; expected one of {sorted(set(MODEL_CLASS_FOR_TASK.values()))}."
+    )
