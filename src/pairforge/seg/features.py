@@ -1,0 +1,540 @@
+"""Per-pixel features from a frozen diffusion U-Net: decoder block outputs at a few noise levels.
+
+Method (Baranchuk et al., ICLR 2022): noise each image once per timestep t with ONE fixed seeded
+noise tensor eps, x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (the scheduler's `add_noise`),
+run the denoiser, keep the outputs of chosen decoder blocks (forward hooks, addressed by module
+name such as "up_blocks.1"), upsample each bilinearly to the input size and concatenate along
+channels. Feature order: timestep-major, then blocks in the order given. Widths come from the
+model config.
+
+Joint models (image + mask-codec channels): the mask channels of x0 are unknown at feature time.
+`mask_fill="zeros"` (default) sets them to 0, the codec midpoint that favours no class (one-hot
+and analog bits both live in {-1, 1}), and noises them like the image channels;
+`mask_fill="noise"` replaces them by the pure noise eps itself (as if they were at t = T).
+
+Memory: pixel features are stored as float16; `extract_pixel_features` can subsample labeled
+pixels per image and write to an on-disk numpy memmap, and it estimates the memory need before
+allocating anything (`estimate_feature_memory`), stopping with a PairforgeError over budget.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pairforge.errors import PairforgeError
+
+DEFAULT_TIMESTEPS = (50, 150, 250)
+DEFAULT_MEMORY_BUDGET_BYTES = 8 * 2**30
+IGNORE_INDEX = 255
+MASK_FILLS = ("zeros", "noise")
+_FEATURE_BYTES = 2  # float16
+_LABEL_BYTES = 8  # int64 class index per stored pixel
+_INDEX_BYTES = 4  # int32 image index per stored pixel
+# One batch of float32 upsampled features exists twice: the per-block parts and their concat.
+_WORKING_BYTES = 2 * 4
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """What to extract; saved with a segmentation head so prediction uses the same features.
+
+    timesteps: noise levels t in 0..T-1 of the training schedule (default 50, 150, 250 of 1000).
+    blocks: module names whose outputs are kept ("up_blocks.<i>" or "mid_block"); None = every
+        up block of the U-Net.
+    noise_seed: seed of the single noise tensor shared by all images and timesteps.
+    mask_fill: "zeros" | "noise", how x0's mask-codec channels are filled for joint models.
+    """
+
+    timesteps: tuple[int, ...] = DEFAULT_TIMESTEPS
+    blocks: tuple[str, ...] | None = None
+    noise_seed: int = 0
+    mask_fill: str = "zeros"
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["timesteps"] = list(self.timesteps)
+        out["blocks"] = None if self.blocks is None else list(self.blocks)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureConfig:
+        blocks = data.get("blocks")
+        return cls(
+            timesteps=tuple(int(t) for t in data.get("timesteps", DEFAULT_TIMESTEPS)),
+            blocks=None if blocks is None else tuple(blocks),
+            noise_seed=int(data.get("noise_seed", 0)),
+            mask_fill=str(data.get("mask_fill", "zeros")),
+        )
+
+
+def block_widths(model_config: Any) -> dict[str, int]:
+    """Output channels of every addressable block of a UNet2DModel, from its config.
+
+    up_blocks.<i> outputs reversed(block_out_channels)[i] channels (diffusers builds the decoder
+    from the reversed widths); mid_block outputs block_out_channels[-1] when the model has one.
+    """
+    widths = list(_config_get(model_config, "block_out_channels"))
+    names = {f"up_blocks.{i}": width for i, width in enumerate(reversed(widths))}
+    if _config_get(model_config, "mid_block_type", "UNetMidBlock2D") is not None:
+        names["mid_block"] = widths[-1]
+    return names
+
+
+def _config_get(config: Any, key: str, default: Any = ...) -> Any:
+    if isinstance(config, dict):
+        value = config.get(key, default)
+    else:
+        value = getattr(config, key, default)
+    if value is ...:
+        raise PairforgeError(f"model config has no {key!r}; is this a diffusers UNet2DModel?")
+    return value
+
+
+class DiffusionFeatureExtractor:
+    """Frozen UNet2DModel -> per-pixel features (B, feature_dim, H, W) for normalized images.
+
+    Args:
+        model: diffusers UNet2DModel (any in_channels); called as model(x_t, t).sample.
+        scheduler_config: DDPMScheduler config of the model's training (defines abar_t).
+        image_channels: channels of the images given to `extract`; the remaining
+            in_channels - image_channels model inputs are mask-codec channels (joint models),
+            placed after the image channels.
+        config: FeatureConfig (timesteps, blocks, noise seed, mask fill).
+        device: where the model runs.
+        autocast_bf16: run the model under bfloat16 autocast (about 2x faster on CPUs with AMX
+            and on GPUs; features differ from float32 by ~1e-2 relative).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        scheduler_config: dict[str, Any],
+        image_channels: int | None = None,
+        config: FeatureConfig | None = None,
+        device: str | torch.device = "cpu",
+        autocast_bf16: bool = False,
+    ):
+        from diffusers import DDPMScheduler
+
+        self.config = config or FeatureConfig()
+        self.model = model.eval().requires_grad_(False).to(device)
+        self.device = torch.device(device)
+        self.autocast_bf16 = autocast_bf16
+        self.scheduler = DDPMScheduler.from_config(scheduler_config)
+        self.in_channels = int(_config_get(model.config, "in_channels"))
+        self.image_channels = self.in_channels if image_channels is None else int(image_channels)
+        if not 1 <= self.image_channels <= self.in_channels:
+            raise PairforgeError(
+                f"image_channels={self.image_channels} but the model takes {self.in_channels} "
+                f"input channels; use 1..{self.in_channels}"
+            )
+        if self.config.mask_fill not in MASK_FILLS:
+            raise PairforgeError(
+                f"mask_fill={self.config.mask_fill!r} is unknown; use one of {', '.join(MASK_FILLS)}"
+            )
+        num_train = self.scheduler.config.num_train_timesteps
+        bad = [t for t in self.config.timesteps if not 0 <= t < num_train]
+        if bad or not self.config.timesteps:
+            raise PairforgeError(
+                f"feature timesteps {list(self.config.timesteps)} must be non-empty and in "
+                f"0..{num_train - 1} (the model's training schedule); e.g. 50 150 250"
+            )
+        available = block_widths(model.config)
+        self.blocks = tuple(
+            self.config.blocks
+            if self.config.blocks is not None
+            else [n for n in available if n.startswith("up_blocks.")]
+        )
+        unknown = [name for name in self.blocks if name not in available]
+        if unknown or not self.blocks:
+            raise PairforgeError(
+                f"feature block(s) {unknown or '[]'} not in this model; available: "
+                f"{', '.join(available)}"
+            )
+        self.widths = {name: available[name] for name in self.blocks}
+        self.levels = len(_config_get(model.config, "block_out_channels"))
+        self._noise_cache: dict[tuple[int, int], torch.Tensor] = {}
+
+    @property
+    def feature_dim(self) -> int:
+        """D = len(timesteps) * sum(widths of the chosen blocks)."""
+        return len(self.config.timesteps) * sum(self.widths.values())
+
+    @property
+    def feature_names(self) -> list[str]:
+        """One "t<t>/<block>" label per concatenated block output, in feature order."""
+        return [f"t{t}/{name}" for t in self.config.timesteps for name in self.blocks]
+
+    def noise(self, height: int, width: int) -> torch.Tensor:
+        """The fixed noise eps (in_channels, H, W) for this image size, from `noise_seed`."""
+        key = (height, width)
+        if key not in self._noise_cache:
+            generator = torch.Generator().manual_seed(self.config.noise_seed)
+            self._noise_cache[key] = torch.randn(
+                (self.in_channels, height, width), generator=generator
+            )
+        return self._noise_cache[key]
+
+    def check_size(self, height: int, width: int) -> None:
+        multiple = 2 ** (self.levels - 1)
+        if height % multiple or width % multiple:
+            raise PairforgeError(
+                f"image size {height} x {width} px is not divisible by {multiple} (the U-Net has "
+                f"{self.levels} levels); crop or pad to a multiple, or use sliding windows"
+            )
+
+    @torch.no_grad()
+    def extract(self, images: torch.Tensor, out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Features (B, feature_dim, H, W) of normalized images (B, image_channels, H, W).
+
+        Images are in model units (~[-1, 1], the run's ChannelNormalizer). The result is on the
+        CPU in `out_dtype`.
+        """
+        images = torch.as_tensor(images, dtype=torch.float32)
+        if images.ndim != 4 or images.shape[1] != self.image_channels:
+            raise PairforgeError(
+                f"images must be (B, {self.image_channels}, H, W) normalized; got "
+                f"{tuple(images.shape)}"
+            )
+        batch, _, height, width = images.shape
+        self.check_size(height, width)
+        x0 = torch.zeros((batch, self.in_channels, height, width))
+        x0[:, : self.image_channels] = images
+        eps = self.noise(height, width).expand(batch, -1, -1, -1)
+        x0, eps = x0.to(self.device), eps.to(self.device)
+
+        captured: dict[str, torch.Tensor] = {}
+        modules = dict(self.model.named_modules())
+        hooks = [
+            modules[name].register_forward_hook(_capture(captured, name)) for name in self.blocks
+        ]
+        parts = []
+        try:
+            for t in self.config.timesteps:
+                timesteps = torch.full((batch,), t, dtype=torch.long, device=self.device)
+                # Eq. (4) of DDPM: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps.
+                x_t = self.scheduler.add_noise(x0, eps, timesteps)
+                if self.config.mask_fill == "noise":
+                    x_t[:, self.image_channels :] = eps[:, self.image_channels :]
+                with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast_bf16):
+                    self.model(x_t, timesteps)
+                for name in self.blocks:
+                    block_out = captured.pop(name).float()
+                    parts.append(
+                        F.interpolate(
+                            block_out, size=(height, width), mode="bilinear", align_corners=False
+                        )
+                        .to(out_dtype)
+                        .cpu()
+                    )
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return torch.cat(parts, dim=1)
+
+
+def _capture(store: dict[str, torch.Tensor], name: str):
+    def hook(_module, _inputs, output):
+        store[name] = output[0] if isinstance(output, tuple) else output
+
+    return hook
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading a feature source: a pairforge run or a diffusers UNet2DModel directory.
+
+
+@dataclass
+class FeatureSource:
+    """A frozen denoiser and what is needed to feed it real images.
+
+    model / scheduler_config: the UNet2DModel and its training DDPMScheduler config.
+    image_channels: channels of real images (model in_channels minus mask-codec channels).
+    normalizer: ChannelNormalizer of a pairforge run, None for a plain diffusers directory
+        (then the data set's own normalizer is used).
+    path: where it was loaded from (stored in a head's config). task: run task or "image".
+    """
+
+    model: torch.nn.Module
+    scheduler_config: dict[str, Any]
+    image_channels: int
+    normalizer: Any = None
+    path: str = ""
+    task: str = "image"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def load_feature_source(path: str | Path, image_channels: int | None = None) -> FeatureSource:
+    """Load RUN (pairforge run directory) or DIR (diffusers UNet2DModel save_pretrained folder).
+
+    A pairforge run is recognised by RUN/model/pairforge.json and loaded with
+    `pairforge.train.run.load_run` (EMA weights). A diffusers directory needs config.json +
+    weights (also accepted in a `unet/` subfolder); its scheduler is `scheduler_config.json`
+    next to it (or in `scheduler/`), else a linear 1000-step DDPMScheduler.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise PairforgeError(f"feature source {root} does not exist; pass a run or model folder")
+    if (root / "model" / "pairforge.json").exists():
+        return _load_pairforge_run(root)
+    unet_dir = root / "unet" if (root / "unet" / "config.json").exists() else root
+    if not (unet_dir / "config.json").exists():
+        raise PairforgeError(
+            f"{root} is neither a pairforge run (no model/pairforge.json) nor a diffusers model "
+            "folder (no config.json); pass RUN or a UNet2DModel save_pretrained directory"
+        )
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    model = UNet2DModel.from_pretrained(unet_dir)
+    scheduler_config = None
+    for candidate in (
+        unet_dir / "scheduler_config.json",
+        root / "scheduler_config.json",
+        root / "scheduler" / "scheduler_config.json",
+    ):
+        if candidate.exists():
+            scheduler_config = json.loads(candidate.read_text())
+            break
+    if scheduler_config is None:
+        scheduler_config = dict(DDPMScheduler(num_train_timesteps=1000).config)
+    return FeatureSource(
+        model=model,
+        scheduler_config=scheduler_config,
+        image_channels=model.config.in_channels if image_channels is None else image_channels,
+        path=str(root),
+    )
+
+
+def _load_pairforge_run(root: Path) -> FeatureSource:
+    try:
+        from pairforge.train.run import load_run
+    except ImportError as err:
+        raise PairforgeError(
+            f"{root} is a pairforge run but pairforge.train.run is not available ({err})"
+        ) from err
+    run = load_run(root)
+    if run.task not in ("image", "joint"):
+        raise PairforgeError(
+            f"run {root} has task {run.task!r}; features need an unconditional image or joint "
+            "DDPM (task image or joint)"
+        )
+    codec_channels = run.codec.channels if (run.task == "joint" and run.codec) else 0
+    in_channels = int(run.model.config.in_channels)
+    return FeatureSource(
+        model=run.model,
+        scheduler_config=dict(run.scheduler_config),
+        image_channels=in_channels - codec_channels,
+        normalizer=run.normalizer,
+        path=str(root),
+        task=run.task,
+        extra={"resolution": getattr(run, "resolution", None)},
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Pixel feature sets for training a head: memory estimate, subsampling, memmap cache.
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes needed by `extract_pixel_features`, computed before anything is allocated.
+
+    stored_bytes: the pixel arrays (features float16 (P, D), labels int64 (P,), image index
+        int32 (P,)); in RAM, or on disk when a cache folder is given.
+    working_bytes: one batch of upsampled float32 features (B, D, H, W), held twice (parts and
+        their concatenation); model activations are not included (they do not grow with the
+        data set).
+    ram_bytes: what counts against the budget (working, plus stored unless on disk).
+    """
+
+    num_pixels: int
+    feature_dim: int
+    stored_bytes: int
+    working_bytes: int
+    on_disk: bool
+
+    @property
+    def ram_bytes(self) -> int:
+        return self.working_bytes + (0 if self.on_disk else self.stored_bytes)
+
+
+def estimate_feature_memory(
+    pixels_per_image: list[int],
+    feature_dim: int,
+    image_size: tuple[int, int],
+    batch_size: int,
+    on_disk: bool = False,
+) -> MemoryEstimate:
+    """Memory of a pixel feature set with `pixels_per_image[i]` stored pixels of image i."""
+    num_pixels = int(sum(pixels_per_image))
+    per_pixel = feature_dim * _FEATURE_BYTES + _LABEL_BYTES + _INDEX_BYTES
+    height, width = image_size
+    working = min(batch_size, max(len(pixels_per_image), 1)) * feature_dim * height * width
+    return MemoryEstimate(
+        num_pixels=num_pixels,
+        feature_dim=feature_dim,
+        stored_bytes=num_pixels * per_pixel,
+        working_bytes=working * _WORKING_BYTES,
+        on_disk=on_disk,
+    )
+
+
+def _gib(num_bytes: float) -> str:
+    return f"{num_bytes / 2**30:.2f} GiB"
+
+
+@dataclass
+class PixelFeatures:
+    """Features of selected labeled pixels, the training set of a pixel head.
+
+    features: (P, D) float16 (numpy array, or numpy memmap when cached on disk).
+    labels: (P,) int64 class indices 0..K-1 (ignore pixels never selected).
+    image_index: (P,) int32, which input image each pixel came from (for splits by image).
+    """
+
+    features: np.ndarray
+    labels: np.ndarray
+    image_index: np.ndarray
+    estimate: MemoryEstimate | None = None
+
+    @property
+    def allocated_bytes(self) -> int:
+        return int(self.features.nbytes + self.labels.nbytes + self.image_index.nbytes)
+
+    @property
+    def num_images(self) -> int:
+        return int(self.image_index.max()) + 1 if self.image_index.size else 0
+
+
+def extract_pixel_features(
+    extractor: DiffusionFeatureExtractor,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    *,
+    pixels_per_image: int | None = None,
+    cache_dir: str | Path | None = None,
+    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
+    batch_size: int = 8,
+    seed: int = 0,
+    progress: bool = True,
+) -> PixelFeatures:
+    """Features of the labeled pixels of `images`, ready for `train_ensemble`.
+
+    Args:
+        images: float (N, C, H, W) normalized; masks: long (N, H, W), 255 = ignore.
+        pixels_per_image: keep at most this many labeled pixels per image, drawn uniformly
+            without replacement (seeded); None = all labeled pixels.
+        cache_dir: write features to cache_dir/features.f16 (numpy memmap) instead of RAM;
+            labels and image index go to .npy files next to it.
+        memory_budget_bytes: raise PairforgeError before allocating if the RAM need is larger.
+    """
+    images = torch.as_tensor(images, dtype=torch.float32)
+    masks = torch.as_tensor(masks, dtype=torch.long)
+    if images.ndim != 4 or masks.shape != (images.shape[0], *images.shape[2:]):
+        raise PairforgeError(
+            f"images {tuple(images.shape)} and masks {tuple(masks.shape)}: need (N, C, H, W) "
+            "images and one (H, W) mask per image"
+        )
+    height, width = images.shape[-2:]
+    extractor.check_size(height, width)
+
+    # Choose pixels first: the exact count sizes every allocation and the estimate.
+    rng = np.random.default_rng(seed)
+    chosen: list[np.ndarray] = []
+    for mask in masks.numpy():
+        labeled = np.flatnonzero(mask.reshape(-1) != IGNORE_INDEX)
+        if pixels_per_image is not None and labeled.size > pixels_per_image:
+            labeled = np.sort(rng.choice(labeled, size=pixels_per_image, replace=False))
+        chosen.append(labeled)
+    counts = [len(c) for c in chosen]
+    estimate = estimate_feature_memory(
+        counts, extractor.feature_dim, (height, width), batch_size, on_disk=cache_dir is not None
+    )
+    if estimate.ram_bytes > memory_budget_bytes:
+        raise PairforgeError(_over_budget_message(estimate, counts, memory_budget_bytes))
+
+    num_pixels, dim = estimate.num_pixels, extractor.feature_dim
+    if cache_dir is not None:
+        cache = Path(cache_dir)
+        cache.mkdir(parents=True, exist_ok=True)
+        features = np.lib.format.open_memmap(
+            cache / "features.f16.npy", mode="w+", dtype=np.float16, shape=(num_pixels, dim)
+        )
+    else:
+        features = np.empty((num_pixels, dim), dtype=np.float16)
+    labels = np.empty(num_pixels, dtype=np.int64)
+    image_index = np.empty(num_pixels, dtype=np.int32)
+
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    batches = range(0, images.shape[0], batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc="features", unit="batch")
+    flat_masks = masks.reshape(masks.shape[0], -1).numpy()
+    for first in batches:
+        block = extractor.extract(images[first : first + batch_size])  # (B, D, H, W) float32
+        block = block.reshape(block.shape[0], dim, -1)
+        for row in range(block.shape[0]):
+            index = first + row
+            pixel_ids = torch.from_numpy(chosen[index])
+            start, stop = offsets[index], offsets[index + 1]
+            features[start:stop] = block[row][:, pixel_ids].T.numpy().astype(np.float16)
+            labels[start:stop] = flat_masks[index, chosen[index]]
+            image_index[start:stop] = index
+    if cache_dir is not None:
+        features.flush()
+        np.save(Path(cache_dir) / "labels.npy", labels)
+        np.save(Path(cache_dir) / "image_index.npy", image_index)
+    return PixelFeatures(features, labels, image_index, estimate)
+
+
+def load_pixel_features(cache_dir: str | Path) -> PixelFeatures:
+    """Open a cache written by `extract_pixel_features(cache_dir=...)` (features memory-mapped)."""
+    cache = Path(cache_dir)
+    try:
+        features = np.load(cache / "features.f16.npy", mmap_mode="r")
+        labels = np.load(cache / "labels.npy")
+        image_index = np.load(cache / "image_index.npy")
+    except FileNotFoundError as err:
+        raise PairforgeError(f"feature cache {cache} is incomplete ({err.filename})") from err
+    return PixelFeatures(features, labels, image_index)
+
+
+def _over_budget_message(estimate: MemoryEstimate, counts: list[int], budget: int) -> str:
+    need = estimate.ram_bytes
+    per_pixel = estimate.stored_bytes / max(estimate.num_pixels, 1)
+    fixes = []
+    if not estimate.on_disk:
+        fixes.append(
+            f"a feature cache folder (--cache DIR) keeps the {_gib(estimate.stored_bytes)} of "
+            f"features on disk (RAM then {_gib(estimate.working_bytes)})"
+        )
+    # Pixels per image that would fit the budget with the working buffer kept.
+    room = budget - estimate.working_bytes
+    if room > 0 and counts:
+        fit = int(room / per_pixel / len(counts))
+        if fit > 0:
+            fixes.append(f"--pixels-per-image {fit} (or fewer) fits")
+    fixes.append("fewer images (--max-images), fewer timesteps or blocks, or a smaller batch")
+    return (
+        f"pixel features need {_gib(need)} of RAM ({estimate.num_pixels} pixels x "
+        f"{estimate.feature_dim} features as float16 + a {_gib(estimate.working_bytes)} working "
+        f"batch), over the budget of {_gib(budget)} (--memory-budget-gib); " + "; ".join(fixes)
+    )
+
+
+def parse_blocks(text: str | None) -> tuple[str, ...] | None:
+    """ "up_blocks.1,up_blocks.2" -> ("up_blocks.1", "up_blocks.2"); None/"" -> None (all up)."""
+    if not text:
+        return None
+    names = tuple(part.strip() for part in re.split(r"[,\s]+", text) if part.strip())
+    return names or None

@@ -1,0 +1,239 @@
+"""Tests for diffusion feature extraction: widths, shapes, noise, joint models, memory."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pairforge.diffusion.schedule import make_scheduler_config
+from pairforge.errors import PairforgeError
+from pairforge.models.factory import build_model
+from pairforge.seg.features import (
+    DiffusionFeatureExtractor,
+    FeatureConfig,
+    block_widths,
+    estimate_feature_memory,
+    extract_pixel_features,
+    load_feature_source,
+    load_pixel_features,
+)
+
+
+def _tiny_unet(in_channels: int = 2, widths=(16, 32), seed: int = 0):
+    torch.manual_seed(seed)
+    overrides = {"block_out_channels": widths, "attention_levels": [False] * len(widths)}
+    return build_model("image", "tiny", in_channels, in_channels, 16, overrides=overrides)
+
+
+@pytest.mark.parametrize(
+    "widths, blocks",
+    [
+        ((16, 32), None),
+        ((16, 32), ("up_blocks.1",)),
+        ((8, 16, 24), ("mid_block", "up_blocks.0", "up_blocks.2")),
+        ((8, 16, 24), None),
+    ],
+)
+def test_widths_from_config_match_the_hooked_outputs(widths, blocks):
+    model = _tiny_unet(3, widths)
+    extractor = DiffusionFeatureExtractor(
+        model, make_scheduler_config(), config=FeatureConfig(timesteps=(10, 500), blocks=blocks)
+    )
+    # Independent check: hook the modules and read the channel counts they really produce.
+    seen = {}
+    modules = dict(model.named_modules())
+    for name in extractor.blocks:
+        modules[name].register_forward_hook(
+            lambda _m, _i, out, name=name: seen.__setitem__(name, out.shape[1])
+        )
+    features = extractor.extract(torch.randn(2, 3, 16, 16))
+    assert seen == extractor.widths
+    expected_blocks = blocks or tuple(f"up_blocks.{i}" for i in range(len(widths)))
+    assert extractor.blocks == expected_blocks
+    assert extractor.feature_dim == 2 * sum(seen.values())
+    assert features.shape == (2, extractor.feature_dim, 16, 16)
+    assert features.dtype == torch.float32
+    assert len(extractor.feature_names) == 2 * len(expected_blocks)
+
+
+def test_block_widths_reads_reversed_decoder_widths():
+    config = {"block_out_channels": [32, 64, 128], "mid_block_type": "UNetMidBlock2D"}
+    assert block_widths(config) == {
+        "up_blocks.0": 128,
+        "up_blocks.1": 64,
+        "up_blocks.2": 32,
+        "mid_block": 128,
+    }
+    assert "mid_block" not in block_widths({"block_out_channels": [8, 16], "mid_block_type": None})
+
+
+@pytest.mark.parametrize("channels", [1, 4])
+def test_any_channel_count(channels):
+    extractor = DiffusionFeatureExtractor(_tiny_unet(channels), make_scheduler_config())
+    assert extractor.extract(torch.randn(1, channels, 8, 8)).shape == (1, 3 * 48, 8, 8)
+
+
+def test_same_noise_seed_gives_identical_features_and_other_seed_differs():
+    model = _tiny_unet()
+    images = torch.randn(2, 2, 16, 16)
+
+    def run(seed):
+        config = FeatureConfig(noise_seed=seed)
+        return DiffusionFeatureExtractor(model, make_scheduler_config(), config=config).extract(
+            images
+        )
+
+    assert torch.equal(run(5), run(5))
+    assert not torch.allclose(run(5), run(6))
+    # One noise tensor for all images: an image's features do not depend on its batch mates.
+    extractor = DiffusionFeatureExtractor(model, make_scheduler_config())
+    together = extractor.extract(images)
+    alone = extractor.extract(images[1:])
+    torch.testing.assert_close(together[1:], alone, atol=1e-5, rtol=1e-4)
+
+
+def _capture_model_input(model):
+    inputs = []
+    model.register_forward_pre_hook(lambda _m, args: inputs.append(args[0].clone()))
+    return inputs
+
+
+def test_noised_input_is_sqrt_alphabar_forward_process():
+    # Pins x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (not abar_t x0, a published grain bug).
+    model = _tiny_unet()
+    scheduler_config = make_scheduler_config()
+    extractor = DiffusionFeatureExtractor(
+        model, scheduler_config, config=FeatureConfig(timesteps=(250,))
+    )
+    inputs = _capture_model_input(model)
+    images = torch.rand(1, 2, 16, 16) * 2 - 1
+    extractor.extract(images)
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    alpha_bar = torch.cumprod(1 - betas, 0)[250]
+    eps = extractor.noise(16, 16).double()
+    expected = alpha_bar.sqrt() * images.double() + (1 - alpha_bar).sqrt() * eps
+    torch.testing.assert_close(inputs[0].double(), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mask_fill", ["zeros", "noise"])
+def test_joint_model_mask_channels_are_filled_as_documented(mask_fill):
+    model = _tiny_unet(in_channels=5)  # 2 image channels + 3 one-hot mask channels
+    extractor = DiffusionFeatureExtractor(
+        model,
+        make_scheduler_config(),
+        image_channels=2,
+        config=FeatureConfig(timesteps=(150,), mask_fill=mask_fill),
+    )
+    inputs = _capture_model_input(model)
+    features = extractor.extract(torch.randn(2, 2, 16, 16))
+    assert features.shape == (2, 48, 16, 16)
+    eps = extractor.noise(16, 16)[2:]
+    mask_part = inputs[0][:, 2:]
+    if mask_fill == "noise":
+        torch.testing.assert_close(mask_part, eps.expand_as(mask_part))
+    else:
+        betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+        scale = (1 - torch.cumprod(1 - betas, 0)[150]).sqrt().float()
+        torch.testing.assert_close(mask_part, (scale * eps).expand_as(mask_part))
+
+
+def test_bad_inputs_raise_helpful_errors():
+    model = _tiny_unet()
+    with pytest.raises(PairforgeError, match="available: up_blocks.0, up_blocks.1"):
+        DiffusionFeatureExtractor(
+            model, make_scheduler_config(), config=FeatureConfig(blocks=("up_blocks.7",))
+        )
+    with pytest.raises(PairforgeError, match="0..999"):
+        DiffusionFeatureExtractor(
+            model, make_scheduler_config(), config=FeatureConfig(timesteps=(1000,))
+        )
+    extractor = DiffusionFeatureExtractor(model, make_scheduler_config())
+    with pytest.raises(PairforgeError, match="not divisible by 2"):
+        extractor.extract(torch.randn(1, 2, 15, 16))
+    with pytest.raises(PairforgeError, match=r"\(B, 2, H, W\)"):
+        extractor.extract(torch.randn(1, 3, 16, 16))
+
+
+def _toy_set(num_images=4, size=16):
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(num_images, 2, size, size, generator=generator)
+    masks = (images[:, 0] > 0).long()
+    masks[0, :4] = 255  # 64 ignored pixels in image 0
+    return images, masks
+
+
+@pytest.mark.parametrize("pixels_per_image", [None, 50])
+def test_memory_estimate_equals_allocated_bytes(pixels_per_image):
+    extractor = DiffusionFeatureExtractor(_tiny_unet(), make_scheduler_config())
+    images, masks = _toy_set()
+    pixel_features = extract_pixel_features(
+        extractor, images, masks, pixels_per_image=pixels_per_image, progress=False
+    )
+    expected_pixels = 4 * 256 - 64 if pixels_per_image is None else 4 * 50
+    assert pixel_features.features.shape == (expected_pixels, extractor.feature_dim)
+    assert pixel_features.features.dtype == np.float16
+    assert pixel_features.estimate.num_pixels == expected_pixels
+    assert pixel_features.estimate.stored_bytes == pixel_features.allocated_bytes
+    assert (pixel_features.labels != 255).all()
+    assert np.bincount(pixel_features.image_index).tolist() == (
+        [192, 256, 256, 256] if pixels_per_image is None else [50] * 4
+    )
+    # Stored features are the extractor's features at the chosen pixels.
+    full = extractor.extract(images[1:2])[0].reshape(extractor.feature_dim, -1)
+    rows = pixel_features.image_index == 1
+    first = pixel_features.features[rows][0].astype(np.float32)
+    matches = np.abs(full.T.numpy() - first).max(axis=1) < 1e-2
+    assert matches.any()
+
+
+def test_memory_cache_on_disk_and_budget_error(tmp_path):
+    extractor = DiffusionFeatureExtractor(_tiny_unet(), make_scheduler_config())
+    images, masks = _toy_set()
+    in_ram = extract_pixel_features(extractor, images, masks, progress=False)
+    cached = extract_pixel_features(
+        extractor, images, masks, cache_dir=tmp_path / "cache", progress=False
+    )
+    assert isinstance(cached.features, np.memmap)
+    assert cached.estimate.on_disk and cached.estimate.ram_bytes == cached.estimate.working_bytes
+    reopened = load_pixel_features(tmp_path / "cache")
+    np.testing.assert_array_equal(reopened.features, in_ram.features)
+    np.testing.assert_array_equal(reopened.labels, in_ram.labels)
+    # Over budget: stops before allocating, says how much and what lowers it.
+    need = in_ram.estimate.ram_bytes
+    with pytest.raises(PairforgeError) as info:
+        extract_pixel_features(
+            extractor, images, masks, memory_budget_bytes=need - 1, progress=False
+        )
+    message = str(info.value)
+    assert f"{need / 2**30:.2f} GiB" in message
+    assert "--cache" in message and "--pixels-per-image" in message
+
+
+def test_hundred_labeled_64px_images_fit_well_inside_24_gib():
+    # Widest preset ("base": decoder widths 256, 256, 256, 128), three timesteps, every pixel.
+    feature_dim = 3 * (256 + 256 + 256 + 128)
+    estimate = estimate_feature_memory([64 * 64] * 100, feature_dim, (64, 64), batch_size=8)
+    assert estimate.ram_bytes < 4 * 2**30
+    assert estimate.stored_bytes == 100 * 64 * 64 * (feature_dim * 2 + 12)
+
+
+def test_load_feature_source_from_diffusers_directory(tmp_path):
+    model = _tiny_unet(3)
+    model.save_pretrained(tmp_path / "plain")
+    source = load_feature_source(tmp_path / "plain")
+    assert source.image_channels == 3
+    assert source.scheduler_config["num_train_timesteps"] == 1000
+    assert source.scheduler_config["beta_schedule"] == "linear"
+    model.save_pretrained(tmp_path / "with_sched")
+    config = make_scheduler_config("cosine")
+    (tmp_path / "with_sched" / "scheduler_config.json").write_text(json.dumps(config))
+    source = load_feature_source(tmp_path / "with_sched")
+    assert source.scheduler_config["beta_schedule"] == "squaredcos_cap_v2"
+    images = torch.randn(1, 3, 16, 16)
+    torch.testing.assert_close(
+        DiffusionFeatureExtractor(source.model, source.scheduler_config).extract(images),
+        DiffusionFeatureExtractor(model, config).extract(images),
+    )
+    with pytest.raises(PairforgeError, match="neither a pairforge run"):
+        load_feature_source(tmp_path)
