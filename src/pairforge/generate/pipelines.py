@@ -1,0 +1,345 @@
+"""Pair generators: joint, two-stage (mask DDPM -> SDM) and the optional 4x super-resolution stage.
+
+Every function takes one seed per sample; a sample depends only on its own seed (each stage draws
+its noise from a generator seeded by `stage_seed(seed, stage)`), so the same seed gives the same
+pair whatever the batch size. Tensors stay in model space ([-1, 1] image channels, class-index
+masks); `GeneratedPairs.physical_images()` converts images to physical units.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from pairforge.data.normalize import ChannelNormalizer
+from pairforge.errors import PairforgeError
+
+# Fixed per-stage offsets: two stages of one sample never share noise.
+STAGE_IDS = {"joint": 0, "mask": 1, "image": 2, "sr": 3, "sr-augment": 4}
+DEFAULT_GUIDANCE_SCALE = 1.5
+DEFAULT_SR_NOISE_LEVEL = 0.2
+
+DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def stage_seed(seed: int, stage: str) -> int:
+    """Seed of one stage of one sample: a 32-bit hash of (seed, stage), independent across stages."""
+    if stage not in STAGE_IDS:
+        raise PairforgeError(f"stage {stage!r} is unknown; use one of {sorted(STAGE_IDS)}")
+    state = np.random.SeedSequence([int(seed), STAGE_IDS[stage]]).generate_state(1)
+    return int(state[0])
+
+
+def seeded_normal(seeds: Sequence[int], shape: tuple[int, ...], device, dtype) -> torch.Tensor:
+    """(len(seeds), *shape) standard normal noise, row i drawn on the CPU from seed i alone."""
+    rows = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+    return torch.stack(rows).to(device=device, dtype=dtype)
+
+
+@dataclass
+class SamplingSettings:
+    """How to run the reverse process: sampler name, steps, device, dtype, progress bar.
+
+    `sample_fn` defaults to `pairforge.diffusion.sampling.sample`; pass another function with the
+    same signature to test pipelines without the diffusion package.
+    """
+
+    sampler: str = "dpm++"
+    steps: int = 25
+    device: str | torch.device | None = None  # None: the model's device
+    dtype: torch.dtype = torch.float32
+    progress: bool = False
+    sample_fn: Callable[..., torch.Tensor] | None = field(default=None, repr=False)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready summary for manifests."""
+        return {"sampler": self.sampler, "steps": self.steps, "dtype": str(self.dtype)}
+
+
+@dataclass
+class GeneratedPairs:
+    """A batch of generated pairs.
+
+    images (B, C, H, W) float in model space of `normalizer` (~[-1, 1]); masks (B, H, W) int64
+    class indices 0..K-1; num_classes K.
+    """
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    normalizer: ChannelNormalizer
+    num_classes: int
+
+    def physical_images(self) -> np.ndarray:
+        """(B, C, H, W) float32 numpy in the physical units of the training data."""
+        return self.normalizer.decode(self.images.detach().float().cpu().numpy())
+
+    def masks_numpy(self) -> np.ndarray:
+        """(B, H, W) int64 numpy class indices."""
+        return self.masks.detach().cpu().numpy().astype(np.int64)
+
+
+@dataclass
+class MaskAgreement:
+    """How well a high-res mask, majority-downsampled, matches its low-res input.
+
+    pixel_agreement in [0, 1]: fraction of equal pixels; miou in [0, 1]: mean IoU over the classes
+    present in either mask (NaN-free); per_sample_agreement (B,).
+    """
+
+    pixel_agreement: float
+    miou: float
+    per_sample_agreement: list[float]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "pixel_agreement": self.pixel_agreement,
+            "miou": self.miou,
+            "per_sample_agreement": self.per_sample_agreement,
+        }
+
+
+def _require_task(run, task: str, role: str) -> None:
+    if getattr(run, "task", None) != task:
+        raise PairforgeError(
+            f"{role}: the run has task {getattr(run, 'task', None)!r}, expected {task!r}; "
+            f"pass a run trained with task: {task}."
+        )
+
+
+def _model_device(run, settings: SamplingSettings) -> torch.device:
+    if settings.device is not None:
+        return torch.device(settings.device)
+    return next(run.model.parameters()).device
+
+
+def _image_channels(run) -> int:
+    return run.spec.num_channels
+
+
+def _run_sampler(
+    run, denoise_fn: DenoiseFn, shape, seeds, settings: SamplingSettings, device
+) -> torch.Tensor:
+    sample_fn = settings.sample_fn
+    if sample_fn is None:
+        from pairforge.diffusion.sampling import sample as sample_fn
+    return sample_fn(
+        denoise_fn,
+        shape=tuple(shape),
+        seeds=[int(s) for s in seeds],
+        sampler=settings.sampler,
+        steps=settings.steps,
+        scheduler_config=run.scheduler_config,
+        device=device,
+        dtype=settings.dtype,
+        progress=settings.progress,
+    )
+
+
+def _unet_denoiser(model) -> DenoiseFn:
+    return lambda x_t, t: model(x_t, t).sample
+
+
+def mask_to_segmap(masks: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+    """(B, H, W) class indices -> (B, K, H, W) one-hot in {0, 1}; ignore pixels get all zeros."""
+    masks = masks.long()
+    valid = masks != ignore_index
+    bad = masks[valid & ((masks < 0) | (masks >= num_classes))]
+    if bad.numel():
+        raise PairforgeError(
+            f"mask holds class index {int(bad[0])} outside 0..{num_classes - 1}; the SDM run "
+            f"knows {num_classes} classes (use {ignore_index} for unlabeled pixels)."
+        )
+    one_hot = torch.nn.functional.one_hot(torch.where(valid, masks, 0), num_classes)
+    return (one_hot * valid[..., None]).permute(0, 3, 1, 2).float()
+
+
+def guided_denoiser(model, segmap: torch.Tensor, guidance_scale: float) -> DenoiseFn:
+    """Classifier-free guidance for a SemanticUNet: out_u + s (out_c - out_u), one batched pass.
+
+    segmap (B, K, H, W) one-hot; the unconditional prediction uses an all-zero segmap.
+    s = 0 gives the unconditional, s = 1 the conditional prediction.
+    """
+    from pairforge.diffusion.guidance import classifier_free_batched
+
+    return classifier_free_batched(
+        lambda x_t, t, condition: model(x_t, t, condition).sample,
+        segmap,
+        torch.zeros_like(segmap),
+        guidance_scale,
+    )
+
+
+def generate_joint(
+    run, seeds: Sequence[int], settings: SamplingSettings | None = None
+) -> GeneratedPairs:
+    """One DDPM over image + mask codec channels (task "joint"); masks decoded with the run's codec."""
+    settings = settings or SamplingSettings()
+    _require_task(run, "joint", "joint pipeline")
+    device = _model_device(run, settings)
+    channels = _image_channels(run)
+    shape = (channels + run.codec.channels, run.resolution, run.resolution)
+    seeds = [stage_seed(s, "joint") for s in seeds]
+    x0 = _run_sampler(run, _unet_denoiser(run.model), shape, seeds, settings, device)
+    return GeneratedPairs(
+        images=x0[:, :channels].float(),
+        masks=run.codec.decode(x0[:, channels:].float()),
+        normalizer=run.normalizer,
+        num_classes=run.codec.num_classes,
+    )
+
+
+def generate_masks(
+    mask_run, seeds: Sequence[int], settings: SamplingSettings | None = None
+) -> torch.Tensor:
+    """Stage 1 of two-stage: (B, H, W) int64 class indices from an unconditional mask DDPM."""
+    settings = settings or SamplingSettings()
+    _require_task(mask_run, "mask", "two-stage mask stage")
+    device = _model_device(mask_run, settings)
+    shape = (mask_run.codec.channels, mask_run.resolution, mask_run.resolution)
+    seeds = [stage_seed(s, "mask") for s in seeds]
+    x0 = _run_sampler(mask_run, _unet_denoiser(mask_run.model), shape, seeds, settings, device)
+    return mask_run.codec.decode(x0.float())
+
+
+def paint_images(
+    sdm_run,
+    masks: torch.Tensor | np.ndarray,
+    seeds: Sequence[int],
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+    settings: SamplingSettings | None = None,
+) -> GeneratedPairs:
+    """Stage 2 of two-stage, also for user-drawn masks: images for given masks with the SDM.
+
+    masks (B, H, W) class indices 0..K-1 (255 = unlabeled: unconditional there), H = W = the run's
+    resolution; one seed per mask. Returns the pairs with the masks as given.
+    """
+    settings = settings or SamplingSettings()
+    _require_task(sdm_run, "sdm", "two-stage image stage")
+    masks = torch.as_tensor(masks).long()
+    size = sdm_run.resolution
+    if masks.ndim != 3 or tuple(masks.shape[1:]) != (size, size) or len(masks) != len(seeds):
+        raise PairforgeError(
+            f"paint_images: masks of shape {tuple(masks.shape)} with {len(seeds)} seeds; the SDM "
+            f"run needs (B, {size}, {size}) masks and one seed per mask (crop or resize them)."
+        )
+    num_classes = sdm_run.model.config.num_classes
+    device = _model_device(sdm_run, settings)
+    segmap = mask_to_segmap(masks, num_classes).to(device)
+    shape = (_image_channels(sdm_run), size, size)
+    image_seeds = [stage_seed(s, "image") for s in seeds]
+    denoise = guided_denoiser(sdm_run.model, segmap, guidance_scale)
+    x0 = _run_sampler(sdm_run, denoise, shape, image_seeds, settings, device)
+    return GeneratedPairs(
+        images=x0.float(), masks=masks, normalizer=sdm_run.normalizer, num_classes=num_classes
+    )
+
+
+def generate_two_stage(
+    mask_run,
+    sdm_run,
+    seeds: Sequence[int],
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+    settings: SamplingSettings | None = None,
+) -> GeneratedPairs:
+    """Mask DDPM -> decoded masks -> SDM with classifier-free guidance `guidance_scale`."""
+    settings = settings or SamplingSettings()
+    num_classes = sdm_run.model.config.num_classes
+    if mask_run.codec.num_classes != num_classes or mask_run.resolution != sdm_run.resolution:
+        raise PairforgeError(
+            f"two-stage: the mask run makes {mask_run.codec.num_classes}-class masks at "
+            f"{mask_run.resolution} px but the SDM run expects {num_classes} classes at "
+            f"{sdm_run.resolution} px; train both on the same dataset and resolution."
+        )
+    masks = generate_masks(mask_run, seeds, settings)
+    return paint_images(sdm_run, masks, seeds, guidance_scale, settings)
+
+
+def super_resolve(
+    sr_run,
+    pairs: GeneratedPairs,
+    seeds: Sequence[int],
+    noise_level: float = DEFAULT_SR_NOISE_LEVEL,
+    settings: SamplingSettings | None = None,
+) -> GeneratedPairs:
+    """Low-res pairs -> high-res pairs (task "sr", usually 4x) at a fixed augmentation level.
+
+    The low-res image is moved into the SR run's normalization, the mask encoded with its codec,
+    both noise-augmented with `noise_level` in [0, 1] (noise from the sample's own seed).
+    """
+    from pairforge.models.sr import noise_augment
+
+    settings = settings or SamplingSettings()
+    _require_task(sr_run, "sr", "super-resolution stage")
+    if not 0 <= noise_level <= 1:
+        raise PairforgeError(f"--sr-noise-level {noise_level} is outside [0, 1]; 0.1-0.3 is usual.")
+    if sr_run.codec.num_classes != pairs.num_classes:
+        raise PairforgeError(
+            f"super-resolution: the SR run knows {sr_run.codec.num_classes} classes but the pairs "
+            f"have {pairs.num_classes}; train the SR run on the same dataset."
+        )
+    device = _model_device(sr_run, settings)
+    physical = pairs.normalizer.decode(pairs.images.float())
+    low_res = torch.cat(
+        [sr_run.normalizer.encode(physical), sr_run.codec.encode(pairs.masks.cpu()).to(physical)],
+        dim=1,
+    ).to(device=device, dtype=settings.dtype)
+    expected = sr_run.model.config.low_res_channels
+    if low_res.shape[1] != expected:
+        raise PairforgeError(
+            f"super-resolution: the pairs give {low_res.shape[1]} low-res channels but the SR "
+            f"run expects {expected}; train the SR run on the same dataset."
+        )
+    augment_seeds = [stage_seed(s, "sr-augment") for s in seeds]
+    noise = seeded_normal(augment_seeds, tuple(low_res.shape[1:]), device, low_res.dtype)
+    low_res = noise_augment(low_res, noise_level, noise)
+    levels = torch.full((len(seeds),), float(noise_level), device=device)
+
+    def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return sr_run.model(x_t, t, low_res, levels).sample
+
+    channels = _image_channels(sr_run)
+    shape = (channels + sr_run.codec.channels, sr_run.resolution, sr_run.resolution)
+    x0 = _run_sampler(
+        sr_run, denoise, shape, [stage_seed(s, "sr") for s in seeds], settings, device
+    )
+    return GeneratedPairs(
+        images=x0[:, :channels].float(),
+        masks=sr_run.codec.decode(x0[:, channels:].float()),
+        normalizer=sr_run.normalizer,
+        num_classes=sr_run.codec.num_classes,
+    )
+
+
+def mask_agreement(
+    high_res_masks: torch.Tensor | np.ndarray,
+    low_res_masks: torch.Tensor | np.ndarray,
+    num_classes: int,
+) -> MaskAgreement:
+    """Majority-downsample (B, H, W) high-res masks to the (B, h, w) low-res size and compare."""
+    from pairforge.data.views import downsample_mask
+    from pairforge.eval.miou import confusion_matrix
+
+    high = torch.as_tensor(np.asarray(high_res_masks)).long()
+    low = torch.as_tensor(np.asarray(low_res_masks)).long()
+    factor = high.shape[-1] / low.shape[-1]
+    down = downsample_mask(high, factor, num_classes)
+    if down.shape != low.shape:
+        raise PairforgeError(
+            f"mask_agreement: high-res masks {tuple(high.shape)} do not downsample to the "
+            f"low-res shape {tuple(low.shape)}; sizes must differ by an integer factor."
+        )
+    per_sample = (down == low).float().flatten(1).mean(dim=1)
+    confusion = confusion_matrix(down, low, num_classes, ignore_index=None)
+    intersection = np.diag(confusion).astype(np.float64)
+    union = confusion.sum(0) + confusion.sum(1) - intersection
+    present = union > 0
+    miou = float((intersection[present] / union[present]).mean()) if present.any() else 1.0
+    return MaskAgreement(
+        pixel_agreement=float(per_sample.mean()),
+        miou=miou,
+        per_sample_agreement=[float(a) for a in per_sample],
+    )
