@@ -1,0 +1,379 @@
+"""Ensemble of pixel MLPs on diffusion features: training, prediction, uncertainty, safetensors I/O.
+
+Architecture and training follow Baranchuk et al. (ICLR 2022): each member is
+Linear-ReLU-BatchNorm twice then a Linear classifier (hidden widths 256/128 for >= 30 classes,
+else 128/32), trained with Adam (lr 1e-3) on per-pixel cross-entropy. Early stopping uses
+held-out labeled IMAGES (pixels of one image never sit on both sides of the split).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pairforge.errors import PairforgeError
+from pairforge.eval.miou import confusion_matrix, miou_from_confusion
+from pairforge.seg.features import PixelFeatures
+
+WEIGHTS_FILE = "ensemble.safetensors"
+CONFIG_FILE = "head.json"
+COMBINE_MODES = ("mean", "vote")
+UNCERTAINTY_KINDS = ("entropy", "disagreement")
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    """Shape and training settings of a pixel-MLP ensemble.
+
+    feature_dim: D, input width. num_classes: K. num_models: ensemble size M.
+    hidden: hidden widths; None = (256, 128) if K >= 30 else (128, 32).
+    """
+
+    feature_dim: int
+    num_classes: int
+    num_models: int = 10
+    hidden: tuple[int, ...] | None = None
+
+    @property
+    def hidden_widths(self) -> tuple[int, ...]:
+        if self.hidden is not None:
+            return tuple(self.hidden)
+        return (256, 128) if self.num_classes >= 30 else (128, 32)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["hidden"] = list(self.hidden_widths)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EnsembleConfig:
+        return cls(
+            feature_dim=int(data["feature_dim"]),
+            num_classes=int(data["num_classes"]),
+            num_models=int(data.get("num_models", 10)),
+            hidden=tuple(data["hidden"]) if data.get("hidden") else None,
+        )
+
+
+def pixel_mlp(feature_dim: int, hidden: tuple[int, ...], num_classes: int) -> torch.nn.Sequential:
+    """(P, D) -> (P, K) logits: [Linear, ReLU, BatchNorm1d] per hidden width, then Linear."""
+    layers: list[torch.nn.Module] = []
+    width_in = feature_dim
+    for width in hidden:
+        layers += [torch.nn.Linear(width_in, width), torch.nn.ReLU(), torch.nn.BatchNorm1d(width)]
+        width_in = width
+    layers.append(torch.nn.Linear(width_in, num_classes))
+    return torch.nn.Sequential(*layers)
+
+
+@dataclass
+class PixelPrediction:
+    """Ensemble output for P pixels (or (B, H, W) maps when reshaped by `segment`).
+
+    labels: long class indices. mean_probs: float (..., K) mean softmax (only kept on request).
+    entropy: float, entropy of the mean softmax in nats, in [0, log K].
+    disagreement: float in [0, 1 - 1/K']: fraction of members whose vote differs from the
+        ensemble's label.
+    """
+
+    labels: torch.Tensor
+    entropy: torch.Tensor
+    disagreement: torch.Tensor
+    mean_probs: torch.Tensor | None = None
+
+    def uncertainty(self, kind: str = "entropy") -> torch.Tensor:
+        if kind not in UNCERTAINTY_KINDS:
+            raise PairforgeError(
+                f"uncertainty kind {kind!r} is unknown; use {' or '.join(UNCERTAINTY_KINDS)}"
+            )
+        return self.entropy if kind == "entropy" else self.disagreement
+
+
+class PixelEnsemble(torch.nn.Module):
+    """M pixel MLPs; `predict` combines them by mean softmax (default) or majority vote."""
+
+    def __init__(self, config: EnsembleConfig):
+        super().__init__()
+        self.config = config
+        self.members = torch.nn.ModuleList(
+            pixel_mlp(config.feature_dim, config.hidden_widths, config.num_classes)
+            for _ in range(config.num_models)
+        )
+
+    @torch.no_grad()
+    def predict(
+        self,
+        features: torch.Tensor,
+        combine: str = "mean",
+        chunk_pixels: int = 65536,
+        keep_probs: bool = False,
+    ) -> PixelPrediction:
+        """Labels and uncertainties of pixel features (P, D) (any float dtype, CPU or device).
+
+        combine: "mean" = argmax of the mean softmax; "vote" = most member votes, ties broken
+        by the mean softmax. Pixels are processed in chunks of `chunk_pixels` to bound memory.
+        """
+        if combine not in COMBINE_MODES:
+            raise PairforgeError(f"combine={combine!r} is unknown; use 'mean' or 'vote'")
+        features = torch.as_tensor(features)
+        if features.ndim != 2 or features.shape[1] != self.config.feature_dim:
+            raise PairforgeError(
+                f"pixel features must be (P, {self.config.feature_dim}); got "
+                f"{tuple(features.shape)} (were they extracted with the head's feature settings?)"
+            )
+        self.eval()
+        device = next(self.parameters()).device
+        outputs: dict[str, list[torch.Tensor]] = {"labels": [], "entropy": [], "dis": [], "p": []}
+        for start in range(0, features.shape[0], chunk_pixels):
+            chunk = features[start : start + chunk_pixels].to(device, torch.float32)
+            probs = torch.stack([member(chunk).softmax(dim=-1) for member in self.members])
+            mean_probs = probs.mean(dim=0)  # (P, K)
+            votes = probs.argmax(dim=-1)  # (M, P)
+            if combine == "mean":
+                labels = mean_probs.argmax(dim=-1)
+            else:
+                counts = F.one_hot(votes, self.config.num_classes).sum(dim=0).float()
+                labels = (counts + mean_probs).argmax(dim=-1)  # mean prob < 1 breaks ties only
+            entropy = -(mean_probs * mean_probs.clamp_min(1e-12).log()).sum(dim=-1)
+            disagreement = (votes != labels).float().mean(dim=0)
+            outputs["labels"].append(labels.cpu())
+            outputs["entropy"].append(entropy.cpu())
+            outputs["dis"].append(disagreement.cpu())
+            if keep_probs:
+                outputs["p"].append(mean_probs.cpu())
+        if not outputs["labels"]:
+            empty = torch.zeros(0)
+            return PixelPrediction(empty.long(), empty, empty)
+        return PixelPrediction(
+            labels=torch.cat(outputs["labels"]),
+            entropy=torch.cat(outputs["entropy"]),
+            disagreement=torch.cat(outputs["dis"]),
+            mean_probs=torch.cat(outputs["p"]) if keep_probs else None,
+        )
+
+    def segment(self, feature_maps: torch.Tensor, combine: str = "mean") -> PixelPrediction:
+        """Per-pixel prediction of feature maps (B, D, H, W): fields shaped (B, H, W)."""
+        batch, dim, height, width = feature_maps.shape
+        flat = feature_maps.permute(0, 2, 3, 1).reshape(-1, dim)
+        result = self.predict(flat, combine=combine)
+        return PixelPrediction(
+            labels=result.labels.reshape(batch, height, width),
+            entropy=result.entropy.reshape(batch, height, width),
+            disagreement=result.disagreement.reshape(batch, height, width),
+        )
+
+    def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Write DIR/ensemble.safetensors (weights) and DIR/head.json (config + `extra`)."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {
+            name: tensor.detach().cpu().contiguous() for name, tensor in self.state_dict().items()
+        }
+        save_file(tensors, str(directory / WEIGHTS_FILE))
+        meta = {"format": "pairforge-pixel-ensemble/1", "ensemble": self.config.to_dict()}
+        meta.update(extra or {})
+        (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> tuple[PixelEnsemble, dict[str, Any]]:
+        """Read a head written by `save`: (ensemble in eval mode, the full head.json dict)."""
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+        if not config_path.exists() or not weights_path.exists():
+            raise PairforgeError(
+                f"{directory} is not a segmentation head (needs {CONFIG_FILE} and {WEIGHTS_FILE}); "
+                "create one with `pairforge seg fit`"
+            )
+        meta = json.loads(config_path.read_text())
+        ensemble = cls(EnsembleConfig.from_dict(meta["ensemble"]))
+        state = load_file(str(weights_path))
+        missing, unexpected = ensemble.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise PairforgeError(
+                f"{weights_path}: weights do not match {config_path} (missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]}); the two files come from different heads"
+            )
+        return ensemble.eval(), meta
+
+
+def image_scores(uncertainty: torch.Tensor, top_fraction: float = 0.1) -> torch.Tensor:
+    """Per-image uncertainty (B,) = mean of each image's top `top_fraction` pixels of (B, H, W)."""
+    flat = uncertainty.reshape(uncertainty.shape[0], -1).float()
+    count = max(1, math.ceil(top_fraction * flat.shape[1]))
+    return flat.topk(count, dim=1).values.mean(dim=1)
+
+
+def split_by_image(
+    image_index: np.ndarray, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (train, val): whole images go to val (at least one if there are >= 2)."""
+    images = np.unique(image_index)
+    num_val = int(round(val_fraction * len(images)))
+    num_val = min(max(num_val, 1 if val_fraction > 0 else 0), len(images) - 1)
+    if num_val <= 0:
+        return np.arange(len(image_index)), np.zeros(0, dtype=np.int64)
+    val_images = np.random.default_rng(seed).choice(images, size=num_val, replace=False)
+    is_val = np.isin(image_index, val_images)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def _class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights, mean 1 over present classes (absent classes weight 0)."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    weights = np.zeros(num_classes)
+    present = counts > 0
+    weights[present] = counts[present].sum() / (present.sum() * counts[present])
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def _rows(features: np.ndarray, index: np.ndarray) -> torch.Tensor:
+    # Sorted reads are sequential in a memmap; the order inside a batch does not matter.
+    return torch.from_numpy(np.asarray(features[np.sort(index)], dtype=np.float32))
+
+
+def train_ensemble(
+    pixels: PixelFeatures,
+    num_classes: int,
+    *,
+    val_pixels: PixelFeatures | None = None,
+    val_fraction: float = 0.2,
+    num_models: int = 10,
+    hidden: tuple[int, ...] | None = None,
+    max_epochs: int = 20,
+    patience: int = 3,
+    batch_size: int = 512,
+    lr: float = 1e-3,
+    class_balance: bool = False,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = True,
+) -> tuple[PixelEnsemble, dict[str, Any]]:
+    """Train M pixel MLPs with early stopping on held-out labeled images.
+
+    Args:
+        pixels: training pixels (features (P, D) float16, labels, image_index).
+        val_pixels: held-out images' pixels for early stopping. None: `val_fraction` of the
+            images in `pixels` are held out (split by image, seeded); with a single image or
+            val_fraction 0 there is no early stopping and every member trains `max_epochs`.
+        max_epochs / patience: an epoch is one pass over the training pixels; training stops
+            after `patience` epochs without a better validation mIoU and keeps the best epoch.
+        class_balance: weight the loss by inverse class frequency.
+        seed: member m uses seed * 1000 + m for its initialization and shuffling.
+
+    Returns:
+        (ensemble in eval mode, history) with history["members"][m] = {"best_epoch",
+        "best_val_miou", "epochs_run", "seconds"}, history["val_images"], history["seconds"].
+    """
+    labels_all = np.asarray(pixels.labels)
+    if labels_all.size == 0:
+        raise PairforgeError("no labeled pixels to train on; check the masks (all ignore?)")
+    if labels_all.min() < 0 or labels_all.max() >= num_classes:
+        raise PairforgeError(
+            f"pixel labels span {labels_all.min()}..{labels_all.max()} but num_classes="
+            f"{num_classes}; labels must be 0..{num_classes - 1}"
+        )
+    if val_pixels is not None:
+        train_rows = np.arange(labels_all.size)
+        val_features, val_labels = val_pixels.features, np.asarray(val_pixels.labels)
+        val_images = sorted(np.unique(val_pixels.image_index).tolist())
+        val_rows = np.arange(val_labels.size)
+    else:
+        train_rows, val_rows = split_by_image(pixels.image_index, val_fraction, seed)
+        val_features, val_labels = pixels.features, labels_all
+        val_images = sorted(np.unique(pixels.image_index[val_rows]).tolist())
+    has_val = val_rows.size > 0
+    config = EnsembleConfig(pixels.features.shape[1], num_classes, num_models, hidden)
+    ensemble = PixelEnsemble(config)
+    weights = _class_weights(labels_all[train_rows], num_classes) if class_balance else None
+    if weights is not None:
+        weights = weights.to(device)
+    val_x = _rows(val_features, val_rows).to(device) if has_val else None
+    val_y = val_labels[np.sort(val_rows)] if has_val else None
+    ensemble.to(device)
+
+    history: dict[str, Any] = {"members": [], "val_images": val_images}
+    start_all = time.perf_counter()
+    members = range(num_models)
+    if progress:
+        from tqdm.auto import tqdm
+
+        members = tqdm(members, desc="pixel MLPs", unit="model")
+    for m in members:
+        member_seed = seed * 1000 + m
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(member_seed)
+            ensemble.members[m] = pixel_mlp(config.feature_dim, config.hidden_widths, num_classes)
+        member = ensemble.members[m].to(device)
+        record = _train_member(
+            member, pixels.features, labels_all, train_rows, val_x, val_y, num_classes,
+            max_epochs=max_epochs, patience=patience, batch_size=batch_size, lr=lr,
+            weights=weights, rng=np.random.default_rng(member_seed), device=device,
+        )  # fmt: skip
+        history["members"].append(record)
+    history["seconds"] = time.perf_counter() - start_all
+    return ensemble.eval(), history
+
+
+def _train_member(
+    member, features, labels, train_rows, val_x, val_y, num_classes, *, max_epochs, patience,
+    batch_size, lr, weights, rng, device,
+) -> dict[str, Any]:  # fmt: skip
+    """One MLP: Adam on shuffled pixel batches; keep the best validation-mIoU epoch."""
+    optimizer = torch.optim.Adam(member.parameters(), lr=lr)
+    start = time.perf_counter()
+    best = {"best_epoch": 0, "best_val_miou": None, "state": None}
+    epochs_without_gain = 0
+    epochs_run = 0
+    for epoch in range(1, max_epochs + 1):
+        epochs_run = epoch
+        member.train()
+        order = rng.permutation(train_rows)
+        for first in range(0, len(order), batch_size):
+            index = order[first : first + batch_size]
+            if len(index) < 2:  # BatchNorm needs two samples in training mode
+                continue
+            index = np.sort(index)
+            x = torch.from_numpy(np.asarray(features[index], dtype=np.float32)).to(device)
+            y = torch.from_numpy(labels[index]).to(device)
+            loss = F.cross_entropy(member(x), y, weight=weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        if val_x is None:
+            continue
+        member.eval()
+        with torch.no_grad():
+            prediction = member(val_x).argmax(dim=-1).cpu()
+        score = miou_from_confusion(confusion_matrix(prediction, val_y, num_classes, None))[0]
+        if best["best_val_miou"] is None or score > best["best_val_miou"]:
+            best.update(best_epoch=epoch, best_val_miou=score)
+            best["state"] = {k: v.detach().clone() for k, v in member.state_dict().items()}
+            epochs_without_gain = 0
+        else:
+            epochs_without_gain += 1
+            if epochs_without_gain >= patience:
+                break
+    if best["state"] is not None:
+        member.load_state_dict(best["state"])
+    else:
+        best["best_epoch"] = epochs_run
+    member.eval()
+    return {
+        "best_epoch": best["best_epoch"],
+        "best_val_miou": best["best_val_miou"],
+        "epochs_run": epochs_run,
+        "seconds": time.perf_counter() - start,
+    }

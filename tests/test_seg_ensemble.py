@@ -1,0 +1,179 @@
+"""Tests for the pixel-MLP ensemble: learning, early stopping by image, uncertainty, I/O."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pairforge.errors import PairforgeError
+from pairforge.eval.miou import mean_iou
+from pairforge.seg.ensemble import (
+    EnsembleConfig,
+    PixelEnsemble,
+    image_scores,
+    split_by_image,
+    train_ensemble,
+)
+from pairforge.seg.features import PixelFeatures
+
+
+def _toy_pixels(num_images=6, pixels_per_image=200, dim=16, num_classes=3, seed=0, spread=0.3):
+    """Linearly separable clusters: class k sits around 2 * e_k in feature space."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, num_classes, size=num_images * pixels_per_image)
+    centers = np.zeros((num_classes, dim))
+    centers[np.arange(num_classes), np.arange(num_classes)] = 2.0
+    features = centers[labels] + spread * rng.standard_normal((labels.size, dim))
+    image_index = np.repeat(np.arange(num_images), pixels_per_image).astype(np.int32)
+    return PixelFeatures(features.astype(np.float16), labels.astype(np.int64), image_index)
+
+
+def test_learns_separable_toy_problem_to_near_perfect_miou():
+    train = _toy_pixels(seed=0)
+    test = _toy_pixels(num_images=2, seed=1)
+    ensemble, history = train_ensemble(
+        train, num_classes=3, num_models=3, max_epochs=10, batch_size=128, progress=False
+    )
+    prediction = ensemble.predict(torch.from_numpy(test.features))
+    assert mean_iou(prediction.labels, test.labels, 3) > 0.98
+    assert len(history["members"]) == 3
+    assert all(record["best_val_miou"] > 0.95 for record in history["members"])
+    assert len(history["val_images"]) == 1  # 20% of 6 images, whole images
+
+
+def test_split_is_by_image_never_by_pixel():
+    image_index = np.repeat(np.arange(10), 7)
+    train_rows, val_rows = split_by_image(image_index, 0.3, seed=4)
+    train_images = set(image_index[train_rows].tolist())
+    val_images = set(image_index[val_rows].tolist())
+    assert not train_images & val_images
+    assert len(val_images) == 3 and len(train_images) == 7
+    assert len(train_rows) + len(val_rows) == 70
+    # One image: nothing held out.
+    train_rows, val_rows = split_by_image(np.zeros(5, dtype=int), 0.2, seed=0)
+    assert len(val_rows) == 0 and len(train_rows) == 5
+
+
+def test_early_stopping_keeps_best_epoch_and_respects_patience():
+    train = _toy_pixels(seed=2)
+    _, history = train_ensemble(
+        train,
+        num_classes=3,
+        num_models=2,
+        max_epochs=30,
+        patience=2,
+        batch_size=256,
+        progress=False,
+    )
+    for record in history["members"]:
+        # Perfect validation is reached quickly, then 2 epochs without gain stop training.
+        assert record["epochs_run"] < 30
+        assert record["epochs_run"] - record["best_epoch"] <= 2
+
+
+def test_same_seed_same_ensemble():
+    train = _toy_pixels(seed=3)
+    kwargs = dict(num_classes=3, num_models=2, max_epochs=2, progress=False)
+    first, _ = train_ensemble(train, seed=7, **kwargs)
+    second, _ = train_ensemble(train, seed=7, **kwargs)
+    for key, value in first.state_dict().items():
+        assert torch.equal(value, second.state_dict()[key]), key
+    # Members differ from each other (their own seeds).
+    weights = [m[0].weight for m in first.members]
+    assert not torch.equal(weights[0], weights[1])
+
+
+def test_default_widths_follow_the_paper():
+    assert EnsembleConfig(64, 3).hidden_widths == (128, 32)
+    assert EnsembleConfig(64, 34).hidden_widths == (256, 128)
+    member = PixelEnsemble(EnsembleConfig(64, 34, num_models=1)).members[0]
+    kinds = [type(layer).__name__ for layer in member]
+    assert kinds == ["Linear", "ReLU", "BatchNorm1d", "Linear", "ReLU", "BatchNorm1d", "Linear"]
+    assert member[0].out_features == 256 and member[3].out_features == 128
+
+
+def _fixed_ensemble(member_logits):
+    """An ensemble whose member m outputs constant logits member_logits[m] (bias only)."""
+    num_models, num_classes = len(member_logits), len(member_logits[0])
+    ensemble = PixelEnsemble(EnsembleConfig(4, num_classes, num_models=num_models, hidden=(2,)))
+    for member, logits in zip(ensemble.members, member_logits, strict=True):
+        torch.nn.init.zeros_(member[-1].weight)
+        member[-1].bias.data = torch.tensor(logits, dtype=torch.float32)
+    return ensemble.eval()
+
+
+def test_mean_softmax_vote_entropy_and_disagreement_by_hand():
+    big = 20.0  # near one-hot softmax
+    ensemble = _fixed_ensemble([[big, 0, 0], [big, 0, 0], [0, big, 0], [0, 0, 0]])
+    features = torch.randn(5, 4)
+    mean_result = ensemble.predict(features, keep_probs=True)
+    vote_result = ensemble.predict(features, combine="vote")
+    # Mean softmax: class 0 gets (1 + 1 + 0 + 1/3) / 4.
+    assert mean_result.mean_probs[0, 0].item() == pytest.approx((2 + 1 / 3) / 4, abs=1e-6)
+    assert mean_result.labels.tolist() == [0] * 5
+    assert vote_result.labels.tolist() == [0] * 5
+    probs = np.array([(2 + 1 / 3) / 4, (1 + 1 / 3) / 4, (1 / 3) / 4])
+    assert mean_result.entropy[0].item() == pytest.approx(-(probs * np.log(probs)).sum(), abs=1e-5)
+    # Votes: 0, 0, 1, 0 (uniform member argmax is class 0) -> one of four disagrees.
+    assert mean_result.disagreement[0].item() == pytest.approx(0.25)
+    assert 0 <= mean_result.entropy.max().item() <= math.log(3) + 1e-6
+
+
+def test_vote_differs_from_mean_when_majority_is_unsure():
+    # Two members mildly prefer class 1, one member is certain of class 0.
+    ensemble = _fixed_ensemble([[0.0, 0.5], [0.0, 0.5], [30.0, 0.0]])
+    features = torch.randn(3, 4)
+    assert ensemble.predict(features, combine="vote").labels.tolist() == [1, 1, 1]
+    assert ensemble.predict(features, combine="mean").labels.tolist() == [0, 0, 0]
+
+
+def test_segment_reshapes_and_image_scores_use_top_ten_percent():
+    ensemble = _fixed_ensemble([[1.0, 0.0], [0.0, 1.0]])
+    result = ensemble.segment(torch.randn(2, 4, 5, 6))
+    assert result.labels.shape == result.entropy.shape == (2, 5, 6)
+    uncertainty = torch.zeros(2, 10, 10)
+    uncertainty[0, 0, :10] = 1.0  # exactly the top 10% of image 0
+    uncertainty[1, 0, :5] = 1.0  # half of image 1's top 10%
+    torch.testing.assert_close(image_scores(uncertainty), torch.tensor([1.0, 0.5]))
+
+
+def test_save_load_roundtrip_without_pickle(tmp_path):
+    train = _toy_pixels(seed=5)
+    ensemble, _ = train_ensemble(train, num_classes=3, num_models=2, max_epochs=1, progress=False)
+    ensemble.save(tmp_path / "head", extra={"features": {"timesteps": [50]}})
+    loaded, meta = PixelEnsemble.load(tmp_path / "head")
+    features = torch.from_numpy(train.features[:50])
+    before, after = ensemble.predict(features), loaded.predict(features)
+    assert torch.equal(before.labels, after.labels)
+    torch.testing.assert_close(before.entropy, after.entropy)
+    assert meta["features"] == {"timesteps": [50]}
+    assert json.loads((tmp_path / "head" / "head.json").read_text())["ensemble"]["num_models"] == 2
+    assert not list((tmp_path / "head").glob("*.pt")) and not list(
+        (tmp_path / "head").glob("*.pkl")
+    )
+    with pytest.raises(PairforgeError, match="not a segmentation head"):
+        PixelEnsemble.load(tmp_path)
+
+
+def test_class_balance_and_bad_labels():
+    train = _toy_pixels(seed=6)
+    keep = (train.labels != 2) | (np.arange(train.labels.size) % 10 == 0)  # rare class 2
+    rare = PixelFeatures(train.features[keep], train.labels[keep], train.image_index[keep])
+    ensemble, _ = train_ensemble(
+        rare,
+        num_classes=3,
+        num_models=1,
+        max_epochs=5,
+        batch_size=64,
+        class_balance=True,
+        progress=False,
+    )
+    test = _toy_pixels(num_images=1, seed=7)
+    assert mean_iou(ensemble.predict(torch.from_numpy(test.features)).labels, test.labels, 3) > 0.9
+    bad = PixelFeatures(train.features, train.labels + 5, train.image_index)
+    with pytest.raises(PairforgeError, match="num_classes=3"):
+        train_ensemble(bad, num_classes=3, progress=False)
+    with pytest.raises(PairforgeError, match=r"\(P, 16\)"):
+        ensemble.predict(torch.zeros(3, 8))
