@@ -1,0 +1,157 @@
+"""Evaluation sets: a dataset folder turned into equal-size tiles (images, masks) for metrics.
+
+Real measurements are large, synthetic samples are already at model resolution. Metrics need
+both at the same scale, so a real set is cut into `crop_size` tiles downsampled to
+`resolution` (as training saw them, see `pairforge.data.views.load_tiles`) and a synthetic set
+is read whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pairforge.errors import PairforgeError
+
+IGNORE_INDEX = 255
+
+
+@dataclass
+class EvalSet:
+    """Equal-size samples of one dataset, ready for metrics.
+
+    images: float32 (N, C, H, W) in the model range (~[-1, 1]) of `normalizer`.
+    masks: int64 (M, H, W) class indices 0..K-1 (255 = ignore) of the labeled samples, or None
+        when none is labeled; `labeled` (M,) gives their row in `images`.
+    normalizer: the ChannelNormalizer that produced `images` (decode -> physical units).
+    """
+
+    source: str
+    images: np.ndarray
+    masks: np.ndarray | None
+    labeled: np.ndarray
+    normalizer: object
+    channel_names: list[str]
+    class_names: list[str]
+    class_colors: np.ndarray  # (K, 3) uint8 display colors
+
+    @property
+    def num_images(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def num_masks(self) -> int:
+        return 0 if self.masks is None else int(self.masks.shape[0])
+
+    def unit_range(self) -> np.ndarray:
+        """Images mapped from [-1, 1] to [0, 1] and clipped: float32 (N, C, H, W)."""
+        return np.clip((self.images + 1.0) * 0.5, 0.0, 1.0).astype(np.float32)
+
+    def physical(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Images (or the given rows) in physical units: float32 (n, C, H, W)."""
+        images = self.images if rows is None else self.images[rows]
+        return self.normalizer.decode(images)
+
+
+def load_eval_set(
+    path: str | Path,
+    *,
+    split: str | None = None,
+    normalizer=None,
+    crop_size: int | None = None,
+    resolution: int | None = None,
+    max_items: int | None = None,
+    seed: int = 0,
+) -> EvalSet:
+    """Read a dataset folder as an `EvalSet`.
+
+    Args:
+        path: dataset folder (dataset.yaml, images/, masks/).
+        split: only the samples of this split (None: all).
+        normalizer: ChannelNormalizer to apply; None: the dataset's own. Pass the real dataset's
+            normalizer for a synthetic set so both share one value range.
+        crop_size: None: read each image whole (all must have the same size). Otherwise cut
+            non-overlapping `crop_size` tiles (the last row/column flush with the border).
+        resolution: tiles are area-downsampled (masks by majority) to this size; None: crop_size.
+        max_items: keep at most this many tiles, drawn at random with `seed` (masks follow).
+    """
+    import torch
+
+    from pairforge.data.dataset import load_dataset
+    from pairforge.data.views import load_tiles
+
+    ds = load_dataset(path)
+    normalizer = normalizer or ds.normalizer
+    ids = ds.ids(split)
+    if not ids:
+        raise PairforgeError(f"{path}: no samples (split={split!r}); check dataset.yaml splits")
+    labeled_ids = [i for i in ids if ds.has_mask(i)]
+    unlabeled_ids = [i for i in ids if not ds.has_mask(i)]
+
+    if crop_size is None:
+        images, masks = [], []
+        for sample_id in labeled_ids + unlabeled_ids:
+            image, mask = ds.read_pair(sample_id)
+            images.append(normalizer.encode(image))
+            if mask is not None:
+                masks.append(mask)
+        shapes = sorted({im.shape[1:] for im in images})
+        if len(shapes) > 1:
+            raise PairforgeError(
+                f"{path}: images have different sizes {shapes[:4]}; pass a crop size "
+                "(--crop-size) to cut equal tiles"
+            )
+        image_array = np.stack(images).astype(np.float32)
+        mask_array = np.stack(masks).astype(np.int64) if masks else None
+        if resolution is not None and resolution != image_array.shape[-1]:
+            from pairforge.data.views import downsample_image, downsample_mask
+
+            factor = image_array.shape[-1] / resolution
+            image_array = downsample_image(image_array, factor)
+            if mask_array is not None:
+                mask_array = downsample_mask(mask_array, factor, ds.num_classes)
+    else:
+        resolution = resolution or crop_size
+        parts = []
+        for group in (labeled_ids, unlabeled_ids):
+            if group:
+                tiles = load_tiles(ds, group, crop_size, resolution, normalizer=normalizer)
+                parts.append(tiles)
+        image_array = torch.cat([p["image"] for p in parts]).numpy().astype(np.float32)
+        mask_parts = [p["mask"] for p in parts if p["mask"] is not None]
+        mask_array = torch.cat(mask_parts).numpy().astype(np.int64) if mask_parts else None
+
+    # Labeled samples come first in both branches, so mask row i pairs with image row i.
+    num_masks = 0 if mask_array is None else mask_array.shape[0]
+    labeled = np.arange(num_masks)
+    if max_items is not None and image_array.shape[0] > max_items:
+        rng = np.random.default_rng(seed)
+        keep = np.sort(rng.choice(image_array.shape[0], max_items, replace=False))
+        image_array = image_array[keep]
+        keep_labeled = keep[keep < num_masks]
+        mask_array = mask_array[keep_labeled] if len(keep_labeled) else None
+        labeled = np.flatnonzero(keep < num_masks)
+
+    return EvalSet(
+        source=str(path),
+        images=image_array,
+        masks=mask_array,
+        labeled=labeled,
+        normalizer=normalizer,
+        channel_names=list(ds.spec.channel_names),
+        class_names=[c.name for c in ds.spec.classes],
+        class_colors=np.asarray(ds.spec.class_colors, dtype=np.uint8).reshape(-1, 3),
+    )
+
+
+def dataset_image_size(path: str | Path) -> tuple[int, int]:
+    """(H, W) of the first image of a dataset folder (to match a real set to a synthetic one)."""
+    from pairforge.data.dataset import load_dataset
+
+    ds = load_dataset(path)
+    ids = ds.ids()
+    if not ids:
+        raise PairforgeError(f"{path}: dataset has no samples")
+    return tuple(ds.read_image(ids[0]).shape[1:])
