@@ -1,0 +1,339 @@
+"""Writes generated pairs as a standard pairforge dataset with manifest.json; resumable and sharded.
+
+Layout of OUT: the dataset (dataset.yaml, images/, masks/), manifest.json (settings, checkpoint
+hashes, one record per sample), grid.png, and .generate/ (settings.json and one record file per
+finished sample: a sample counts as done once its record exists, which is written after its
+image and mask). Sample i has id `gen{i:06d}` and seed `base_seed + i`; process r of R takes the
+indices i with i % R == r, so any process count gives the same dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pairforge.errors import PairforgeError
+from pairforge.generate.pipelines import (
+    DEFAULT_GUIDANCE_SCALE,
+    DEFAULT_SR_NOISE_LEVEL,
+    GeneratedPairs,
+    SamplingSettings,
+    generate_joint,
+    generate_two_stage,
+    mask_agreement,
+    super_resolve,
+)
+
+PIPELINES = ("joint", "two-stage")
+STATE_DIR = ".generate"
+MANIFEST_FILE = "manifest.json"
+GRID_FILE = "grid.png"
+GRID_SAMPLES = 8
+
+
+@dataclass
+class RunRef:
+    """A loaded run (`pairforge.train.run.LoadedRun` or alike) and the folder it came from."""
+
+    run: Any
+    path: Path | None = None
+
+
+@dataclass
+class GenerationPlan:
+    """Everything that decides the generated samples (plus batch size, which does not).
+
+    pipeline "joint" needs runs["joint"]; "two-stage" needs runs["mask"] and runs["sdm"];
+    runs["sr"] optional for a 4x super-resolution stage at the fixed `sr_noise_level`.
+    """
+
+    pipeline: str
+    runs: dict[str, RunRef]
+    num_samples: int
+    base_seed: int = 0
+    batch_size: int = 8
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE
+    sr_noise_level: float = DEFAULT_SR_NOISE_LEVEL
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+
+    def __post_init__(self) -> None:
+        needed = {"joint": ["joint"], "two-stage": ["mask", "sdm"]}.get(self.pipeline)
+        if needed is None:
+            raise PairforgeError(
+                f"--pipeline {self.pipeline!r} is unknown; use one of {', '.join(PIPELINES)}."
+            )
+        flags = {"joint": "--run", "mask": "--mask-run", "sdm": "--sdm-run"}
+        for role in needed:
+            if role not in self.runs:
+                raise PairforgeError(f"--pipeline {self.pipeline} needs {flags[role]} RUN.")
+        if self.num_samples < 1 or self.batch_size < 1:
+            raise PairforgeError(
+                f"--n {self.num_samples} / --batch-size {self.batch_size}: both must be >= 1."
+            )
+
+    @property
+    def final_run(self):
+        """The run whose normalizer and spec describe the written images."""
+        if "sr" in self.runs:
+            return self.runs["sr"].run
+        return self.runs["joint" if self.pipeline == "joint" else "sdm"].run
+
+
+def sample_id(index: int) -> str:
+    return f"gen{index:06d}"
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checkpoint_hashes(run_dir: Path | None) -> dict[str, str]:
+    """sha256 of every weight file (*.safetensors) under RUN/model, keyed by relative path."""
+    if run_dir is None:
+        return {}
+    model_dir = Path(run_dir) / "model"
+    return {
+        str(p.relative_to(model_dir)): file_sha256(p)
+        for p in sorted(model_dir.rglob("*.safetensors"))
+    }
+
+
+def generation_settings(plan: GenerationPlan) -> dict[str, Any]:
+    """The settings that decide sample content; a resumed run must match them exactly."""
+    checkpoints = {
+        role: {
+            "path": str(ref.path) if ref.path else None,
+            "task": ref.run.task,
+            "sha256": checkpoint_hashes(ref.path),
+        }
+        for role, ref in sorted(plan.runs.items())
+    }
+    settings: dict[str, Any] = {
+        "pipeline": plan.pipeline,
+        "checkpoints": checkpoints,
+        **plan.sampling.as_dict(),
+        "base_seed": plan.base_seed,
+        "guidance_scale": plan.guidance_scale if plan.pipeline == "two-stage" else None,
+        "sr": None,
+    }
+    if "sr" in plan.runs:
+        low = plan.runs["joint" if plan.pipeline == "joint" else "sdm"].run.resolution
+        high = plan.runs["sr"].run.resolution
+        settings["sr"] = {
+            "noise_level": plan.sr_noise_level,
+            "low_resolution": low,
+            "resolution": high,
+        }
+    return settings
+
+
+def generate_pairs(
+    plan: GenerationPlan, seeds: Sequence[int]
+) -> tuple[GeneratedPairs, list[dict[str, Any]]]:
+    """Run the plan's pipeline for `seeds`; returns the final pairs and per-sample extras."""
+    runs = {role: ref.run for role, ref in plan.runs.items()}
+    if plan.pipeline == "joint":
+        pairs = generate_joint(runs["joint"], seeds, plan.sampling)
+    else:
+        pairs = generate_two_stage(
+            runs["mask"], runs["sdm"], seeds, plan.guidance_scale, plan.sampling
+        )
+    extras: list[dict[str, Any]] = [{} for _ in seeds]
+    if "sr" in runs:
+        low_res_masks = pairs.masks
+        pairs = super_resolve(runs["sr"], pairs, seeds, plan.sr_noise_level, plan.sampling)
+        agreement = mask_agreement(pairs.masks, low_res_masks, pairs.num_classes)
+        for extra, value in zip(extras, agreement.per_sample_agreement, strict=True):
+            extra["sr_mask_agreement"] = value
+    return pairs, extras
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _check_or_store_settings(out: Path, settings: dict[str, Any], is_main: bool) -> None:
+    path = out / STATE_DIR / "settings.json"
+    if path.exists():
+        previous = json.loads(path.read_text())
+        changed = [
+            k for k in sorted(set(previous) | set(settings)) if previous.get(k) != settings.get(k)
+        ]
+        if changed:
+            key = changed[0]
+            raise PairforgeError(
+                f"{out}: was generated with {key}={previous.get(key)!r}, now {settings.get(key)!r}; "
+                "resume with the same settings and checkpoints, or pass a new --out."
+            )
+    elif is_main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(path, json.dumps(settings, indent=2))
+
+
+def _done_records(out: Path) -> dict[str, dict[str, Any]]:
+    record_dir = out / STATE_DIR / "records"
+    if not record_dir.is_dir():
+        return {}
+    return {p.stem: json.loads(p.read_text()) for p in sorted(record_dir.glob("*.json"))}
+
+
+def output_spec(plan: GenerationPlan):
+    """DatasetSpec of the generated dataset: channels/classes of the final run, its normalization."""
+    from pairforge.data.spec import NormalizationSpec
+
+    run = plan.final_run
+    spec = run.spec.model_copy(deep=True)
+    spec.name = f"{spec.name}-generated-{plan.pipeline}{'-sr' if 'sr' in plan.runs else ''}"
+    spec.splits = {}
+    spec.normalization = NormalizationSpec(**run.normalizer.to_dict())
+    return spec
+
+
+def write_generated_dataset(
+    plan: GenerationPlan,
+    out: str | Path,
+    process_index: int = 0,
+    num_processes: int = 1,
+    barrier: Callable[[], None] = lambda: None,
+    progress: bool = True,
+) -> dict[str, Any] | None:
+    """Generate plan.num_samples pairs into `out` (this process's share); resumable.
+
+    Every process calls this with its index; `barrier` waits for all of them (e.g.
+    accelerator.wait_for_everyone). The main process (index 0) then lists every finished sample
+    in dataset.yaml and writes manifest.json and grid.png; it returns the manifest, others None.
+    """
+    from tqdm.auto import tqdm
+
+    from pairforge.data.dataset import DatasetWriter
+
+    out = Path(out)
+    is_main = process_index == 0
+    settings = generation_settings(plan)
+    if is_main:
+        _check_or_store_settings(out, settings, is_main=True)
+    barrier()
+    if not is_main:
+        _check_or_store_settings(out, settings, is_main=False)
+    record_dir = out / STATE_DIR / "records"
+    record_dir.mkdir(parents=True, exist_ok=True)
+
+    done = _done_records(out)
+    todo = [
+        i for i in range(process_index, plan.num_samples, num_processes) if sample_id(i) not in done
+    ]
+    spec = output_spec(plan)
+    # Only the main process flushes dataset.yaml while running; the others write files only and
+    # the main process lists their samples at the end (records tell which are finished).
+    writer = DatasetWriter(out, spec, flush_every=32 if is_main else 1 << 62)
+    started = time.perf_counter()
+    bar = tqdm(
+        total=len(todo), desc=f"generate [{process_index}]", position=process_index,
+        disable=not progress, unit="pair",
+    )  # fmt: skip
+    for start in range(0, len(todo), plan.batch_size):
+        indices = todo[start : start + plan.batch_size]
+        seeds = [plan.base_seed + i for i in indices]
+        pairs, extras = generate_pairs(plan, seeds)
+        images, masks = pairs.physical_images(), pairs.masks_numpy()
+        for k, index in enumerate(indices):
+            writer.add(sample_id(index), images[k], masks[k], split="train")
+            record = {"id": sample_id(index), "index": index, "seed": seeds[k], **extras[k]}
+            _atomic_write_text(record_dir / f"{sample_id(index)}.json", json.dumps(record))
+        bar.update(len(indices))
+    bar.close()
+    elapsed = time.perf_counter() - started
+    if is_main:
+        writer.flush()
+    _atomic_write_text(
+        out / STATE_DIR / f"timing-{process_index}.json",
+        json.dumps({"samples": len(todo), "seconds": elapsed}),
+    )
+    barrier()
+    if not is_main:
+        return None
+    return finalize(plan, out, settings, num_processes)
+
+
+def finalize(
+    plan: GenerationPlan, out: Path, settings: dict[str, Any], num_processes: int
+) -> dict[str, Any]:
+    """List every finished sample in dataset.yaml; write manifest.json and grid.png."""
+    from pairforge.data.dataset import DatasetWriter
+
+    records = sorted(_done_records(out).values(), key=lambda r: r["index"])
+    writer = DatasetWriter(out, output_spec(plan))
+    writer.spec.splits = {"train": [r["id"] for r in records]}
+    writer.flush()
+    timings = [json.loads(p.read_text()) for p in sorted((out / STATE_DIR).glob("timing-*.json"))]
+    manifest: dict[str, Any] = {
+        **settings,
+        "num_samples": len(records),
+        "num_processes": num_processes,
+        "batch_size": plan.batch_size,
+        "generated_this_session": {
+            "samples": sum(t["samples"] for t in timings),
+            "process_seconds": sum(t["seconds"] for t in timings),
+        },
+        "samples": records,
+    }
+    if plan.runs.get("sr") is not None:
+        values = [r["sr_mask_agreement"] for r in records if "sr_mask_agreement" in r]
+        manifest["sr_mask_agreement_mean"] = float(np.mean(values)) if values else None
+    _atomic_write_text(out / MANIFEST_FILE, json.dumps(manifest, indent=2))
+    write_grid(out, [r["id"] for r in records[:GRID_SAMPLES]])
+    return manifest
+
+
+def write_grid(out: Path, ids: Sequence[str]) -> Path | None:
+    """grid.png: one row per sample, one column per channel plus the mask overlaid on channel 0."""
+    if not ids:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pairforge.data.dataset import load_dataset
+
+    ds = load_dataset(out)
+    colors = np.array(ds.spec.class_colors, dtype=np.float32) / 255.0
+    columns = ds.num_channels + 1
+    fig, axes = plt.subplots(
+        len(ids), columns, figsize=(2.0 * columns, 2.0 * len(ids)), squeeze=False
+    )
+    for row, sample in enumerate(ids):
+        image, mask = ds.read_pair(sample)
+        for c in range(ds.num_channels):
+            axes[row, c].imshow(image[c], cmap="viridis")
+            if row == 0:
+                axes[row, c].set_title(ds.spec.channels[c].name, fontsize=8)
+        first = image[0]
+        gray = (first - first.min()) / max(float(np.ptp(first)), 1e-12)
+        overlay = 0.55 * np.repeat(gray[..., None], 3, -1) + 0.45 * colors[mask]
+        axes[row, -1].imshow(overlay)
+        if row == 0:
+            axes[row, -1].set_title("mask overlay", fontsize=8)
+        axes[row, 0].set_ylabel(sample, fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    path = out / GRID_FILE
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
