@@ -159,15 +159,21 @@ class PixelEnsemble(torch.nn.Module):
             mean_probs=torch.cat(outputs["p"]) if keep_probs else None,
         )
 
-    def segment(self, feature_maps: torch.Tensor, combine: str = "mean") -> PixelPrediction:
-        """Per-pixel prediction of feature maps (B, D, H, W): fields shaped (B, H, W)."""
+    def segment(
+        self, feature_maps: torch.Tensor, combine: str = "mean", keep_probs: bool = False
+    ) -> PixelPrediction:
+        """Per-pixel prediction of feature maps (B, D, H, W): fields (B, H, W), probs (B, K, H, W)."""
         batch, dim, height, width = feature_maps.shape
         flat = feature_maps.permute(0, 2, 3, 1).reshape(-1, dim)
-        result = self.predict(flat, combine=combine)
+        result = self.predict(flat, combine=combine, keep_probs=keep_probs)
+        probs = None
+        if keep_probs:
+            probs = result.mean_probs.reshape(batch, height, width, -1).permute(0, 3, 1, 2)
         return PixelPrediction(
             labels=result.labels.reshape(batch, height, width),
             entropy=result.entropy.reshape(batch, height, width),
             disagreement=result.disagreement.reshape(batch, height, width),
+            mean_probs=probs,
         )
 
     def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:

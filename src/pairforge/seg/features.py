@@ -326,16 +326,17 @@ def _load_pairforge_run(root: Path) -> FeatureSource:
             f"run {root} has task {run.task!r}; features need an unconditional image or joint "
             "DDPM (task image or joint)"
         )
-    codec_channels = run.codec.channels if (run.task == "joint" and run.codec) else 0
     in_channels = int(run.model.config.in_channels)
+    # x0 = cat(image, codec(mask)): image channels come first (train.tasks.TaskLayout).
+    image_channels = int(run.info.get("image_channels", in_channels))
     return FeatureSource(
         model=run.model,
         scheduler_config=dict(run.scheduler_config),
-        image_channels=in_channels - codec_channels,
+        image_channels=image_channels,
         normalizer=run.normalizer,
         path=str(root),
         task=run.task,
-        extra={"resolution": getattr(run, "resolution", None)},
+        extra={"resolution": run.resolution, "crop_size": run.crop_size, "spec": run.spec},
     )
 
 

@@ -1,0 +1,217 @@
+"""A segmentation head: frozen diffusion features + a pixel-MLP ensemble; fit, segment, save, load.
+
+On disk a head is a folder: ensemble.safetensors (weights) and head.json (ensemble shape, the
+feature settings, the path of the diffusion model, the normalizer, class names and the
+crop / resolution scale the model was trained at). No pickle.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pairforge.errors import PairforgeError
+from pairforge.seg.ensemble import PixelEnsemble, PixelPrediction, train_ensemble
+from pairforge.seg.features import (
+    DEFAULT_MEMORY_BUDGET_BYTES,
+    DiffusionFeatureExtractor,
+    FeatureConfig,
+    FeatureSource,
+    extract_pixel_features,
+    load_feature_source,
+)
+
+
+@dataclass
+class SegmentationHead:
+    """Extractor + ensemble (+ the normalizer that maps physical units to model units).
+
+    info keys: "source" (model path), "image_channels", "num_classes", "class_names",
+    "resolution" / "crop_size" (model px per source px scale; None if unknown), "normalizer"
+    (ChannelNormalizer.to_dict() or None).
+    """
+
+    extractor: DiffusionFeatureExtractor
+    ensemble: PixelEnsemble
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return self.ensemble.config.num_classes
+
+    @property
+    def normalizer(self):
+        """ChannelNormalizer stored with the head, or None (images must come normalized)."""
+        if not self.info.get("normalizer"):
+            return None
+        from pairforge.data.normalize import ChannelNormalizer
+
+        return ChannelNormalizer.from_dict(self.info["normalizer"])
+
+    @property
+    def scale(self) -> float:
+        """Source px per model px (crop_size / resolution); 1 when unknown."""
+        crop, resolution = self.info.get("crop_size"), self.info.get("resolution")
+        return float(crop) / float(resolution) if crop and resolution else 1.0
+
+    @torch.no_grad()
+    def segment(
+        self,
+        images: torch.Tensor,
+        combine: str = "mean",
+        batch_size: int = 8,
+        keep_probs: bool = False,
+    ) -> PixelPrediction:
+        """Segment normalized images (B, C, H, W): labels / entropy / disagreement (B, H, W),
+        mean_probs (B, K, H, W) when keep_probs."""
+        images = torch.as_tensor(images, dtype=torch.float32)
+        parts = []
+        for first in range(0, images.shape[0], batch_size):
+            features = self.extractor.extract(images[first : first + batch_size])
+            parts.append(self.ensemble.segment(features, combine=combine, keep_probs=keep_probs))
+        if not parts:
+            raise PairforgeError("segment() got no images")
+        return PixelPrediction(
+            labels=torch.cat([p.labels for p in parts]),
+            entropy=torch.cat([p.entropy for p in parts]),
+            disagreement=torch.cat([p.disagreement for p in parts]),
+            mean_probs=torch.cat([p.mean_probs for p in parts]) if keep_probs else None,
+        )
+
+    def save(self, directory: str | Path) -> Path:
+        extra = {"features": self.extractor.config.to_dict(), **self.info}
+        extra["feature_dim"] = self.extractor.feature_dim
+        extra["feature_names"] = self.extractor.feature_names
+        return self.ensemble.save(directory, extra=extra)
+
+    @classmethod
+    def load(
+        cls, directory: str | Path, device: str = "cpu", source: str | Path | None = None
+    ) -> SegmentationHead:
+        """Load a saved head; `source` overrides the stored diffusion model path (moved runs)."""
+        ensemble, meta = PixelEnsemble.load(directory)
+        source_path = source or meta.get("source")
+        if not source_path:
+            raise PairforgeError(f"{directory}/head.json names no 'source' model; pass --run")
+        feature_source = load_feature_source(source_path)
+        extractor = DiffusionFeatureExtractor(
+            feature_source.model,
+            feature_source.scheduler_config,
+            image_channels=int(meta.get("image_channels", feature_source.image_channels)),
+            config=FeatureConfig.from_dict(meta["features"]),
+            device=device,
+        )
+        if extractor.feature_dim != ensemble.config.feature_dim:
+            raise PairforgeError(
+                f"{source_path} gives {extractor.feature_dim} features but the head in "
+                f"{directory} expects {ensemble.config.feature_dim}; use the model the head was "
+                "fitted on"
+            )
+        info = {key: meta[key] for key in _INFO_KEYS if key in meta}
+        return cls(extractor, ensemble.to(device), info)
+
+
+_INFO_KEYS = (
+    "source",
+    "image_channels",
+    "num_classes",
+    "class_names",
+    "resolution",
+    "crop_size",
+    "normalizer",
+)
+
+
+def fit_head(
+    source: FeatureSource,
+    train_images: torch.Tensor,
+    train_masks: torch.Tensor,
+    *,
+    num_classes: int,
+    val_images: torch.Tensor | None = None,
+    val_masks: torch.Tensor | None = None,
+    feature_config: FeatureConfig | None = None,
+    pixels_per_image: int | None = None,
+    cache_dir: str | Path | None = None,
+    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
+    num_models: int = 10,
+    max_epochs: int = 20,
+    patience: int = 3,
+    batch_size: int = 512,
+    class_balance: bool = False,
+    seed: int = 0,
+    device: str = "cpu",
+    info: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> tuple[SegmentationHead, dict[str, Any]]:
+    """Extract features of labeled images and train the ensemble on them.
+
+    Images are normalized (N, C, H, W); masks long (N, H, W), 255 = ignore. Early stopping
+    uses (val_images, val_masks) when given, else 20% of the training images (by image).
+    Returns (head, history) with history = ensemble history + "feature_seconds",
+    "mlp_seconds", "feature_bytes" (estimate of the stored pixel features) and "num_pixels".
+    """
+    extractor = DiffusionFeatureExtractor(
+        source.model,
+        source.scheduler_config,
+        image_channels=source.image_channels,
+        config=feature_config,
+        device=device,
+    )
+    start = time.perf_counter()
+    common = dict(
+        memory_budget_bytes=memory_budget_bytes, seed=seed, progress=progress
+    )  # fmt: skip
+    train_pixels = extract_pixel_features(
+        extractor,
+        train_images,
+        train_masks,
+        pixels_per_image=pixels_per_image,
+        cache_dir=None if cache_dir is None else Path(cache_dir) / "train",
+        **common,
+    )
+    val_pixels = None
+    if val_images is not None and val_masks is not None:
+        val_pixels = extract_pixel_features(
+            extractor,
+            val_images,
+            val_masks,
+            pixels_per_image=pixels_per_image,
+            cache_dir=None if cache_dir is None else Path(cache_dir) / "val",
+            **common,
+        )
+    feature_seconds = time.perf_counter() - start
+    ensemble, history = train_ensemble(
+        train_pixels,
+        num_classes,
+        val_pixels=val_pixels,
+        num_models=num_models,
+        max_epochs=max_epochs,
+        patience=patience,
+        batch_size=batch_size,
+        class_balance=class_balance,
+        seed=seed,
+        device=device,
+        progress=progress,
+    )
+    history.update(
+        feature_seconds=feature_seconds,
+        mlp_seconds=history["seconds"],
+        feature_bytes=train_pixels.estimate.stored_bytes
+        + (val_pixels.estimate.stored_bytes if val_pixels else 0),
+        num_pixels=train_pixels.estimate.num_pixels,
+    )
+    head_info = {
+        "source": str(Path(source.path).resolve()) if source.path else "",
+        "image_channels": source.image_channels,
+        "num_classes": num_classes,
+        "normalizer": source.normalizer.to_dict() if source.normalizer is not None else None,
+        "resolution": source.extra.get("resolution"),
+        "crop_size": source.extra.get("crop_size"),
+    }
+    head_info.update(info or {})
+    return SegmentationHead(extractor, ensemble, head_info), history

@@ -1,0 +1,125 @@
+"""Sliding-window segmentation of images larger than the model window, with overlap blending.
+
+Windows of `window` px (default: the head's model resolution) overlap by `overlap` px; the
+ensemble's mean softmax and its disagreement are blended across windows
+(`pairforge.data.views.stitch`, Hann weights by default so window borders count less), then
+the label is the argmax of the blended probabilities and the entropy is that of the blended
+mean softmax. Where the image fits in one window the result equals whole-image segmentation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pairforge.data.views import stitch, tile_coords
+from pairforge.errors import PairforgeError
+
+
+@dataclass
+class SlidingResult:
+    """mask (H, W) long; probs (K, H, W) blended mean softmax; entropy (H, W) nats;
+    disagreement (H, W) in [0, 1]."""
+
+    mask: torch.Tensor
+    probs: torch.Tensor
+    entropy: torch.Tensor
+    disagreement: torch.Tensor
+
+    def uncertainty(self, kind: str = "entropy") -> torch.Tensor:
+        return self.entropy if kind == "entropy" else self.disagreement
+
+
+def segment_sliding(
+    head,
+    image: torch.Tensor,
+    window: int | None = None,
+    overlap: int | None = None,
+    blend: str = "hann",
+    batch_size: int = 8,
+) -> SlidingResult:
+    """Segment one normalized image (C, H, W) at model scale with overlapping windows.
+
+    head: a SegmentationHead (anything with `.segment(images, keep_probs=True)` and
+    `.num_classes`). window: side in px (default head.info["resolution"], else 64);
+    overlap: px shared by neighbours (default window // 2). Images smaller than the window
+    are padded by reflection and cropped back.
+    """
+    image = torch.as_tensor(image, dtype=torch.float32)
+    if image.ndim != 3:
+        raise PairforgeError(f"segment_sliding takes one (C, H, W) image; got {tuple(image.shape)}")
+    window = int(window or head.info.get("resolution") or 64)
+    overlap = window // 2 if overlap is None else int(overlap)
+    _, height, width = image.shape
+    padded = _pad_to_window(image, window)
+    padded_h, padded_w = padded.shape[-2:]
+    coords = tile_coords(padded_h, padded_w, window, overlap)
+    probs_tiles, disagreement_tiles = [], []
+    for first in range(0, len(coords), batch_size):
+        batch = torch.stack(
+            [
+                padded[:, y : y + window, x : x + window]
+                for y, x in coords[first : first + batch_size]
+            ]
+        )
+        result = head.segment(batch, keep_probs=True, batch_size=batch_size)
+        probs_tiles.append(result.mean_probs)
+        disagreement_tiles.append(result.disagreement[:, None])
+    tiles = torch.cat([torch.cat(probs_tiles), torch.cat(disagreement_tiles)], dim=1)
+    blended = stitch(tiles, coords, (padded_h, padded_w), blend=blend)[:, :height, :width]
+    probs, disagreement = blended[:-1], blended[-1]
+    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(dim=0)
+    return SlidingResult(probs.argmax(dim=0), probs, entropy, disagreement)
+
+
+def _pad_to_window(image: torch.Tensor, window: int) -> torch.Tensor:
+    _, height, width = image.shape
+    pad_h, pad_w = max(0, window - height), max(0, window - width)
+    if pad_h == 0 and pad_w == 0:
+        return image
+    # Reflection needs pad < size; repeat it for very small images.
+    while pad_h or pad_w:
+        step_h, step_w = min(pad_h, image.shape[1] - 1), min(pad_w, image.shape[2] - 1)
+        if step_h == 0 and step_w == 0:
+            return F.pad(image[None], (0, pad_w, 0, pad_h), mode="replicate")[0]
+        image = F.pad(image[None], (0, step_w, 0, step_h), mode="reflect")[0]
+        pad_h, pad_w = pad_h - step_h, pad_w - step_w
+    return image
+
+
+def segment_measurement(
+    head,
+    image: np.ndarray,
+    overlap: int | None = None,
+    blend: str = "hann",
+    batch_size: int = 8,
+    full_resolution: bool = True,
+) -> SlidingResult:
+    """Segment a measurement in physical units (C, H, W) at the scale the model was trained at.
+
+    Normalizes with the head's normalizer, area-downsamples by crop_size / resolution (the
+    training scale), slides windows, and (full_resolution) upsamples the blended probabilities
+    and uncertainty bilinearly back to (H, W) before taking the argmax.
+    """
+    from pairforge.data.views import downsample_image
+
+    normalizer = head.normalizer
+    if normalizer is None:
+        raise PairforgeError(
+            "this head stores no normalizer; pass normalized images to segment_sliding instead"
+        )
+    normalized = torch.from_numpy(np.ascontiguousarray(normalizer.encode(image), dtype=np.float32))
+    factor = head.scale
+    small = downsample_image(normalized, factor) if factor != 1 else normalized
+    result = segment_sliding(head, small, overlap=overlap, blend=blend, batch_size=batch_size)
+    if not full_resolution or factor == 1:
+        return result
+    size = tuple(image.shape[-2:])
+    maps = torch.cat([result.probs, result.disagreement[None]])[None]
+    maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)[0]
+    probs, disagreement = maps[:-1], maps[-1]
+    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(dim=0)
+    return SlidingResult(probs.argmax(dim=0), probs, entropy, disagreement)
