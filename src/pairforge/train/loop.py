@@ -1,0 +1,377 @@
+"""The training loop: one flat function on accelerate, from config to run directory."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pairforge.config import TrainConfig
+from pairforge.errors import PairforgeError
+
+# Keys that may change when an existing run is continued (everything else must match).
+RESUMABLE_CHANGES = (
+    "optim.max_steps",
+    "optim.max_minutes",
+    "log.",
+    "data.num_workers",
+    "data.path",
+)
+
+
+def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
+    """A 63-bit seed for one micro-batch of one process: steps are reproducible on resume."""
+    return int(
+        np.random.SeedSequence([seed, step, micro, rank]).generate_state(2, np.uint64)[0] >> 1
+    )
+
+
+class StepBatchSampler(torch.utils.data.Sampler):
+    """Item indices of every micro-batch from `start_step` on, for one process.
+
+    Index of item j of micro-batch m at step s on rank r: ((s * M + m) * R + r) * B + j, so
+    every item is a pure function of its position and resumed runs see the same crops.
+    """
+
+    def __init__(self, start_step, max_steps, accumulation, world_size, rank, batch_size):
+        self.start_step, self.max_steps = start_step, max_steps
+        self.accumulation, self.world_size = accumulation, world_size
+        self.rank, self.batch_size = rank, batch_size
+
+    def __len__(self) -> int:
+        return (self.max_steps - self.start_step) * self.accumulation
+
+    def __iter__(self):
+        for step in range(self.start_step, self.max_steps):
+            for micro in range(self.accumulation):
+                first = (step * self.accumulation + micro) * self.world_size + self.rank
+                first *= self.batch_size
+                yield list(range(first, first + self.batch_size))
+
+
+def _check_same_run(previous_yaml: str, config: TrainConfig, run_dir: Path) -> None:
+    import yaml
+
+    def flat(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                yield from flat(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}", v
+
+    before = dict(flat(yaml.safe_load(previous_yaml)))
+    after = dict(flat(yaml.safe_load(config.to_yaml())))
+    changed = [
+        k
+        for k in sorted(set(before) | set(after))
+        if before.get(k) != after.get(k) and not k.startswith(RESUMABLE_CHANGES)
+    ]
+    if changed:
+        key = changed[0]
+        raise PairforgeError(
+            f"{run_dir}: this run was started with {key}={before.get(key)!r}, now {key}="
+            f"{after.get(key)!r}; a run resumes only with the same settings. Use another --out "
+            "for a new run (changed: " + ", ".join(changed) + ")."
+        )
+
+
+def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None) -> Path:
+    """Train `config` into `run_dir`, resuming from its last complete checkpoint; returns run_dir.
+
+    Works in one process or under `accelerate launch` / `torchrun` (DDP; gloo on CPU). Each
+    optimizer step is a pure function of (seed, step, process rank) and the state, so an
+    interrupted run continues identically. Writes RUN/config.yaml, metrics.jsonl,
+    samples/step-*.png, checkpoints/step-*/ and model/ (see docs/ARCHITECTURE.md).
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    from pairforge.data.dataset import load_dataset
+    from pairforge.data.views import RandomCropDataset
+    from pairforge.diffusion.objectives import diffusion_loss, q_sample
+    from pairforge.diffusion.schedule import alphas_cumprod, make_scheduler_config
+    from pairforge.models.factory import MODEL_CLASS_FOR_TASK, build_model
+    from pairforge.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+    from pairforge.train.ema import EMA
+    from pairforge.train.preview import write_preview
+    from pairforge.train.run import (
+        CONFIG_FILE,
+        METRICS_FILE,
+        SAMPLES_DIR,
+        write_inference_model,
+    )
+    from pairforge.train.tasks import TASKS_NEEDING_MASKS, make_layout, training_inputs
+
+    run_dir = Path(run_dir)
+    opt, log = config.optim, config.log
+
+    # Processes, devices and precision.
+    accelerator = Accelerator(mixed_precision="no")  # bf16 autocast is applied explicitly below
+    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    is_main = accelerator.is_main_process
+    bf16 = config.precision == "bf16"
+    show_progress = log.progress if progress is None else progress
+
+    # Run directory: the resolved config; an existing run must have the same settings.
+    config_path = run_dir / CONFIG_FILE
+    if config_path.is_file():
+        _check_same_run(config_path.read_text(), config, run_dir)
+    accelerator.wait_for_everyone()
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config_path.write_text(config.to_yaml())
+
+    # Data: random crops; items indexed by (step, micro-batch, rank) for exact resumption.
+    ds = load_dataset(config.data.path)
+    ids = ds.ids(config.data.split)
+    if config.task in TASKS_NEEDING_MASKS:
+        if ds.num_classes < 2:
+            raise PairforgeError(
+                f"task={config.task!r} needs mask classes but {config.data.path} declares "
+                f"{ds.num_classes}; use task=image or a labeled dataset."
+            )
+        ids = [i for i in ids if ds.has_mask(i)]
+    if not ids:
+        raise PairforgeError(
+            f"data.split={config.data.split!r} of {config.data.path} has no "
+            f"{'labeled ' if config.task in TASKS_NEEDING_MASKS else ''}samples; "
+            f"available splits: {sorted(ds.spec.splits)}."
+        )
+    items_needed = opt.max_steps * opt.grad_accumulation * world * opt.batch_size
+    crops = RandomCropDataset(
+        ds,
+        ids,
+        crop_size=config.data.crop_size,
+        resolution=config.data.resolution,
+        augment=config.data.augment,
+        length=items_needed + log.num_samples,  # the last num_samples are preview conditions
+        require_mask=config.task in TASKS_NEEDING_MASKS,
+        seed=config.seed,
+    )
+    layout = make_layout(config.task, ds.num_channels, ds.num_classes, config.mask_codec)
+
+    # Diffusion constants and the model.
+    scheduler_config = make_scheduler_config(
+        config.diffusion.schedule, config.diffusion.prediction, config.diffusion.num_train_timesteps
+    )
+    abar = alphas_cumprod(scheduler_config).to(device)
+    torch.manual_seed(config.seed)  # identical initial weights in every process
+    model = build_model(
+        config.task,
+        config.model.preset,
+        in_channels=layout.sample_channels,
+        out_channels=layout.sample_channels,
+        sample_size=config.data.resolution,
+        num_classes=layout.num_classes or None,
+        low_res_channels=layout.low_res_channels if config.task == "sr" else None,
+        low_res_image_channels=layout.image_channels if config.task == "sr" else None,
+        overrides=config.model.overrides(),
+    ).to(device)
+    ema = (
+        EMA(model, config.ema.decay, config.ema.power, config.ema.inv_gamma)
+        if config.ema.enabled
+        else None
+    )
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay
+    )
+
+    # Resume from the last complete checkpoint.
+    start_step, state = 0, {}
+    checkpoint = latest_checkpoint(run_dir)
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, model, ema.model if ema else None, optimizer)
+        start_step = int(state["step"])
+        if ema:
+            ema.num_updates = int(state["ema_updates"])
+    seconds_before = float(state.get("train_seconds", 0.0))
+    if is_main and (run_dir / METRICS_FILE).is_file():
+        # Drop metrics logged after the checkpoint we resume from; they will be logged again.
+        lines = (run_dir / METRICS_FILE).read_text().splitlines()
+        kept = [line for line in lines if line and json.loads(line)["step"] <= start_step]
+        (run_dir / METRICS_FILE).write_text("".join(f"{line}\n" for line in kept))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    raw_model = accelerator.unwrap_model(model)
+
+    loader = torch.utils.data.DataLoader(
+        crops,
+        batch_sampler=StepBatchSampler(
+            start_step, opt.max_steps, opt.grad_accumulation, world, rank, opt.batch_size
+        ),
+        num_workers=config.data.num_workers,
+    )
+    batches = iter(loader)
+    preview_batch = None
+    if config.task in ("sdm", "sr") and is_main:
+        items = [crops[items_needed + i] for i in range(log.num_samples)]
+        preview_batch = {k: torch.stack([item[k] for item in items]) for k in ("image", "mask")}
+
+    def inference_info(step: int) -> dict:
+        return {
+            "task": config.task,
+            "model_class": MODEL_CLASS_FOR_TASK[config.task],
+            "channels": ds.spec.channel_names,
+            "image_channels": layout.image_channels,
+            "num_classes": layout.num_classes,
+            "sample_channels": layout.sample_channels,
+            "codec": layout.codec.to_dict() if layout.codec else None,
+            "normalizer": crops.normalizer.to_dict(),
+            "spec": ds.spec.model_dump(mode="json"),
+            "resolution": config.data.resolution,
+            "crop_size": config.data.crop_size,
+            "prediction": config.diffusion.prediction,
+            "step": step,
+            "sdm": config.sdm.model_dump() if config.task == "sdm" else None,
+            "sr": config.sr.model_dump() if config.task == "sr" else None,
+        }
+
+    def save_everything(step: int, train_seconds: float) -> None:
+        accelerator.wait_for_everyone()
+        if is_main:
+            save_checkpoint(
+                run_dir,
+                step,
+                raw_model,
+                ema.model if ema else None,
+                optimizer,
+                {"ema_updates": ema.num_updates if ema else 0, "train_seconds": train_seconds},
+                keep=log.keep_checkpoints,
+            )
+            inference_model = ema.model if ema else _contiguous_copy(raw_model)
+            write_inference_model(run_dir, inference_model, scheduler_config, inference_info(step))
+        accelerator.wait_for_everyone()
+
+    def save_preview(step: int) -> None:
+        if is_main:
+            write_preview(
+                run_dir / SAMPLES_DIR / f"step-{step:08d}.png",
+                layout,
+                ema.model if ema else raw_model,
+                scheduler_config,
+                list(range(log.num_samples)),
+                log.sampler,
+                log.sample_steps,
+                ds.spec.class_colors,
+                condition_batch=preview_batch,
+                bf16=bf16,
+                guidance_scale=config.sdm.guidance_scale,
+                sr_noise_level=config.sr.sample_noise_level,
+                sr_scale_factor=config.sr.scale_factor,
+            )
+        accelerator.wait_for_everyone()
+
+    # Training.
+    model.train()
+    bar = tqdm(
+        total=opt.max_steps, initial=start_step, disable=not (is_main and show_progress),
+        desc=f"train {config.task}", unit="step", dynamic_ncols=True,
+    )  # fmt: skip
+    started = time.perf_counter()
+    window_loss, window_images, window_start = [], 0, time.perf_counter()
+    step = start_step
+    while step < opt.max_steps:
+        # Learning rate: linear warm-up, then constant.
+        lr = opt.lr * min(1.0, (step + 1) / opt.warmup_steps) if opt.warmup_steps else opt.lr
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        # Forward and backward over the micro-batches; DDP syncs gradients on the last one.
+        step_loss = torch.zeros((), device=device)
+        for micro in range(opt.grad_accumulation):
+            batch = next(batches)
+            generator = torch.Generator().manual_seed(step_seed(config.seed, step, micro, rank))
+            torch.manual_seed(step_seed(config.seed, step, micro, rank) + 1)  # dropout
+            x0, condition = training_inputs(
+                layout,
+                batch,
+                generator,
+                config.sdm.cond_drop_prob,
+                config.sr.noise_aug_max,
+                config.sr.scale_factor,
+            )
+            t = torch.randint(0, len(abar), (x0.shape[0],), generator=generator)
+            eps = torch.randn(x0.shape, generator=generator)
+            x0, eps, t = x0.to(device), eps.to(device), t.to(device)
+            condition = {k: v.to(device) for k, v in condition.items()}
+            x_t = q_sample(x0, eps, t, abar).float()
+            if config.channels_last:
+                x_t = x_t.contiguous(memory_format=torch.channels_last)
+            last_micro = micro == opt.grad_accumulation - 1
+            with accelerator.no_sync(model) if not last_micro else contextlib.nullcontext():
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    prediction = model(x_t, t, **condition).sample
+                loss = diffusion_loss(
+                    prediction,
+                    x0,
+                    eps,
+                    t,
+                    abar,
+                    config.diffusion.prediction,
+                    config.diffusion.min_snr_gamma,
+                ).mean()
+                accelerator.backward(loss / opt.grad_accumulation)
+            step_loss += loss.detach() / opt.grad_accumulation
+
+        # Optimizer step with gradient clipping, then the EMA.
+        grad_norm = (
+            accelerator.clip_grad_norm_(model.parameters(), opt.grad_clip)
+            if opt.grad_clip
+            else None
+        )
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema_decay = ema.update(raw_model) if ema else 0.0
+        step += 1
+
+        # Metrics: mean loss over processes, throughput, progress bar.
+        window_loss.append(accelerator.reduce(step_loss, reduction="mean").item())
+        window_images += opt.batch_size * opt.grad_accumulation * world
+        elapsed = time.perf_counter() - started
+        bar.update(1)
+        if step % log.every == 0 or step == opt.max_steps:
+            now = time.perf_counter()
+            record = {
+                "step": step,
+                "loss": float(np.mean(window_loss)),
+                "lr": lr,
+                "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                "ema_decay": ema_decay,
+                "images_per_s": window_images / max(now - window_start, 1e-9),
+                "train_seconds": seconds_before + elapsed,
+                "processes": world,
+            }
+            bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}")
+            if is_main:
+                with open(run_dir / METRICS_FILE, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            window_loss, window_images, window_start = [], 0, now
+
+        # Sample grids and checkpoints; stop early when the time budget is spent.
+        saving_started = time.perf_counter()
+        out_of_time = opt.max_minutes is not None and elapsed >= 60 * opt.max_minutes
+        out_of_time = bool(accelerator.reduce(torch.tensor(float(out_of_time), device=device)))
+        finished = step == opt.max_steps or out_of_time
+        if (log.sample_every and step % log.sample_every == 0) or finished:
+            save_preview(step)
+        if (log.checkpoint_every and step % log.checkpoint_every == 0) or finished:
+            save_everything(step, seconds_before + elapsed)
+        window_start += time.perf_counter() - saving_started  # throughput excludes saving
+        if out_of_time:
+            break
+    bar.close()
+    if start_step >= opt.max_steps and is_main and not (run_dir / "model").is_dir():
+        raise PairforgeError(f"{run_dir}: already at step {start_step} but has no model/.")
+    accelerator.end_training()
+    return run_dir
+
+
+def _contiguous_copy(model: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(model).to(memory_format=torch.contiguous_format)
