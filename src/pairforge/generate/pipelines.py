@@ -281,6 +281,13 @@ def super_resolve(
             f"super-resolution: the SR run knows {sr_run.codec.num_classes} classes but the pairs "
             f"have {pairs.num_classes}; train the SR run on the same dataset."
         )
+    config = getattr(sr_run, "config", None)
+    if config is not None and pairs.images.shape[-1] * config.sr.scale_factor != sr_run.resolution:
+        raise PairforgeError(
+            f"super-resolution: the SR run turns {sr_run.resolution // config.sr.scale_factor} px "
+            f"into {sr_run.resolution} px, but the pairs are {pairs.images.shape[-1]} px; train the "
+            "SR run with data.resolution = scale_factor x the first stage's resolution."
+        )
     device = _model_device(sr_run, settings)
     physical = pairs.normalizer.decode(pairs.images.float())
     low_res = torch.cat(

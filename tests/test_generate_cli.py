@@ -1,0 +1,175 @@
+"""`pairforge generate` end to end on tiny run folders (as training writes them)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_generate_pipelines import tiny_run
+from typer.testing import CliRunner
+
+from pairforge.cli import app
+from pairforge.data.check import check_dataset
+from pairforge.data.dataset import load_dataset
+from pairforge.errors import PairforgeError
+from pairforge.train.run import write_inference_model
+
+MODEL_CLASS = {
+    "joint": "UNet2DModel",
+    "mask": "UNet2DModel",
+    "sdm": "SemanticUNet",
+    "sr": "SuperResUNet",
+}
+
+
+def save_run(path: Path, task: str, resolution: int = 16) -> Path:
+    """A run folder with RUN/model/ as the training loop writes it (no config.yaml)."""
+    run = tiny_run(task, resolution=resolution)
+    info = {
+        "task": task,
+        "model_class": MODEL_CLASS[task],
+        "normalizer": run.normalizer.to_dict(),
+        "codec": run.codec.to_dict(),
+        "spec": run.spec.model_dump(mode="json"),
+        "resolution": resolution,
+        "crop_size": resolution,
+        "image_channels": run.spec.num_channels,
+        "num_classes": run.codec.num_classes,
+    }
+    write_inference_model(path, run.model, run.scheduler_config, info)
+    return path
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, ["generate", *map(str, args)])
+
+
+FAST_FLAGS = ["--sampler", "ddim", "--steps", "2", "--no-progress", "--device", "cpu"]
+
+
+def test_cli_joint_writes_a_checked_dataset(tmp_path):
+    run = save_run(tmp_path / "joint", "joint")
+    result = invoke(
+        "--pipeline",
+        "joint",
+        "--run",
+        run,
+        "--n",
+        3,
+        "--batch-size",
+        2,
+        "--seed",
+        7,
+        "--out",
+        tmp_path / "gen",
+        *FAST_FLAGS,
+    )
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "3 pairs (3 new" in result.output
+    assert check_dataset(tmp_path / "gen")["ok"]
+    manifest = json.loads((tmp_path / "gen" / "manifest.json").read_text())
+    assert [s["seed"] for s in manifest["samples"]] == [7, 8, 9]
+    assert manifest["checkpoints"]["joint"]["task"] == "joint"
+    assert len(next(iter(manifest["checkpoints"]["joint"]["sha256"].values()))) == 64
+    # Resume: nothing new to do.
+    again = invoke(
+        "--pipeline",
+        "joint",
+        "--run",
+        run,
+        "--n",
+        3,
+        "--batch-size",
+        2,
+        "--seed",
+        7,
+        "--out",
+        tmp_path / "gen",
+        *FAST_FLAGS,
+    )
+    assert "3 pairs (0 new" in again.output
+
+
+def test_cli_two_stage_with_sr(tmp_path):
+    mask_run = save_run(tmp_path / "mask", "mask", resolution=8)
+    sdm_run = save_run(tmp_path / "sdm", "sdm", resolution=8)
+    sr_run = save_run(tmp_path / "sr", "sr", resolution=32)
+    result = invoke(
+        "--pipeline", "two-stage", "--mask-run", mask_run, "--sdm-run", sdm_run, "--sr", sr_run,
+        "--guidance", 2.5, "--n", 2, "--out", tmp_path / "gen", *FAST_FLAGS,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    manifest = json.loads((tmp_path / "gen" / "manifest.json").read_text())
+    assert manifest["guidance_scale"] == 2.5
+    assert manifest["sr"]["noise_level"] == 0.2  # default without a config.yaml
+    ds = load_dataset(tmp_path / "gen")
+    assert ds.read_image(ds.ids()[0]).shape == (2, 32, 32)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--pipeline", "joint"], "needs --run"),
+        (["--pipeline", "two-stage", "--mask-run", "X"], "--run does not apply|needs --sdm-run"),
+        (["--pipeline", "sideways", "--run", "X"], "--pipeline 'sideways'"),
+        (["--pipeline", "joint", "--run", "X", "--sampler", "euler"], "--sampler 'euler'"),
+    ],
+)
+def test_cli_errors_name_the_flag(tmp_path, args, message):
+    result = invoke(*args, "--out", tmp_path / "gen")
+    assert isinstance(result.exception, PairforgeError)
+    assert any(part in str(result.exception) for part in message.split("|"))
+
+
+def test_cli_rejects_a_run_of_the_wrong_task(tmp_path):
+    mask_run = save_run(tmp_path / "mask", "mask")
+    result = invoke(
+        "--pipeline", "joint", "--run", mask_run, "--out", tmp_path / "gen", *FAST_FLAGS
+    )
+    assert isinstance(result.exception, PairforgeError)
+    assert "task 'mask', not 'joint'" in str(result.exception)
+
+
+@pytest.mark.slow
+def test_cli_two_processes_match_one(tmp_path):
+    """accelerate launch with 2 CPU processes writes the same dataset as 1 process."""
+    run = save_run(tmp_path / "joint", "joint")
+    common = [
+        "generate",
+        "--pipeline",
+        "joint",
+        "--run",
+        str(run),
+        "--n",
+        "5",
+        "--batch-size",
+        "2",
+        *FAST_FLAGS,
+    ]
+    accelerate = Path(sys.executable).with_name("accelerate")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(
+        [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "pairforge.cli",
+         *common, "--out", str(tmp_path / "two")],
+        check=True, env=env, timeout=300,
+    )  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "pairforge.cli", *common, "--out", str(tmp_path / "one")],
+        check=True,
+        env=env,
+        timeout=300,
+    )
+    two, one = load_dataset(tmp_path / "two"), load_dataset(tmp_path / "one")
+    assert two.ids() == one.ids() and len(one.ids()) == 5
+    for sample in one.ids():
+        np.testing.assert_allclose(
+            two.read_image(sample), one.read_image(sample), atol=2e-3, rtol=0
+        )
+    manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    assert manifest["num_processes"] == 2
+    timings = sorted((tmp_path / "two" / ".generate").glob("timing-*.json"))
+    assert [json.loads(t.read_text())["samples"] for t in timings] == [3, 2]
