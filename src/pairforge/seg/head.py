@@ -213,5 +213,7 @@ def fit_head(
         "resolution": source.extra.get("resolution"),
         "crop_size": source.extra.get("crop_size"),
     }
+    if source.extra.get("spec") is not None:
+        head_info["class_names"] = [c.name for c in source.extra["spec"].classes]
     head_info.update(info or {})
     return SegmentationHead(extractor, ensemble, head_info), history
