@@ -118,3 +118,10 @@ def test_bad_config_and_bad_segmap_raise():
     model = tiny_sdm(num_classes=3)
     with pytest.raises(PairforgeError, match="segmap shape"):
         model(torch.randn(1, 2, 16, 16), 1, torch.zeros(1, 4, 16, 16))
+
+
+def test_default_spade_width_follows_the_first_block_width():
+    narrow = tiny_sdm(spade_hidden_channels=None)  # first width 16 -> 32 hidden channels
+    assert narrow.mid_block1.norm1.to_gamma.in_channels == 32
+    wide = SemanticUNet(8, 1, 1, 2, block_out_channels=(96,), attention_levels=(False,))
+    assert wide.mid_block1.norm1.to_gamma.in_channels == 128

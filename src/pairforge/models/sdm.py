@@ -101,6 +101,8 @@ class SemanticUNet(ModelMixin, ConfigMixin):
     segmap (B, num_classes, H, W) one-hot in {0, 1}, all zeros for "unconditional".
     Returns UNet2DOutput with .sample (B, out_channels, H, W) (eps or v, whatever it was trained on).
     H and W must be divisible by 2 ** (len(block_out_channels) - 1).
+    spade_hidden_channels: width of the mask feature conv in each SPADE norm; None = min(128,
+    2 * block_out_channels[0]).
     """
 
     @register_to_config
@@ -116,7 +118,7 @@ class SemanticUNet(ModelMixin, ConfigMixin):
         dropout: float = 0.0,
         norm_num_groups: int = 32,
         attention_head_dim: int = 8,
-        spade_hidden_channels: int = 128,
+        spade_hidden_channels: int | None = None,
     ):
         super().__init__()
         block_out_channels = tuple(block_out_channels)
@@ -137,6 +139,10 @@ class SemanticUNet(ModelMixin, ConfigMixin):
 
         groups = norm_num_groups
         base = block_out_channels[0]
+        if spade_hidden_channels is None:
+            # SDM uses 128; narrower models get 2x their first width (SPADE convs run at full
+            # feature resolution and would otherwise dominate the cost of a small U-Net).
+            spade_hidden_channels = min(128, 2 * base)
         temb_channels = base * 4
         self.time_proj = Timesteps(base, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embedding = TimestepEmbedding(base, temb_channels)
