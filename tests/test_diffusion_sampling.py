@@ -2,12 +2,18 @@
 
 import pytest
 import torch
+from test_train_helpers import one_thread
 
 from pairforge.diffusion.guidance import classifier_free, classifier_free_batched
 from pairforge.diffusion.sampling import model_denoiser, sample
 from pairforge.diffusion.schedule import make_scheduler_config
 from pairforge.errors import PairforgeError
 from pairforge.models.factory import build_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    yield from one_thread()
 
 
 @pytest.fixture(scope="module")

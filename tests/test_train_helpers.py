@@ -17,7 +17,11 @@ def write_tiny_dataset(root: Path, num_samples: int = 3, size: int = 40, seed: i
     spec = DatasetSpec(
         name="tiny",
         channels=[{"name": "intensity", "unit": "a.u."}, {"name": "depth", "unit": "um"}],
-        classes=[{"id": 0, "name": "binder"}, {"id": 1, "name": "grain"}, {"id": 2, "name": "pore"}],
+        classes=[
+            {"id": 0, "name": "binder"},
+            {"id": 1, "name": "grain"},
+            {"id": 2, "name": "pore"},
+        ],
     )
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size]
@@ -36,3 +40,14 @@ def write_tiny_dataset(root: Path, num_samples: int = 3, size: int = 40, seed: i
 
 def tiny_config(data_path: Path, *overrides: str):
     return load_config("tiny", [f"data.path={data_path}", *overrides])
+
+
+def one_thread():
+    """Generator for an autouse fixture: tiny models run far faster on one thread when the
+    shared test machine is oversubscribed (2-thread OpenMP barriers stall on busy cores)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
