@@ -155,3 +155,29 @@ def dataset_image_size(path: str | Path) -> tuple[int, int]:
     if not ids:
         raise PairforgeError(f"{path}: dataset has no samples")
     return tuple(ds.read_image(ids[0]).shape[1:])
+
+
+def synthetic_scale(path: str | Path) -> tuple[int, int] | None:
+    """(crop_size, resolution) of the run that produced a generated dataset, else None.
+
+    Read from the dataset's manifest.json (written by `pairforge generate`): the final stage's
+    run directory holds model/pairforge.json with the crop size (px of the real measurement)
+    and the model resolution. Lets real data be tiled at the scale the synthetic data shows.
+    """
+    import json
+
+    manifest_path = Path(path) / "manifest.json"
+    if not manifest_path.is_file():
+        return None
+    try:
+        checkpoints = json.loads(manifest_path.read_text()).get("checkpoints") or {}
+    except json.JSONDecodeError:
+        return None
+    for role in ("sr", "joint", "sdm"):
+        run_path = (checkpoints.get(role) or {}).get("path")
+        info_path = Path(run_path or "") / "model" / "pairforge.json"
+        if run_path and info_path.is_file():
+            info = json.loads(info_path.read_text())
+            if "crop_size" in info and "resolution" in info:
+                return int(info["crop_size"]), int(info["resolution"])
+    return None
