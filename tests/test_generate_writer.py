@@ -129,3 +129,18 @@ def test_plan_validation_names_the_flag(tmp_path):
         GenerationPlan("three", {}, num_samples=1)
     with pytest.raises(PairforgeError, match="--n 0"):
         GenerationPlan("joint", {"joint": RunRef(tiny_run("joint"))}, num_samples=0)
+
+
+def test_resume_accepts_a_moved_run_but_not_other_weights(tmp_path):
+    out = tmp_path / "gen"
+    plan = joint_plan(tmp_path, 1)
+    write_generated_dataset(plan, out, progress=False)
+    moved = tmp_path / "moved-run"
+    (tmp_path / "joint-run").rename(moved)
+    plan.runs["joint"] = RunRef(plan.runs["joint"].run, moved)
+    plan.num_samples = 2
+    assert write_generated_dataset(plan, out, progress=False)["num_samples"] == 2
+    retrained = tiny_run("joint", save_to=tmp_path / "other-run", seed=1)
+    plan.runs["joint"] = RunRef(retrained, tmp_path / "other-run")
+    with pytest.raises(PairforgeError, match="checkpoints"):
+        write_generated_dataset(plan, out, progress=False)

@@ -114,7 +114,7 @@ def generation_settings(plan: GenerationPlan) -> dict[str, Any]:
     """The settings that decide sample content; a resumed run must match them exactly."""
     checkpoints = {
         role: {
-            "path": str(ref.path) if ref.path else None,
+            "path": str(Path(ref.path).resolve()) if ref.path else None,
             "task": ref.run.task,
             "sha256": checkpoint_hashes(ref.path),
         }
@@ -169,7 +169,9 @@ def _atomic_write_text(path: Path, text: str) -> None:
 def _check_or_store_settings(out: Path, settings: dict[str, Any], is_main: bool) -> None:
     path = out / STATE_DIR / "settings.json"
     if path.exists():
-        previous = json.loads(path.read_text())
+        # Checkpoints are identified by their hashes; a run folder may move between sessions.
+        previous = _without_paths(json.loads(path.read_text()))
+        settings = _without_paths(settings)
         changed = [
             k for k in sorted(set(previous) | set(settings)) if previous.get(k) != settings.get(k)
         ]
@@ -182,6 +184,14 @@ def _check_or_store_settings(out: Path, settings: dict[str, Any], is_main: bool)
     elif is_main:
         path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_write_text(path, json.dumps(settings, indent=2))
+
+
+def _without_paths(settings: dict[str, Any]) -> dict[str, Any]:
+    checkpoints = {
+        role: {k: v for k, v in entry.items() if k != "path"}
+        for role, entry in settings.get("checkpoints", {}).items()
+    }
+    return {**settings, "checkpoints": checkpoints}
 
 
 def _done_records(out: Path) -> dict[str, dict[str, Any]]:
