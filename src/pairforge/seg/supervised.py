@@ -280,3 +280,59 @@ def evaluate_supervised(
     """(mean IoU, per-class IoU (K,), NaN for absent classes) of `model` on labeled images."""
     prediction = predict_supervised(model, images, batch_size)
     return miou_from_confusion(confusion_matrix(prediction, masks, num_classes, IGNORE_INDEX))
+
+
+SUPERVISED_WEIGHTS = "model.safetensors"
+SUPERVISED_CONFIG = "supervised.json"
+
+
+def save_supervised(
+    model: torch.nn.Module, directory, *, arch: str, encoder: str, extra: dict | None = None
+):
+    """Write DIR/model.safetensors and DIR/supervised.json (architecture + `extra`)."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    config = {
+        "arch": arch,
+        "encoder": encoder,
+        "encoder_depth": getattr(model.encoder, "_depth", DEFAULT_ENCODER_DEPTH),
+        "decoder_channels": list(DEFAULT_DECODER_CHANNELS),
+        "in_channels": first_conv.in_channels,
+        "num_classes": model.segmentation_head[0].out_channels,
+        **(extra or {}),
+    }
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(directory / SUPERVISED_WEIGHTS))
+    (directory / SUPERVISED_CONFIG).write_text(json.dumps(config, indent=2))
+    return directory
+
+
+def load_supervised(directory) -> tuple[torch.nn.Module, dict]:
+    """Read a model written by `save_supervised`: (model in eval mode, config dict)."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    if not (directory / SUPERVISED_CONFIG).exists():
+        raise PairforgeError(
+            f"{directory} has no {SUPERVISED_CONFIG}; train one with `pairforge seg baseline --out`"
+        )
+    config = json.loads((directory / SUPERVISED_CONFIG).read_text())
+    model = build_supervised_model(
+        config["in_channels"],
+        config["num_classes"],
+        config["arch"],
+        config["encoder"],
+        config["encoder_depth"],
+        tuple(config["decoder_channels"]),
+    )
+    model.load_state_dict(load_file(str(directory / SUPERVISED_WEIGHTS)))
+    return model.eval(), config
