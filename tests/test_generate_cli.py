@@ -173,3 +173,59 @@ def test_cli_two_processes_match_one(tmp_path):
     assert manifest["num_processes"] == 2
     timings = sorted((tmp_path / "two" / ".generate").glob("timing-*.json"))
     assert [json.loads(t.read_text())["samples"] for t in timings] == [3, 2]
+
+
+def write_blob_dataset(path: Path, size: int = 64, count: int = 3) -> Path:
+    """A small 2-channel, 3-class dataset of disks (enough for 2-step training runs)."""
+    from pairforge.data.dataset import DatasetWriter
+    from pairforge.data.spec import DatasetSpec
+
+    spec = DatasetSpec(
+        name="blobs",
+        channels=[{"name": "intensity", "unit": "a.u."}, {"name": "depth", "unit": "um"}],
+        classes=[
+            {"id": 0, "name": "binder"},
+            {"id": 1, "name": "grain"},
+            {"id": 5, "name": "pore"},
+        ],
+    )
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    with DatasetWriter(path, spec) as writer:
+        for i in range(count):
+            mask = np.zeros((size, size), np.int64)
+            for _ in range(6):
+                cy, cx = rng.integers(0, size, 2)
+                mask[(yy - cy) ** 2 + (xx - cx) ** 2 < rng.integers(4, 12) ** 2] = rng.integers(
+                    1, 3
+                )
+            image = np.stack([mask * 0.4, -3.0 * mask]) + rng.normal(0, 0.1, (2, size, size))
+            writer.add(f"m{i}", image.astype(np.float32), mask, split="train")
+    return path
+
+
+@pytest.mark.slow
+def test_runs_trained_by_pairforge_train_generate_two_stage_with_sr(tmp_path):
+    data = write_blob_dataset(tmp_path / "blobs")
+    runner = CliRunner()
+    for task, resolution in [("mask", 16), ("sdm", 16), ("sr", 64)]:
+        result = runner.invoke(
+            app,
+            ["train", "tiny", "--set", f"task={task}", "--set", f"data.path={data}",
+             "--set", "data.crop_size=64", "--set", f"data.resolution={resolution}",
+             "--out", str(tmp_path / task)],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output + repr(result.exception)
+    result = invoke(
+        "--pipeline", "two-stage", "--mask-run", tmp_path / "mask", "--sdm-run", tmp_path / "sdm",
+        "--sr", tmp_path / "sr", "--n", 2, "--out", tmp_path / "gen", *FAST_FLAGS,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    report = check_dataset(tmp_path / "gen")
+    assert report["ok"], report["problems"]
+    ds = load_dataset(tmp_path / "gen")
+    assert ds.read_image(ds.ids()[0]).shape == (2, 64, 64)
+    assert [c.id for c in ds.spec.classes] == [0, 1, 5]
+    manifest = json.loads((tmp_path / "gen" / "manifest.json").read_text())
+    assert manifest["sr"]["noise_level"] == 0.2  # from the SR run's config.yaml (tiny preset)
+    assert manifest["guidance_scale"] == 1.5
