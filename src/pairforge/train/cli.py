@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from enum import Enum
 from pathlib import Path
 
@@ -60,7 +61,8 @@ def train_command(
 
     run_dir = out if out is not None else Path("runs") / Path(config).stem
     train(resolved, run_dir)
-    typer.echo(f"run written to {run_dir} (weights in {run_dir / 'model'})")
+    if os.environ.get("RANK", "0") == "0":  # one message under accelerate launch / torchrun
+        typer.echo(f"run written to {run_dir} (weights in {run_dir / 'model'})")
 
 
 @app.command("sample")

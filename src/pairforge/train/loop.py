@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -110,7 +111,10 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
     opt, log = config.optim, config.log
 
     # Processes, devices and precision.
-    accelerator = Accelerator(mixed_precision="no")  # bf16 autocast is applied explicitly below
+    # Launched as several processes without CUDA: accelerate needs cpu=True to pick gloo DDP.
+    multi_process_cpu = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
+    # bf16 autocast is applied explicitly below, so accelerate's mixed precision stays off.
+    accelerator = Accelerator(cpu=multi_process_cpu, mixed_precision="no")
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     is_main = accelerator.is_main_process
     bf16 = config.precision == "bf16"
