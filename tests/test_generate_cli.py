@@ -229,3 +229,23 @@ def test_runs_trained_by_pairforge_train_generate_two_stage_with_sr(tmp_path):
     manifest = json.loads((tmp_path / "gen" / "manifest.json").read_text())
     assert manifest["sr"]["noise_level"] == 0.2  # from the SR run's config.yaml (tiny preset)
     assert manifest["guidance_scale"] == 1.5
+
+
+def test_cli_paint_defaults_to_one_pair_per_drawn_mask(tmp_path):
+    from test_generate_writer import write_mask_dataset
+
+    sdm_run = save_run(tmp_path / "sdm", "sdm")
+    source = write_mask_dataset(tmp_path / "drawn", [(16, 16)] * 3, tiny_run("sdm").spec)
+    result = invoke(
+        "--pipeline",
+        "paint",
+        "--sdm-run",
+        sdm_run,
+        "--masks",
+        source,
+        "--out",
+        tmp_path / "gen",
+        *FAST_FLAGS,
+    )
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "3 pairs (3 new" in result.output

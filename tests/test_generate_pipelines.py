@@ -197,8 +197,13 @@ def test_paint_images_keeps_user_masks_and_validates_them():
     assert (other.images - pairs.images).abs().mean() > 1e-4
     with pytest.raises(PairforgeError, match="outside 0..2"):
         paint_images(sdm_run, torch.full((1, 16, 16), 3), [1], settings=FAST)
-    with pytest.raises(PairforgeError, match=r"\(B, 16, 16\)"):
-        paint_images(sdm_run, torch.zeros(1, 8, 8, dtype=torch.long), [1], settings=FAST)
+    with pytest.raises(PairforgeError, match="multiples of 2"):
+        paint_images(sdm_run, torch.zeros(1, 9, 8, dtype=torch.long), [1], settings=FAST)
+    with pytest.raises(PairforgeError, match="one seed per mask"):
+        paint_images(sdm_run, torch.zeros(2, 16, 16, dtype=torch.long), [1], settings=FAST)
+    # A larger drawn mask works too (convolutional model).
+    wide = paint_images(sdm_run, torch.zeros(1, 16, 24, dtype=torch.long), [1], settings=FAST)
+    assert wide.images.shape == (1, 2, 16, 24)
 
 
 def test_wrong_run_task_is_named():

@@ -144,3 +144,50 @@ def test_resume_accepts_a_moved_run_but_not_other_weights(tmp_path):
     plan.runs["joint"] = RunRef(retrained, tmp_path / "other-run")
     with pytest.raises(PairforgeError, match="checkpoints"):
         write_generated_dataset(plan, out, progress=False)
+
+
+def write_mask_dataset(path, shapes, spec):
+    """Labeled 'user-drawn' masks (images are placeholders) of the given shapes."""
+    from pairforge.data.dataset import DatasetWriter
+
+    with DatasetWriter(path, spec) as writer:
+        for k, (h, w) in enumerate(shapes):
+            mask = np.zeros((h, w), np.int64)
+            mask[: h // 2] = 1 + k % 2
+            writer.add(f"drawn{k}", np.zeros((spec.num_channels, h, w), np.float32), mask)
+    return path
+
+
+def test_paint_user_masks_of_two_sizes(tmp_path):
+    run_dir = tmp_path / "sdm-run"
+    sdm = tiny_run("sdm", save_to=run_dir)
+    source = write_mask_dataset(tmp_path / "drawn", [(16, 16), (16, 24)], sdm.spec)
+    plan = GenerationPlan(
+        "paint", {"sdm": RunRef(sdm, run_dir)}, num_samples=3, batch_size=4,
+        guidance_scale=2.0, sampling=FAST, mask_source=source,
+    )  # fmt: skip
+    manifest = write_generated_dataset(plan, tmp_path / "gen", progress=False)
+    assert [s["mask_source_id"] for s in manifest["samples"]] == ["drawn0", "drawn1", "drawn0"]
+    ds, drawn = load_dataset(tmp_path / "gen"), load_dataset(source)
+    for sample in manifest["samples"]:
+        assert np.array_equal(ds.read_mask(sample["id"]), drawn.read_mask(sample["mask_source_id"]))
+    assert ds.read_image("gen000001").shape == (2, 16, 24)
+    # Same mask, other seed: another image.
+    assert np.abs(ds.read_image("gen000000") - ds.read_image("gen000002")).mean() > 1e-3
+    assert manifest["guidance_scale"] == 2.0 and manifest["mask_source"] == str(source.resolve())
+    assert check_dataset(tmp_path / "gen")["ok"]
+
+
+def test_paint_refuses_masks_with_other_classes(tmp_path):
+    sdm = tiny_run("sdm")
+    other_spec = tiny_run("sdm", num_classes=2).spec
+    source = write_mask_dataset(tmp_path / "drawn", [(16, 16)], other_spec)
+    plan = GenerationPlan(
+        "paint", {"sdm": RunRef(sdm)}, num_samples=1, sampling=FAST, mask_source=source
+    )
+    with pytest.raises(PairforgeError, match="differ from the SDM run"):
+        write_generated_dataset(plan, tmp_path / "gen", progress=False)
+    with pytest.raises(PairforgeError, match="--masks"):
+        GenerationPlan(
+            "two-stage", {"mask": RunRef(sdm), "sdm": RunRef(sdm)}, 1, mask_source=source
+        )

@@ -18,6 +18,8 @@ Examples:
   pairforge generate --pipeline two-stage --mask-run runs/mask --sdm-run runs/sdm
   --guidance 1.5 --sr runs/sr --n 256 --out gen/two-stage-sr
 
+  pairforge generate --pipeline paint --sdm-run runs/sdm --masks my-masks --n 8 --out gen/painted
+
   accelerate launch --multi_gpu --num_processes 2 -m pairforge.cli generate ... (sharded; resumable)
 """
 
@@ -25,12 +27,19 @@ Examples:
 @app.command("generate", help="Generate image + mask pairs into a dataset folder." + EXAMPLES)
 def generate(
     out: Path = typer.Option(..., "--out", help="output dataset folder (resumed if it exists)"),
-    pipeline: str = typer.Option("joint", "--pipeline", help="joint | two-stage"),
+    pipeline: str = typer.Option(
+        "joint", "--pipeline", help="joint | two-stage | paint (SDM images for --masks)"
+    ),
     run: Path | None = typer.Option(None, "--run", help="joint run folder (task joint)"),
     mask_run: Path | None = typer.Option(None, "--mask-run", help="mask DDPM run (task mask)"),
     sdm_run: Path | None = typer.Option(None, "--sdm-run", help="SDM run (task sdm)"),
+    masks: Path | None = typer.Option(
+        None, "--masks", help="paint: dataset folder whose labeled masks get images"
+    ),
     sr: Path | None = typer.Option(None, "--sr", help="super-resolution run (task sr), optional"),
-    n: int = typer.Option(16, "--n", min=1, help="number of pairs"),
+    n: int | None = typer.Option(
+        None, "--n", min=1, help="number of pairs (default: 16; paint: one per labeled mask)"
+    ),
     seed: int = typer.Option(0, "--seed", min=0, help="seed of pair 0; pair i uses seed + i"),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="pairs per batch and process"),
     sampler: str = typer.Option("dpm++", "--sampler", help="dpm++ | ddim | ddpm"),
@@ -79,9 +88,13 @@ def generate(
     if sampler not in SAMPLERS:
         raise PairforgeError(f"--sampler {sampler!r} is unknown; use one of {', '.join(SAMPLERS)}.")
     given = {"--run": run, "--mask-run": mask_run, "--sdm-run": sdm_run}
-    allowed = {"joint": {"--run"}, "two-stage": {"--mask-run", "--sdm-run"}}.get(pipeline)
+    allowed = {
+        "joint": {"--run"},
+        "two-stage": {"--mask-run", "--sdm-run"},
+        "paint": {"--sdm-run"},
+    }.get(pipeline)
     if allowed is None:
-        raise PairforgeError(f"--pipeline {pipeline!r} is unknown; use joint or two-stage.")
+        raise PairforgeError(f"--pipeline {pipeline!r} is unknown; use joint, two-stage or paint.")
     for flag, value in given.items():
         if value is not None and flag not in allowed:
             raise PairforgeError(
@@ -113,6 +126,13 @@ def generate(
         sr_config = getattr(runs.get("sr", RunRef(None)).run, "config", None)
         sr_noise_level = sr_config.sr.sample_noise_level if sr_config else DEFAULT_SR_NOISE_LEVEL
 
+    if n is None:
+        n = 16
+        if pipeline == "paint" and masks is not None:
+            from pairforge.data.dataset import load_dataset
+
+            source = load_dataset(masks)
+            n = max(1, sum(source.has_mask(i) for i in source.ids()))
     plan = GenerationPlan(
         pipeline=pipeline,
         runs=runs,
@@ -121,6 +141,7 @@ def generate(
         batch_size=batch_size,
         guidance_scale=guidance,
         sr_noise_level=sr_noise_level,
+        mask_source=masks,
         sampling=SamplingSettings(
             sampler=sampler,
             steps=steps or DEFAULT_STEPS[sampler],

@@ -214,22 +214,31 @@ def paint_images(
 ) -> GeneratedPairs:
     """Stage 2 of two-stage, also for user-drawn masks: images for given masks with the SDM.
 
-    masks (B, H, W) class indices 0..K-1 (255 = unlabeled: unconditional there), H = W = the run's
-    resolution; one seed per mask. Returns the pairs with the masks as given.
+    masks (B, H, W) class indices 0..K-1 (255 = unlabeled: unconditional there), usually H = W =
+    the run's resolution; any H, W divisible by the U-Net's downsampling factor work, at the run's
+    pixel scale. One seed per mask. Returns the pairs with the masks as given.
     """
     settings = settings or SamplingSettings()
     _require_task(sdm_run, "sdm", "two-stage image stage")
     masks = torch.as_tensor(masks).long()
-    size = sdm_run.resolution
-    if masks.ndim != 3 or tuple(masks.shape[1:]) != (size, size) or len(masks) != len(seeds):
+    # The U-Net is convolutional: any size divisible by its total downsampling factor works, at
+    # the pixel scale the run was trained on (crop_size / resolution source pixels per pixel).
+    multiple = 2 ** (len(sdm_run.model.config.block_out_channels) - 1)
+    if (
+        masks.ndim != 3
+        or len(masks) != len(seeds)
+        or masks.shape[1] % multiple
+        or masks.shape[2] % multiple
+    ):
         raise PairforgeError(
             f"paint_images: masks of shape {tuple(masks.shape)} with {len(seeds)} seeds; the SDM "
-            f"run needs (B, {size}, {size}) masks and one seed per mask (crop or resize them)."
+            f"run needs (B, H, W) masks with H and W multiples of {multiple} (it was trained at "
+            f"{sdm_run.resolution} px) and one seed per mask; crop or pad the masks."
         )
     num_classes = sdm_run.model.config.num_classes
     device = _model_device(sdm_run, settings)
     segmap = mask_to_segmap(masks, num_classes).to(device)
-    shape = (_image_channels(sdm_run), size, size)
+    shape = (_image_channels(sdm_run), masks.shape[1], masks.shape[2])
     image_seeds = [stage_seed(s, "image") for s in seeds]
     denoise = guided_denoiser(sdm_run.model, segmap, guidance_scale)
     x0 = _run_sampler(sdm_run, denoise, shape, image_seeds, settings, device)

@@ -29,10 +29,11 @@ from pairforge.generate.pipelines import (
     generate_joint,
     generate_two_stage,
     mask_agreement,
+    paint_images,
     super_resolve,
 )
 
-PIPELINES = ("joint", "two-stage")
+PIPELINES = ("joint", "two-stage", "paint")
 STATE_DIR = ".generate"
 MANIFEST_FILE = "manifest.json"
 GRID_FILE = "grid.png"
@@ -52,6 +53,8 @@ class GenerationPlan:
     """Everything that decides the generated samples (plus batch size, which does not).
 
     pipeline "joint" needs runs["joint"]; "two-stage" needs runs["mask"] and runs["sdm"];
+    "paint" needs runs["sdm"] and `mask_source`, a dataset whose labeled masks (e.g. drawn by a
+    user) get images: sample i paints labeled mask i % (number of labeled masks).
     runs["sr"] optional for a 4x super-resolution stage at the fixed `sr_noise_level`.
     """
 
@@ -63,9 +66,12 @@ class GenerationPlan:
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE
     sr_noise_level: float = DEFAULT_SR_NOISE_LEVEL
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    mask_source: Path | None = None
 
     def __post_init__(self) -> None:
-        needed = {"joint": ["joint"], "two-stage": ["mask", "sdm"]}.get(self.pipeline)
+        needed = {"joint": ["joint"], "two-stage": ["mask", "sdm"], "paint": ["sdm"]}.get(
+            self.pipeline
+        )
         if needed is None:
             raise PairforgeError(
                 f"--pipeline {self.pipeline!r} is unknown; use one of {', '.join(PIPELINES)}."
@@ -74,6 +80,11 @@ class GenerationPlan:
         for role in needed:
             if role not in self.runs:
                 raise PairforgeError(f"--pipeline {self.pipeline} needs {flags[role]} RUN.")
+        if (self.pipeline == "paint") != (self.mask_source is not None):
+            raise PairforgeError(
+                "--masks DATASET goes with --pipeline paint (and paint needs it); "
+                f"got --pipeline {self.pipeline} with --masks {self.mask_source}."
+            )
         if self.num_samples < 1 or self.batch_size < 1:
             raise PairforgeError(
                 f"--n {self.num_samples} / --batch-size {self.batch_size}: both must be >= 1."
@@ -125,9 +136,11 @@ def generation_settings(plan: GenerationPlan) -> dict[str, Any]:
         "checkpoints": checkpoints,
         **plan.sampling.as_dict(),
         "base_seed": plan.base_seed,
-        "guidance_scale": plan.guidance_scale if plan.pipeline == "two-stage" else None,
+        "guidance_scale": plan.guidance_scale if plan.pipeline != "joint" else None,
         "sr": None,
     }
+    if plan.mask_source is not None:
+        settings["mask_source"] = str(Path(plan.mask_source).resolve())
     if "sr" in plan.runs:
         low = plan.runs["joint" if plan.pipeline == "joint" else "sdm"].run.resolution
         high = plan.runs["sr"].run.resolution
@@ -140,11 +153,14 @@ def generation_settings(plan: GenerationPlan) -> dict[str, Any]:
 
 
 def generate_pairs(
-    plan: GenerationPlan, seeds: Sequence[int]
+    plan: GenerationPlan, seeds: Sequence[int], masks: np.ndarray | None = None
 ) -> tuple[GeneratedPairs, list[dict[str, Any]]]:
-    """Run the plan's pipeline for `seeds`; returns the final pairs and per-sample extras."""
+    """Run the plan's pipeline for `seeds` (paint: for `masks` (B, H, W) class indices);
+    returns the final pairs and per-sample extras."""
     runs = {role: ref.run for role, ref in plan.runs.items()}
-    if plan.pipeline == "joint":
+    if plan.pipeline == "paint":
+        pairs = paint_images(runs["sdm"], masks, seeds, plan.guidance_scale, plan.sampling)
+    elif plan.pipeline == "joint":
         pairs = generate_joint(runs["joint"], seeds, plan.sampling)
     else:
         pairs = generate_two_stage(
@@ -158,6 +174,52 @@ def generate_pairs(
         for extra, value in zip(extras, agreement.per_sample_agreement, strict=True):
             extra["sr_mask_agreement"] = value
     return pairs, extras
+
+
+class MaskSource:
+    """The labeled masks of plan.mask_source, in id order; index i -> mask i % count."""
+
+    def __init__(self, plan: GenerationPlan):
+        from pairforge.data.dataset import load_dataset
+
+        self.dataset = load_dataset(plan.mask_source)
+        self.ids = [i for i in self.dataset.ids() if self.dataset.has_mask(i)]
+        if not self.ids:
+            raise PairforgeError(f"--masks {plan.mask_source}: the dataset has no labeled masks.")
+        theirs = [(c.id, c.name) for c in self.dataset.spec.classes]
+        ours = [(c.id, c.name) for c in plan.runs["sdm"].run.spec.classes]
+        if theirs != ours:
+            raise PairforgeError(
+                f"--masks {plan.mask_source}: classes {theirs} differ from the SDM run's {ours}; "
+                "declare the same class ids and names in its dataset.yaml."
+            )
+        self._shapes: dict[int, tuple[int, ...]] = {}
+
+    def source_id(self, index: int) -> str:
+        return self.ids[index % len(self.ids)]
+
+    def mask(self, index: int) -> np.ndarray:
+        return self.dataset.read_mask(self.source_id(index))
+
+    def shape(self, index: int) -> tuple[int, ...]:
+        slot = index % len(self.ids)
+        if slot not in self._shapes:
+            self._shapes[slot] = self.mask(index).shape
+        return self._shapes[slot]
+
+
+def _batches(todo: list[int], batch_size: int, source: MaskSource | None) -> list[list[int]]:
+    """Consecutive chunks of at most batch_size indices; with masks, each chunk has one shape."""
+    batches: list[list[int]] = []
+    for index in todo:
+        fits = batches and len(batches[-1]) < batch_size
+        if fits and source is not None:
+            fits = source.shape(batches[-1][0]) == source.shape(index)
+        if fits:
+            batches[-1].append(index)
+        else:
+            batches.append([index])
+    return batches
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -255,14 +317,17 @@ def write_generated_dataset(
         total=len(todo), desc=f"generate [{process_index}]", position=process_index,
         disable=not progress, unit="pair",
     )  # fmt: skip
-    for start in range(0, len(todo), plan.batch_size):
-        indices = todo[start : start + plan.batch_size]
+    source = MaskSource(plan) if plan.pipeline == "paint" else None
+    for indices in _batches(todo, plan.batch_size, source):
         seeds = [plan.base_seed + i for i in indices]
-        pairs, extras = generate_pairs(plan, seeds)
+        given_masks = np.stack([source.mask(i) for i in indices]) if source else None
+        pairs, extras = generate_pairs(plan, seeds, given_masks)
         images, masks = pairs.physical_images(), pairs.masks_numpy()
         for k, index in enumerate(indices):
             writer.add(sample_id(index), images[k], masks[k], split="train")
             record = {"id": sample_id(index), "index": index, "seed": seeds[k], **extras[k]}
+            if source:
+                record["mask_source_id"] = source.source_id(index)
             _atomic_write_text(record_dir / f"{sample_id(index)}.json", json.dumps(record))
         bar.update(len(indices))
     bar.close()
