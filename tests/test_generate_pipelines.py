@@ -225,3 +225,13 @@ def test_mask_agreement_values():
     high = low.repeat_interleave(4, 1).repeat_interleave(4, 2).clone()
     high[0, 0, 0:3] = 2
     assert mask_agreement(high, low, 3).pixel_agreement == 1.0
+
+
+def test_bf16_autocast_runs_every_stage():
+    bf16 = SamplingSettings(sampler="ddim", steps=2, dtype=torch.bfloat16)
+    pairs = generate_two_stage(
+        tiny_run("mask", resolution=8), tiny_run("sdm", resolution=8), [1], settings=bf16
+    )
+    high = super_resolve(tiny_run("sr", resolution=32), pairs, [1], settings=bf16)
+    assert high.images.dtype == torch.float32 and torch.isfinite(high.images).all()
+    assert high.masks.shape == (1, 32, 32)

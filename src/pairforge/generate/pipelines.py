@@ -302,7 +302,7 @@ def super_resolve(
     low_res = torch.cat(
         [sr_run.normalizer.encode(physical), sr_run.codec.encode(pairs.masks.cpu()).to(physical)],
         dim=1,
-    ).to(device=device, dtype=settings.dtype)
+    ).to(device=device, dtype=torch.float32)
     expected = sr_run.model.config.low_res_channels
     if low_res.shape[1] != expected:
         raise PairforgeError(
