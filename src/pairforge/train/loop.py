@@ -277,6 +277,7 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
         desc=f"train {config.task}", unit="step", dynamic_ncols=True,
     )  # fmt: skip
     started = time.perf_counter()
+    tensorboard = _open_tensorboard(run_dir) if is_main and log.tensorboard else None
     window_loss, window_images, window_start = [], 0, time.perf_counter()
     step = start_step
     while step < opt.max_steps:
@@ -354,6 +355,10 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
             if is_main:
                 with open(run_dir / METRICS_FILE, "a") as f:
                     f.write(json.dumps(record) + "\n")
+                if tensorboard is not None:
+                    for key, value in record.items():
+                        if key != "step" and isinstance(value, (int, float)):
+                            tensorboard.add_scalar(f"train/{key}", value, step)
             window_loss, window_images, window_start = [], 0, now
 
         # Sample grids and checkpoints; stop early when the time budget is spent.
@@ -369,6 +374,8 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
         if out_of_time:
             break
     bar.close()
+    if tensorboard is not None:
+        tensorboard.close()
     if start_step >= opt.max_steps and is_main and not (run_dir / "model").is_dir():
         raise PairforgeError(f"{run_dir}: already at step {start_step} but has no model/.")
     accelerator.end_training()
@@ -379,3 +386,14 @@ def _contiguous_copy(model: torch.nn.Module) -> torch.nn.Module:
     import copy
 
     return copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+
+
+def _open_tensorboard(run_dir: Path):
+    """A SummaryWriter on RUN/tensorboard when the tensorboard package is installed, else None."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(run_dir / "tensorboard"))

@@ -1,0 +1,257 @@
+"""Benchmark: pairforge training step and sampler vs a plain diffusers loop, interleaved in one run.
+
+Training (images/s, same UNet2DModel config, same batch of data, no data loading in either):
+  baseline  plain diffusers loop: fp32, AdamW, DDPMScheduler.add_noise, MSE on eps
+  pairforge the step of pairforge.train.loop: q_sample, v-prediction with min-SNR weights,
+            grad clipping and EMA update, with bf16 autocast + channels_last (and once in fp32,
+            to show what the options buy)
+Sampling (seconds/image, same weights, same initial noise per seed):
+  baseline  diffusers DDIMPipeline, fp32, 50 steps
+  pairforge pairforge.diffusion.sampling.sample, DPM-Solver++ 2M, 20 steps, bf16 autocast
+Quality (only with --run, a trained model): both samplers integrate the same probability-flow
+ODE from the same noise, so each is compared with a near-exact solution of it (DDIM with all
+1000 timesteps, fp32) by RMS distance in model units [-1, 1]; lower is closer.
+
+Example (2 CPU cores, busy machine -> one thread):
+  OMP_NUM_THREADS=1 python bench/bench_train_sample.py --run runs/demo-image --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", default=None, help="trained run (weights + quality proxy)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--train-steps", type=int, default=4, help="timed steps per round")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--sample-n", type=int, default=8, help="images per sampling call")
+    parser.add_argument("--quality-n", type=int, default=8, help="images for the quality proxy")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument("--json", default=None, help="write the results here")
+    return parser.parse_args()
+
+
+def make_model(run_dir):
+    """(UNet2DModel, DDPMScheduler config, resolution, channels) from a run or the demo preset."""
+    from pairforge.diffusion.schedule import make_scheduler_config
+    from pairforge.models.factory import build_model
+
+    if run_dir:
+        from pairforge.train.run import load_run
+
+        run = load_run(run_dir)
+        return run.model, run.scheduler_config, run.resolution, run.sample_shape[0]
+    overrides = {"block_out_channels": (32, 64, 128), "attention_levels": (False, False, True)}
+    model = build_model("image", "small", 2, 2, 32, overrides=overrides)
+    return model, make_scheduler_config("cosine", "v"), 32, 2
+
+
+def baseline_train_step(model, optimizer, scheduler, x0):
+    """The plain diffusers recipe (examples/unconditional_image_generation), fp32."""
+    noise = torch.randn_like(x0)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],))
+    noisy = scheduler.add_noise(x0, noise, t)
+    loss = F.mse_loss(model(noisy, t).sample, noise)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+
+
+def pairforge_train_step(model, optimizer, ema, abar, x0, prediction, bf16, channels_last):
+    """The body of pairforge.train.loop.train for one optimizer step (no accumulation)."""
+    from pairforge.diffusion.objectives import diffusion_loss, q_sample
+
+    eps = torch.randn_like(x0)
+    t = torch.randint(0, len(abar), (x0.shape[0],))
+    x_t = q_sample(x0, eps, t, abar).float()
+    if channels_last:
+        x_t = x_t.contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        output = model(x_t, t).sample
+    loss = diffusion_loss(output, x0, eps, t, abar, prediction, 5.0).mean()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    ema.update(model)
+    return loss.item()
+
+
+def bench_training(args, model, scheduler_config, resolution, channels):
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    from pairforge.diffusion.schedule import alphas_cumprod, prediction_of
+    from pairforge.train.ema import EMA
+
+    x0 = torch.tanh(torch.randn(args.batch_size, channels, resolution, resolution))
+    abar = alphas_cumprod(scheduler_config)
+    prediction = prediction_of(scheduler_config)
+    variants = {}
+    # baseline
+    base = UNet2DModel.from_config(model.config)
+    base.load_state_dict(model.state_dict())
+    base.train()
+    base_opt = torch.optim.AdamW(base.parameters(), lr=1e-4)
+    ddpm = DDPMScheduler.from_config(scheduler_config)
+    variants["baseline fp32"] = lambda: baseline_train_step(base, base_opt, ddpm, x0)
+    for name, bf16, channels_last in [
+        ("pairforge fp32", False, False),
+        ("pairforge bf16+channels_last", True, True),
+    ]:
+        m = copy.deepcopy(base)
+        ema = EMA(m, 0.999)
+        if channels_last:
+            m = m.to(memory_format=torch.channels_last)
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
+        variants[name] = lambda m=m, opt=opt, ema=ema, bf16=bf16, cl=channels_last: (
+            pairforge_train_step(m, opt, ema, abar, x0, prediction, bf16, cl)
+        )
+    for step in variants.values():  # warm-up (allocator, oneDNN primitive caches)
+        step()
+    rates = {name: [] for name in variants}
+    for _ in range(args.rounds):
+        for name, step in variants.items():
+            start = time.perf_counter()
+            for _ in range(args.train_steps):
+                step()
+            rates[name].append(args.batch_size * args.train_steps / (time.perf_counter() - start))
+    return {name: statistics.median(r) for name, r in rates.items()}, rates
+
+
+def bench_sampling(args, model, scheduler_config, resolution, channels):
+    from diffusers import DDIMPipeline, DDIMScheduler
+
+    from pairforge.diffusion.sampling import model_denoiser, sample
+
+    model = model.eval()
+    fast = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    seeds = list(range(args.sample_n))
+    pipe = DDIMPipeline(unet=model, scheduler=DDIMScheduler.from_config(scheduler_config))
+    pipe.set_progress_bar_config(disable=True)
+
+    def baseline():
+        generators = [torch.Generator().manual_seed(s) for s in seeds]
+        with torch.no_grad():
+            return pipe(
+                batch_size=len(seeds), generator=generators, eta=0.0, num_inference_steps=50,
+                output_type="np",
+            ).images  # fmt: skip
+
+    def ours():
+        return sample(
+            model_denoiser(fast, channels_last=True), (channels, resolution, resolution), seeds,
+            "dpm++", 20, scheduler_config, dtype=torch.bfloat16, progress=False,
+        )  # fmt: skip
+
+    variants = {
+        "baseline DDIMPipeline fp32 50 steps": baseline,
+        "pairforge dpm++ bf16 20 steps": ours,
+    }
+    for run in variants.values():
+        run()
+    seconds = {name: [] for name in variants}
+    for _ in range(args.rounds):
+        for name, run in variants.items():
+            start = time.perf_counter()
+            run()
+            seconds[name].append((time.perf_counter() - start) / len(seeds))
+    return {name: statistics.median(s) for name, s in seconds.items()}, seconds
+
+
+def quality_proxy(args, model, scheduler_config, resolution, channels):
+    """RMS distance (model units) of each sampler's output to a 1000-step DDIM ODE solution."""
+    from diffusers import DDIMPipeline, DDIMScheduler
+
+    from pairforge.diffusion.sampling import model_denoiser, sample
+
+    model = model.eval()
+    seeds = list(range(1000, 1000 + args.quality_n))
+    shape = (channels, resolution, resolution)
+    denoise = model_denoiser(model)
+    reference = sample(denoise, shape, seeds, "ddim", 1000, scheduler_config, progress=False)
+    pipe = DDIMPipeline(unet=model, scheduler=DDIMScheduler.from_config(scheduler_config))
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        ddim_pipe = pipe(
+            batch_size=len(seeds),
+            generator=[torch.Generator().manual_seed(s) for s in seeds],
+            eta=0.0,
+            num_inference_steps=50,
+            output_type="np",
+        ).images  # fmt: skip  (clamped to [0, 1], HWC)
+    ddim_pipe = torch.from_numpy(ddim_pipe).permute(0, 3, 1, 2) * 2 - 1
+    fast = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    candidates = {"baseline DDIMPipeline fp32 50 steps": ddim_pipe}
+    for sampler, steps, dtype in [
+        ("dpm++", 20, torch.bfloat16),
+        ("dpm++", 25, torch.bfloat16),
+        ("dpm++", 20, torch.float32),
+        ("ddim", 20, torch.float32),
+    ]:
+        x = sample(
+            model_denoiser(fast, True), shape, seeds, sampler, steps, scheduler_config,
+            dtype=dtype, progress=False,
+        )  # fmt: skip
+        label = f"pairforge {sampler} {'bf16' if dtype == torch.bfloat16 else 'fp32'} {steps} steps"
+        candidates[label] = x
+    clamped_ref = reference.clamp(-1, 1)
+    return {
+        name: (x.clamp(-1, 1) - clamped_ref).pow(2).mean().sqrt().item()
+        for name, x in candidates.items()
+    } | {"reference std (scale)": clamped_ref.std().item()}
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model, scheduler_config, resolution, channels = make_model(args.run)
+    print(
+        f"model: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters, "
+        f"{channels} x {resolution} x {resolution}, torch threads {torch.get_num_threads()}, "
+        f"batch {args.batch_size}, {args.rounds} interleaved rounds"
+    )
+    train_rates, train_raw = bench_training(args, model, scheduler_config, resolution, channels)
+    base_rate = train_rates["baseline fp32"]
+    print("\ntraining (images/s, median of rounds)")
+    for name, rate in train_rates.items():
+        print(f"  {name:40s} {rate:8.1f}   x{rate / base_rate:.2f}")
+    sample_seconds, sample_raw = bench_sampling(args, model, scheduler_config, resolution, channels)
+    base_seconds = sample_seconds["baseline DDIMPipeline fp32 50 steps"]
+    print("\nsampling (seconds/image, median of rounds)")
+    for name, seconds in sample_seconds.items():
+        print(f"  {name:40s} {seconds:8.4f}   speed-up x{base_seconds / seconds:.2f}")
+    results = {
+        "threads": torch.get_num_threads(),
+        "train_images_per_s": train_rates,
+        "train_rounds": train_raw,
+        "sample_seconds_per_image": sample_seconds,
+        "sample_rounds": sample_raw,
+    }
+    if args.run:
+        quality = quality_proxy(args, model, scheduler_config, resolution, channels)
+        print(
+            f"\nquality proxy: RMS distance to a 1000-step DDIM ODE solution ({args.quality_n} seeds)"
+        )
+        for name, value in quality.items():
+            print(f"  {name:40s} {value:8.4f}")
+        results["quality_rms_to_ode_reference"] = quality
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
