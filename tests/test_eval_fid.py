@@ -370,3 +370,28 @@ def test_evaluate_fid_reports_domain_row_next_to_inception(real_and_fake):
     assert domain_row["features"] == "domain:mid_block@t=100"
     assert domain_row["n_real"] == 12 and domain_row["n_fake"] == 10 and domain_row["fid"] > 0
     assert result["settings"]["domain"]["feature_dim"] == 32
+
+
+@pytest.mark.slow  # trains two 2-step runs with `pairforge train`
+@pytest.mark.parametrize("task", ["joint", "sdm"])
+def test_domain_features_from_a_run_trained_by_pairforge_train(task, real_and_fake, tmp_path):
+    from typer.testing import CliRunner
+
+    from pairforge.cli import app
+
+    real, fake = real_and_fake
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(
+        app,
+        ["train", "tiny", "--set", f"task={task}", "--set", f"data.path={real.source}",
+         "--set", "data.crop_size=32", "--set", "data.resolution=16", "--out", str(run_dir)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    domain = DomainFeatureExtractor.from_run(run_dir, timestep=200)
+    assert domain[1].task == task
+    out = evaluate_fid(real, fake, extractor=MeanColorFeatures(), kid_subsets=2, domain=domain)
+    row = out["rows"][-1]
+    # joint / sdm runs see image + mask: only labeled samples (8 real tiles, 10 synthetic).
+    assert row["kind"] == "domain" and row["n_real"] == 8 and row["n_fake"] == 10
+    assert np.isfinite(row["fid"]) and row["fid"] > 0
+    assert out["settings"]["domain"]["task"] == task

@@ -405,6 +405,10 @@ def load_or_compute_stats(
 # ---------------------------------------------------------------------------------------------
 
 
+# Output of the middle of the U-Net, by model class: diffusers UNet2DModel, pairforge SemanticUNet.
+MIDDLE_BLOCKS = ("mid_block", "mid_block2")
+
+
 class _StopForward(Exception):
     """Raised by the feature hook: nothing after the hooked block needs to run."""
 
@@ -414,8 +418,9 @@ class DomainFeatureExtractor(torch.nn.Module):
 
     x0 (B, C_in, H, W) in the model range is noised to timestep `timestep` with one fixed,
     seeded noise tensor shared by every sample (so a sample's features do not depend on the
-    batch), the denoiser runs up to `block` (default its mid block), and the block output is
-    averaged over H, W: (B, D) float32, D = the block's width.
+    batch), the denoiser runs up to `block` (default its middle: `mid_block` of a UNet2DModel,
+    `mid_block2` of a SemanticUNet), and the block output is averaged over H, W: (B, D)
+    float32, D = the block's width.
 
     Args:
         model: diffusers UNet2DModel (tasks image / joint / mask) or SemanticUNet (task sdm).
@@ -431,10 +436,16 @@ class DomainFeatureExtractor(torch.nn.Module):
         task: str = "image",
         timestep: int = 100,
         seed: int = 0,
-        block: str = "mid_block",
+        block: str | None = None,
     ):
         super().__init__()
         from diffusers import DDPMScheduler
+
+        if block is None:  # UNet2DModel: mid_block; SemanticUNet: its last middle SPADE block
+            names = [
+                n for n in MIDDLE_BLOCKS if isinstance(getattr(model, n, None), torch.nn.Module)
+            ]
+            block = names[0] if names else MIDDLE_BLOCKS[0]
 
         if task not in ("image", "joint", "mask", "sdm"):
             raise PairforgeError(
