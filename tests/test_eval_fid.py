@@ -228,8 +228,10 @@ def test_kid_matches_torchmetrics_on_whole_sets():
     metric.update(torch.tensor(real), real=True)
     metric.update(torch.tensor(fake), real=False)
     reference = float(metric.compute()[0])
-    ours = kernel_inception_distance(real, fake, num_subsets=1, subset_size=20)[0]
+    ours, spread, size = kernel_inception_distance(real, fake, num_subsets=5, subset_size=20)
     assert ours == pytest.approx(reference, rel=1e-6)
+    assert spread is None and size == 20  # whole sets every time: no spread to report
+    assert kernel_inception_distance(real, fake[:15], num_subsets=5)[1] > 0
 
 
 # -- channels and masks to RGB ----------------------------------------------------------------

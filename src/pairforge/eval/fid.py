@@ -272,7 +272,7 @@ def kernel_inception_distance(
     num_subsets: int = 100,
     subset_size: int = 1000,
     seed: int = 0,
-) -> tuple[float, float, int]:
+) -> tuple[float, float | None, int]:
     """KID (Binkowski et al. 2018): unbiased polynomial-kernel MMD^2 averaged over subsets.
 
     Args:
@@ -281,8 +281,9 @@ def kernel_inception_distance(
         subset_size: samples per subset, reduced to min(n_real, n_fake) when larger.
 
     Returns:
-        (mean, std over subsets, subset size used). Unbiased: its expectation is 0 for two
-        samples of one distribution, so small negative values occur.
+        (mean, std over subsets or None when the subsets are the whole of both sets, subset
+        size used). Unbiased: its expectation is 0 for two samples of one distribution, so
+        small negative values occur.
     """
     real = np.asarray(real_features, np.float64)
     fake = np.asarray(fake_features, np.float64)
@@ -291,6 +292,9 @@ def kernel_inception_distance(
         raise PairforgeError(
             f"KID needs at least 2 samples per set; got {real.shape[0]} real, {fake.shape[0]} fake"
         )
+    if size == real.shape[0] == fake.shape[0]:
+        # Every "subset" would be the whole of both sets: one value, no spread to report.
+        return _polynomial_mmd2_unbiased(real, fake), None, int(size)
     rng = np.random.default_rng(seed)
     values = [
         _polynomial_mmd2_unbiased(
