@@ -18,7 +18,9 @@ app = typer.Typer(
 
 def _compose() -> None:
     from pairforge.data.cli import app as data_app
+    from pairforge.demo import demo_command
     from pairforge.eval.cli import app as eval_app
+    from pairforge.eval.cli import report_command
     from pairforge.generate.cli import app as generate_app
     from pairforge.seg.cli import app as seg_app
     from pairforge.train.cli import app as train_app
@@ -30,6 +32,8 @@ def _compose() -> None:
     for sub in (train_app, generate_app):
         for command in sub.registered_commands:
             app.registered_commands.append(command)
+    app.command("report")(report_command)
+    app.command("demo")(demo_command)
 
 
 _compose()

@@ -1,0 +1,214 @@
+"""`pairforge demo`: the whole pipeline on the built-in grain measurements, ending in a report.
+
+The demo is a list of ordinary `pairforge` commands, printed before each runs so they can be
+copied and rerun by hand: data -> joint, mask and SDM training -> pair generation (joint and
+two-stage) -> diffusion-feature segmentation head vs a supervised baseline -> FID, mask
+statistics and the downstream experiment -> report.html. Every step resumes: rerunning the
+demo into the same folder skips finished work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shlex
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import typer
+
+from pairforge.errors import PairforgeError
+
+
+@dataclass
+class DemoPlan:
+    """Sizes of one demo run. `full()` targets ~15 minutes on 2 CPU cores; `quick()` ~1-2 minutes
+    with tiny models (for smoke tests: the numbers it produces mean nothing)."""
+
+    grain_preset: str = "demo"
+    train_minutes: dict[str, float] = field(
+        default_factory=lambda: {"joint": 3.5, "mask": 1.5, "sdm": 3.0}
+    )
+    train_overrides: list[str] = field(default_factory=list)
+    configs: dict[str, str] = field(
+        default_factory=lambda: {"joint": "demo-joint", "mask": "demo-mask", "sdm": "demo-sdm"}
+    )
+    num_pairs: int = 96
+    labeled_tiles: int = 8
+    seg_options: list[str] = field(default_factory=lambda: ["--num-models", "10"])
+    baseline_epochs: int = 60
+    fid_options: list[str] = field(default_factory=lambda: ["--kid-subset-size", "48"])
+    downstream_options: list[str] = field(
+        default_factory=lambda: ["--budgets", "8,32", "--seeds", "0,1,2", "--steps", "200"]
+    )
+    downstream_pipelines: list[str] = field(default_factory=lambda: ["joint"])
+
+    @classmethod
+    def full(cls, minutes: float = 15.0) -> DemoPlan:
+        plan = cls()
+        scale = minutes / 15.0
+        plan.train_minutes = {k: v * scale for k, v in plan.train_minutes.items()}
+        return plan
+
+    @classmethod
+    def quick(cls) -> DemoPlan:
+        return cls(
+            grain_preset="demo",
+            train_minutes={"joint": 1.0, "mask": 1.0, "sdm": 1.0},
+            train_overrides=[
+                "model.preset=tiny",
+                "model.block_out_channels=null",
+                "model.attention_levels=null",
+                "data.crop_size=32",
+                "data.resolution=16",
+                "optim.max_steps=3",
+                "optim.batch_size=4",
+                "optim.warmup_steps=0",
+                "log.sample_every=0",
+                "log.checkpoint_every=3",
+                "log.progress=false",
+            ],
+            num_pairs=6,
+            labeled_tiles=4,
+            seg_options=["--num-models", "2", "--epochs", "2", "--timesteps", "50,150"],
+            baseline_epochs=2,
+            fid_options=["--kid-subset-size", "4", "--kid-subsets", "5", "--max-items", "6"],
+            downstream_options=["--budgets", "2", "--seeds", "0", "--steps", "2"],
+            downstream_pipelines=["joint"],
+        )
+
+
+def _invoke(args: list[str], capture: Path | None = None) -> None:
+    """Run one `pairforge` command in this process, echoing it first."""
+    from typer.main import get_command
+
+    from pairforge.cli import app
+
+    typer.secho("$ pairforge " + shlex.join(args), fg=typer.colors.CYAN, err=True)
+    command = get_command(app)
+    if capture is None:
+        command.main(args, prog_name="pairforge", standalone_mode=False)
+        return
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        command.main(args, prog_name="pairforge", standalone_mode=False)
+    capture.parent.mkdir(parents=True, exist_ok=True)
+    capture.write_text(buffer.getvalue())
+    typer.echo(buffer.getvalue().rstrip())
+
+
+def run_demo(out: Path, plan: DemoPlan, seed: int = 0) -> Path:
+    """Run every stage into `out`; returns the report path. Timings go to out/demo.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    data, runs, syn, ev = out / "data", out / "runs", out / "synthetic", out / "eval"
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+
+    def stage(name: str, *commands: list[str], capture: Path | None = None) -> None:
+        t0 = time.perf_counter()
+        elapsed = (t0 - start) / 60
+        typer.secho(f"\n== {name}  (demo time so far {elapsed:.1f} min)", bold=True, err=True)
+        for args in commands:
+            _invoke(args, capture=capture)
+        timings[name] = round(time.perf_counter() - t0, 1)
+
+    if not (data / "dataset.yaml").exists():
+        stage(
+            "data",
+            ["data", "grains", str(data), "--preset", plan.grain_preset, "--seed", str(seed)],
+        )
+    for role in ("joint", "mask", "sdm"):
+        sets = [
+            f"data.path={data}",
+            f"optim.max_minutes={plan.train_minutes[role]}",
+            f"seed={seed}",
+        ]
+        sets += plan.train_overrides
+        args = ["train", plan.configs[role], "--out", str(runs / role)]
+        for s in sets:
+            args += ["--set", s]
+        stage(f"train {role}", args)
+    n = str(plan.num_pairs)
+    stage(
+        "generate joint",
+        ["generate", "--pipeline", "joint", "--run", str(runs / "joint"), "--n", n, "--bf16",
+         "--seed", str(seed), "--out", str(syn / "joint")],
+    )  # fmt: skip
+    stage(
+        "generate two-stage",
+        ["generate", "--pipeline", "two-stage", "--mask-run", str(runs / "mask"), "--sdm-run",
+         str(runs / "sdm"), "--n", n, "--bf16", "--seed", str(seed), "--out", str(syn / "two-stage")],
+    )  # fmt: skip
+    head = out / "seg" / "head"
+    budget = str(plan.labeled_tiles)
+    stage(
+        "segmentation head",
+        ["seg", "fit", "--run", str(runs / "joint"), "--data", str(data), "--max-images", budget,
+         "--out", str(head), "--seed", str(seed), *plan.seg_options],
+    )  # fmt: skip
+    stage(
+        "segmentation head eval",
+        ["seg", "eval", str(head), "--data", str(data), "--split", "test", "--json"],
+        capture=ev / "seg" / "seg_head.json",
+    )  # fmt: skip
+    stage(
+        "supervised baseline",
+        ["seg", "baseline", "--run", str(runs / "joint"), "--data", str(data), "--max-images", budget,
+         "--epochs", str(plan.baseline_epochs), "--seed", str(seed), "--json"],
+        capture=ev / "seg" / "seg_baseline.json",
+    )  # fmt: skip
+    for pipeline in ("joint", "two-stage"):
+        stage(
+            f"FID {pipeline}",
+            ["eval", "fid", str(data), str(syn / pipeline), "--out", str(ev / pipeline),
+             "--domain-run", str(runs / "joint"), *plan.fid_options],
+        )  # fmt: skip
+        stage(
+            f"mask statistics {pipeline}",
+            ["eval", "stats", str(data), str(syn / pipeline), "--out", str(ev / pipeline)],
+        )  # fmt: skip
+    for pipeline in plan.downstream_pipelines:
+        stage(
+            f"downstream {pipeline}",
+            ["eval", "downstream", str(data), str(syn / pipeline), "--out", str(ev / pipeline),
+             *plan.downstream_options],
+        )  # fmt: skip
+    report = out / "report.html"
+    total = round(time.perf_counter() - start, 1)
+    (out / "demo.json").write_text(
+        json.dumps(
+            {"plan": asdict(plan), "seed": seed, "seconds": timings, "total_seconds": total},
+            indent=2,
+        )
+    )
+    stage("report", ["report", str(out), "--out", str(report), "--title", "pairforge demo"])
+    typer.secho(f"\ndemo finished in {total / 60:.1f} min: open {report}", bold=True, err=True)
+    return report
+
+
+def demo_command(
+    out: Path = typer.Option(
+        Path("runs/demo"), "--out", help="Folder for data, runs, samples, eval and report."
+    ),
+    minutes: float = typer.Option(
+        15.0, "--minutes", min=1.0, help="Approximate total time budget (scales training)."
+    ),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the data, training and sampling."),
+    quick: bool = typer.Option(
+        False, "--quick", help="Tiny models and data: a 1-2 minute smoke run."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and exit."),
+) -> None:
+    """Run the whole pipeline on built-in grain measurements and write OUT/report.html.
+
+    Example: pairforge demo --out runs/demo
+    """
+    plan = DemoPlan.quick() if quick else DemoPlan.full(minutes)
+    if dry_run:
+        typer.echo(json.dumps(asdict(plan), indent=2))
+        return
+    if out.exists() and not out.is_dir():
+        raise PairforgeError(f"--out {out}: is a file; pass a folder")
+    run_demo(out, plan, seed=seed)
