@@ -228,7 +228,8 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _check_or_store_settings(out: Path, settings: dict[str, Any], is_main: bool) -> None:
+def _check_settings(out: Path, settings: dict[str, Any]) -> None:
+    """Raise if `out` was generated with other settings (every process checks, so all stop)."""
     path = out / STATE_DIR / "settings.json"
     if path.exists():
         # Checkpoints are identified by their hashes; a run folder may move between sessions.
@@ -243,9 +244,16 @@ def _check_or_store_settings(out: Path, settings: dict[str, Any], is_main: bool)
                 f"{out}: was generated with {key}={previous.get(key)!r}, now {settings.get(key)!r}; "
                 "resume with the same settings and checkpoints, or pass a new --out."
             )
-    elif is_main:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(path, json.dumps(settings, indent=2))
+
+
+def _prepare_state(out: Path, settings: dict[str, Any]) -> None:
+    """Main process: store the settings of a new output; drop timings of an earlier session."""
+    state = out / STATE_DIR
+    (state / "records").mkdir(parents=True, exist_ok=True)
+    if not (state / "settings.json").exists():
+        _atomic_write_text(state / "settings.json", json.dumps(settings, indent=2))
+    for stale in state.glob("timing-*.json"):
+        stale.unlink()
 
 
 def _without_paths(settings: dict[str, Any]) -> dict[str, Any]:
@@ -296,11 +304,10 @@ def write_generated_dataset(
     out = Path(out)
     is_main = process_index == 0
     settings = generation_settings(plan)
+    _check_settings(out, settings)
     if is_main:
-        _check_or_store_settings(out, settings, is_main=True)
+        _prepare_state(out, settings)
     barrier()
-    if not is_main:
-        _check_or_store_settings(out, settings, is_main=False)
     record_dir = out / STATE_DIR / "records"
     record_dir.mkdir(parents=True, exist_ok=True)
 
