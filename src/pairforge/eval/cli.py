@@ -95,6 +95,7 @@ def fid(
     ),
     domain_timestep: int = typer.Option(100, "--domain-timestep", min=0),
     seed: int = typer.Option(0, "--seed", min=0),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N (Inception only)"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     import json
@@ -102,6 +103,7 @@ def fid(
     from pairforge.eval.fid import (
         CMAP_CHOICES,
         DomainFeatureExtractor,
+        InceptionFeatureExtractor,
         evaluate_fid,
         format_fid_table,
     )
@@ -116,11 +118,12 @@ def fid(
     domain = None
     if domain_run is not None:
         domain = DomainFeatureExtractor.from_run(domain_run, timestep=domain_timestep, seed=seed)
+    extractor = InceptionFeatureExtractor(weights).to(device)
     result = evaluate_fid(
         real,
         fake,
         cmap=channels_cmap,
-        weights_path=weights,
+        extractor=extractor,
         batch_size=batch_size,
         cache_dir=None if no_cache else (cache_dir or Path(real_dir) / ".pairforge-cache"),
         kid_subsets=kid_subsets,

@@ -149,9 +149,10 @@ class InceptionFeatureExtractor(torch.nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         # The profiling JIT re-optimizes for every new batch shape (the last partial batch),
         # costing several forward passes each time; plain execution is as fast in steady state.
+        device = next(self.network.parameters()).device  # follows .to(device) of this module
         with torch.jit.optimized_execution(False):
-            features = self.network(self.preprocess(images))
-        return features.reshape(features.shape[0], -1).float()
+            features = self.network(self.preprocess(images.to(device)))
+        return features.reshape(features.shape[0], -1).float().cpu()
 
 
 def extract_features(
