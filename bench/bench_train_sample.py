@@ -113,7 +113,7 @@ def bench_training(args, model, scheduler_config, resolution, channels):
         ema = EMA(m, 0.999)
         if channels_last:
             m = m.to(memory_format=torch.channels_last)
-        opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-4, fused=True)  # as pairforge's loop
         variants[name] = lambda m=m, opt=opt, ema=ema, bf16=bf16, cl=channels_last: (
             pairforge_train_step(m, opt, ema, abar, x0, prediction, bf16, cl)
         )

@@ -116,6 +116,9 @@ class TrainConfig(_Section):
     ema: EMAConfig = EMAConfig()
     precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = False
+    compile: bool = Field(
+        False, description="torch.compile the U-Net: ~1.3x faster steps, minutes to start on CPU"
+    )
     mask_codec: Literal["auto", "onehot", "bits"] = "auto"
     seed: int = Field(0, ge=0)
     log: LogConfig = LogConfig()

@@ -182,9 +182,9 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
     )
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay
-    )
+    optimizer = _adamw(model, opt.lr, opt.betas, opt.weight_decay)
+    if config.compile:
+        model.compile()  # in place: parameter names (and saved keys) stay unprefixed
 
     # Resume from the last complete checkpoint.
     start_step, state = 0, {}
@@ -397,3 +397,13 @@ def _open_tensorboard(run_dir: Path):
     from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def _adamw(model: torch.nn.Module, lr: float, betas, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW with the fused kernel where this torch build has one for the device (CPU, CUDA)."""
+    try:
+        return torch.optim.AdamW(
+            model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay, fused=True
+        )
+    except (RuntimeError, ValueError):
+        return torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
