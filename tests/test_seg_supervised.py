@@ -87,3 +87,14 @@ def test_bad_masks_raise_with_the_bad_value():
         train_supervised(images, masks, None, None, num_classes=3, epochs=1, progress=False)
     with pytest.raises(PairforgeError, match="disagree"):
         train_supervised(images, masks[:1], None, None, num_classes=3, epochs=1, progress=False)
+
+
+def test_val_every_validates_only_on_schedule_and_at_the_end():
+    images, masks = _toy(6, 16, 4)
+    _, history = train_supervised(
+        images[:4], masks[:4], images[4:], masks[4:], num_classes=3, epochs=5, val_every=2,
+        progress=False,
+    )  # fmt: skip
+    validated = [r["epoch"] for r in history["epochs"] if r["val_miou"] is not None]
+    assert validated == [2, 4, 5]
+    assert history["best_epoch"] in validated

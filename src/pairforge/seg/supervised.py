@@ -152,6 +152,7 @@ def train_supervised(
     encoder: str = "resnet18",
     device: str = "cpu",
     augment: bool = True,
+    val_every: int = 1,
     progress: bool = True,
 ) -> tuple[torch.nn.Module, dict]:
     """Train an smp segmenter with cross-entropy; keep the weights of the best validation epoch.
@@ -166,6 +167,8 @@ def train_supervised(
         seed: fixes initialization, shuffling and augmentation; same seed -> same weights.
         arch, encoder: smp architecture and encoder names (see `build_supervised_model`).
         augment: random flips and 90-degree rotations (square images).
+        val_every: validate (and possibly keep the weights) every this many epochs and at the
+            last epoch; > 1 saves time when validation is large compared with training.
 
     Returns:
         (model in eval mode on `device`, history) with history = {"epochs": [{"epoch",
@@ -180,8 +183,10 @@ def train_supervised(
         val_images = torch.as_tensor(val_images, dtype=torch.float32)
         val_masks = torch.as_tensor(val_masks, dtype=torch.long)
         _validate(val_images, val_masks, num_classes, "val")
-    if epochs < 1 or batch_size < 1:
-        raise PairforgeError(f"epochs={epochs}, batch_size={batch_size}: both must be >= 1")
+    if epochs < 1 or batch_size < 1 or val_every < 1:
+        raise PairforgeError(
+            f"epochs={epochs}, batch_size={batch_size}, val_every={val_every}: all must be >= 1"
+        )
 
     # Fork the global RNG so model initialization is seeded without disturbing the caller.
     with torch.random.fork_rng(devices=[]):
@@ -227,7 +232,7 @@ def train_supervised(
             num_batches += 1
 
         record = {"epoch": epoch, "train_loss": loss_sum / num_batches, "val_miou": None}
-        if has_val:
+        if has_val and (epoch % val_every == 0 or epoch == epochs):
             prediction = predict_supervised(model, val_images, batch_size=batch_size)
             confusion = confusion_matrix(prediction, val_masks, num_classes, IGNORE_INDEX)
             record["val_miou"] = miou_from_confusion(confusion)[0]

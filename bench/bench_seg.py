@@ -1,0 +1,248 @@
+"""Few-label segmentation benchmark: diffusion-feature head vs supervised U-Net on demo grains.
+
+Protocol: the built-in demo grains (`pairforge data grains DATA --preset demo`), tiles at the
+DDPM run's scale (crop_size px downsampled to resolution px). For each seed s: choose
+`--max-images` labeled training tiles at random (seed s) from the train split; fit the
+pixel-MLP head on the run's features (early stopping on the val split's tiles) and train the
+supervised smp U-Net on the same tiles (best epoch by val mIoU); report mIoU on every tile of
+the held-out test measurements. The two methods run interleaved per seed (shared machine).
+Also reported: feature extraction and MLP training time, the process peak RSS after each phase
+(and its growth while the seed-independent val / test features are computed), and the size
+of the stored float16 pixel features. Torch runs on one thread by default: on the shared,
+busy 2-core machine 2-thread OpenMP stalls.
+
+Usage (a few minutes on 2 CPU cores once a run exists):
+
+  python bench/bench_seg.py --data /tmp/segbench/grains --run /tmp/segbench/run \
+      --train-minutes 5 --seeds 0 1 2 --json /tmp/segbench/result.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+class PeakRSS:
+    """Context manager: peak resident memory growth (bytes) of this process while inside."""
+
+    def __init__(self, interval_s: float = 0.005):
+        self.interval_s = interval_s
+        self.peak_growth = 0
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self.peak_growth = max(self.peak_growth, self._rss() - self.start)
+            time.sleep(self.interval_s)
+
+    def __enter__(self) -> PeakRSS:
+        self.start = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_growth = max(self.peak_growth, self._rss() - self.start)
+
+
+def peak_rss() -> int:
+    """Peak resident memory of this process so far, bytes (Linux ru_maxrss is KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _pairforge(*args: str) -> None:
+    command = [sys.executable, "-m", "pairforge.cli", *args]
+    print("+", " ".join(command), flush=True)
+    # One OpenMP thread: 2-thread OpenMP stalls when the shared cores are busy.
+    subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def prepare(data: Path, run: Path, train_minutes: float, config: str) -> None:
+    """Write the demo grains and train a short DDPM run unless they exist."""
+    if not (data / "dataset.yaml").exists():
+        _pairforge("data", "grains", str(data), "--preset", "demo", "--seed", "0")
+    if not (run / "model" / "pairforge.json").exists():
+        _pairforge(
+            "train", config, "--out", str(run),
+            "--set", f"data.path={data}",
+            "--set", f"optim.max_minutes={train_minutes}",
+        )  # fmt: skip
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} +- {statistics.stdev(values):.4f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=Path("/tmp/segbench/grains"))
+    parser.add_argument("--run", type=Path, default=Path("/tmp/segbench/run"))
+    parser.add_argument("--config", default="demo-image", help="training preset for --run")
+    parser.add_argument("--train-minutes", type=float, default=5.0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--max-images", type=int, default=8, help="labeled training tiles")
+    parser.add_argument("--num-models", type=int, default=10)
+    parser.add_argument("--mlp-epochs", type=int, default=20)
+    parser.add_argument("--val-pixels-per-tile", type=int, default=256)
+    parser.add_argument("--baseline-epochs", type=int, default=150)
+    parser.add_argument("--baseline-val-every", type=int, default=5)
+    # One thread: on a shared, busy 2-core machine 2-thread OpenMP stalls (several x slower).
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    prepare(args.data, args.run, args.train_minutes, args.config)
+
+    from pairforge.eval.miou import confusion_matrix, miou_from_confusion
+    from pairforge.seg.data import class_names, labeled_tiles
+    from pairforge.seg.ensemble import train_ensemble
+    from pairforge.seg.features import (
+        DiffusionFeatureExtractor,
+        extract_pixel_features,
+        load_feature_source,
+    )
+    from pairforge.seg.supervised import predict_supervised, train_supervised
+
+    source = load_feature_source(args.run)
+    crop, res = source.extra["crop_size"], source.extra["resolution"]
+    names = class_names(args.data)
+    extractor = DiffusionFeatureExtractor(
+        source.model, source.scheduler_config, image_channels=source.image_channels
+    )
+    val = labeled_tiles(args.data, "val", crop, res, source.normalizer)
+    test = labeled_tiles(args.data, "test", crop, res, source.normalizer)
+    print(
+        f"run {args.run} ({source.task}, {crop} px crops -> {res} px, {extractor.feature_dim} "
+        f"features from {extractor.feature_names}); val {len(val.source)} tiles, test "
+        f"{len(test.source)} tiles; classes {names}; torch threads {args.threads}",
+        flush=True,
+    )
+
+    # Val pixels (early stopping) and test feature maps do not depend on the seed: once.
+    start = time.perf_counter()
+    with PeakRSS() as shared_memory:
+        val_pixels = extract_pixel_features(
+            extractor, val.images, val.masks, pixels_per_image=args.val_pixels_per_tile,
+            progress=False,
+        )  # fmt: skip
+        test_features = torch.cat(
+            [extractor.extract(test.images[i : i + 16], torch.float16)
+             for i in range(0, len(test.source), 16)]
+        )  # fmt: skip
+    shared = {
+        "val_and_test_feature_seconds": time.perf_counter() - start,
+        "val_and_test_peak_rss_growth_bytes": shared_memory.peak_growth,
+        "test_feature_bytes": test_features.numel() * test_features.element_size(),
+        "val_pixels": val_pixels.estimate.num_pixels,
+    }
+    shared["peak_rss_after_shared_bytes"] = peak_rss()
+    print(f"shared features: {shared}", flush=True)
+
+    def test_iou(prediction) -> tuple[float, list[float]]:
+        mean, per_class = miou_from_confusion(confusion_matrix(prediction, test.masks, len(names)))
+        return mean, per_class.tolist()
+
+    rows = []
+    for seed in args.seeds:
+        train = labeled_tiles(
+            args.data, "train", crop, res, source.normalizer, args.max_images, data_seed=seed
+        )
+        row: dict = {"seed": seed, "train_tiles": [list(s) for s in train.source]}
+
+        # Diffusion-feature head: features of the labeled tiles, then the MLP ensemble.
+        start = time.perf_counter()
+        train_pixels = extract_pixel_features(extractor, train.images, train.masks, progress=False)
+        row["feature_seconds"] = time.perf_counter() - start
+        row["peak_rss_after_features_bytes"] = peak_rss()
+        ensemble, history = train_ensemble(
+            train_pixels, len(names), val_pixels=val_pixels, num_models=args.num_models,
+            max_epochs=args.mlp_epochs, seed=seed, progress=False,
+        )  # fmt: skip
+        row["peak_rss_after_mlp_bytes"] = peak_rss()
+        start = time.perf_counter()
+        head_prediction = torch.cat(
+            [ensemble.segment(test_features[i : i + 16].float()).labels
+             for i in range(0, len(test.source), 16)]
+        )  # fmt: skip
+        row["head_predict_seconds"] = time.perf_counter() - start
+        row["head_miou"], row["head_per_class"] = test_iou(head_prediction)
+        row.update(
+            mlp_seconds=history["seconds"],
+            train_feature_bytes=train_pixels.allocated_bytes,
+            train_feature_bytes_estimate=train_pixels.estimate.stored_bytes,
+            train_pixels=train_pixels.estimate.num_pixels,
+            mlp_best_epochs=[m["best_epoch"] for m in history["members"]],
+        )
+
+        # Supervised baseline on the same tiles, best epoch by val mIoU.
+        start = time.perf_counter()
+        with PeakRSS() as baseline_memory:
+            model, baseline_history = train_supervised(
+                train.images, train.masks, val.images, val.masks, num_classes=len(names),
+                epochs=args.baseline_epochs, seed=seed, val_every=args.baseline_val_every,
+                progress=False,
+            )  # fmt: skip
+        row["baseline_seconds"] = time.perf_counter() - start
+        row["baseline_peak_rss_growth_bytes"] = baseline_memory.peak_growth
+        row["baseline_best_epoch"] = baseline_history["best_epoch"]
+        row["baseline_miou"], row["baseline_per_class"] = test_iou(
+            predict_supervised(model, test.images, batch_size=32)
+        )
+        rows.append(row)
+        print(
+            f"seed {seed}: head mIoU {row['head_miou']:.4f} (features {row['feature_seconds']:.1f} "
+            f"s, MLPs {row['mlp_seconds']:.1f} s, best epochs {row['mlp_best_epochs']}) | "
+            f"baseline mIoU {row['baseline_miou']:.4f} ({row['baseline_seconds']:.1f} s, best "
+            f"epoch {row['baseline_best_epoch']})",
+            flush=True,
+        )
+
+    def per_class_mean(key: str) -> list[float]:
+        return [statistics.mean(r[key][k] for r in rows) for k in range(len(names))]
+
+    summary = {
+        "head_miou": mean_std([r["head_miou"] for r in rows]),
+        "baseline_miou": mean_std([r["baseline_miou"] for r in rows]),
+        "head_per_class_mean": per_class_mean("head_per_class"),
+        "baseline_per_class_mean": per_class_mean("baseline_per_class"),
+        "train_feature_seconds": mean_std([r["feature_seconds"] for r in rows]),
+        "mlp_seconds": mean_std([r["mlp_seconds"] for r in rows]),
+        "baseline_seconds": mean_std([r["baseline_seconds"] for r in rows]),
+        "process_peak_rss_after_head_mib": max(r["peak_rss_after_mlp_bytes"] for r in rows) / 2**20,
+        "process_peak_rss_end_mib": peak_rss() / 2**20,
+        "train_feature_mib": rows[0]["train_feature_bytes"] / 2**20,
+        **shared,
+    }
+    print(f"\nclasses {names}; {args.max_images} labeled tiles; seeds {args.seeds}")
+    for key, value in summary.items():
+        print(f"  {key}: {value}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        result = {"args": {k: str(v) for k, v in vars(args).items()}, "classes": names,
+                  "rows": rows, "summary": summary}  # fmt: skip
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
