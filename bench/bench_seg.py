@@ -91,6 +91,29 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} +- {statistics.stdev(values):.4f}"
 
 
+def memory_check(extractor, num_images: int, size: int = 64) -> dict:
+    """Every pixel of `num_images` random (C, size, size) images: estimate vs allocated vs RSS."""
+    import torch
+
+    from pairforge.seg.features import extract_pixel_features
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(num_images, extractor.image_channels, size, size, generator=generator)
+    masks = torch.randint(0, 2, (num_images, size, size), generator=generator)
+    start = time.perf_counter()
+    with PeakRSS() as memory:
+        pixels = extract_pixel_features(extractor, images, masks, progress=False)
+    return {
+        "memory_images": num_images,
+        "memory_image_px": size,
+        "memory_estimate_ram_mib": pixels.estimate.ram_bytes / 2**20,
+        "memory_stored_estimate_mib": pixels.estimate.stored_bytes / 2**20,
+        "memory_allocated_mib": pixels.allocated_bytes / 2**20,
+        "memory_peak_rss_growth_mib": memory.peak_growth / 2**20,
+        "memory_extract_seconds": time.perf_counter() - start,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=Path("/tmp/segbench/grains"))
@@ -106,6 +129,10 @@ def main() -> None:
     parser.add_argument("--baseline-val-every", type=int, default=5)
     # One thread: on a shared, busy 2-core machine 2-thread OpenMP stalls (several x slower).
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--memory-images", type=int, default=0,
+        help="also extract every pixel of this many random 64 px images and report the memory",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 
@@ -130,6 +157,10 @@ def main() -> None:
     extractor = DiffusionFeatureExtractor(
         source.model, source.scheduler_config, image_channels=source.image_channels
     )
+    # First, while the process is fresh, so RSS growth reflects this phase alone.
+    summary_memory = memory_check(extractor, args.memory_images) if args.memory_images else {}
+    if summary_memory:
+        print(f"memory check: {summary_memory}", flush=True)
     val = labeled_tiles(args.data, "val", crop, res, source.normalizer)
     test = labeled_tiles(args.data, "test", crop, res, source.normalizer)
     print(
@@ -233,6 +264,7 @@ def main() -> None:
         "process_peak_rss_end_mib": peak_rss() / 2**20,
         "train_feature_mib": rows[0]["train_feature_bytes"] / 2**20,
         **shared,
+        **summary_memory,
     }
     print(f"\nclasses {names}; {args.max_images} labeled tiles; seeds {args.seeds}")
     for key, value in summary.items():
