@@ -19,7 +19,10 @@ def make_sampling_scheduler(sampler: str, scheduler_config: dict[str, Any], step
 
     ddpm  -> DDPMScheduler (ancestral, stochastic; steps < T skips timesteps, "leading" spacing)
     ddim  -> DDIMScheduler, eta 0, "trailing" spacing (the first step starts at t = T-1)
-    dpm++ -> DPMSolverMultistepScheduler, dpmsolver++ 2M (deterministic), lower order at the end
+    dpm++ -> DPMSolverMultistepScheduler, dpmsolver++ 2M (deterministic), lower order at the end,
+             "trailing" spacing and log-SNR clipped at -5.1 (needed by the cosine schedule; on a
+             trained 32 px model this cut the distance to a 1000-step ODE solution at 20 steps
+             from 0.062 to 0.019, see bench/bench_train_sample.py)
     """
     from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
@@ -41,6 +44,8 @@ def make_sampling_scheduler(sampler: str, scheduler_config: dict[str, Any], step
             solver_order=2,
             variance_type=None,
             lower_order_final=True,
+            timestep_spacing="trailing",
+            lambda_min_clipped=-5.1,
         )
     scheduler.set_timesteps(steps)
     return scheduler
