@@ -168,3 +168,12 @@ def test_bf16_channels_last_grad_accumulation(data_path, tmp_path):
 def test_missing_split_is_an_error(data_path, tmp_path):
     with pytest.raises(PairforgeError, match="no split named 'val'"):
         train(tiny_config(data_path, "data.split=val"), tmp_path / "run")
+
+
+def test_data_workers_do_not_change_the_result(data_path, tmp_path):
+    """Items are a pure function of their position, so worker processes change nothing."""
+    plain = train(tiny_config(data_path), tmp_path / "plain")
+    workers = train(tiny_config(data_path, "data.num_workers=2"), tmp_path / "workers")
+    a = load_file(latest_checkpoint(plain) / "model.safetensors")
+    b = load_file(latest_checkpoint(workers) / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -351,7 +351,10 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
                 "train_seconds": seconds_before + elapsed,
                 "processes": world,
             }
-            bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.1f}")
+            postfix = {"loss": f"{record['loss']:.4f}", "img_s": f"{record['images_per_s']:.1f}"}
+            if opt.max_minutes is not None:  # the bar's ETA is for max_steps; show the budget too
+                postfix["budget_left_min"] = f"{max(0.0, opt.max_minutes - elapsed / 60):.1f}"
+            bar.set_postfix(postfix)
             if is_main:
                 with open(run_dir / METRICS_FILE, "a") as f:
                     f.write(json.dumps(record) + "\n")
