@@ -23,14 +23,14 @@ class Sampler(str, Enum):
 def train_command(
     config: str = typer.Argument(
         ...,
-        help="Preset name (tiny, demo-image, demo-joint, demo-mask, demo-sdm, grains-64, "
-        "grains-sr-256) or a YAML file.",
+        help="Preset name (e.g. tiny, demo-image, demo-joint, demo-mask, demo-sdm, grains-64; "
+        "all in pairforge/configs/) or a YAML file.",
     ),
     set_: list[str] = typer.Option(
         None, "--set", help="Override a key, e.g. --set optim.lr=1e-4 (repeatable)."
     ),
     out: Path = typer.Option(
-        None, "--out", help="Run directory [default: runs/<config name>]; resumes if it exists."
+        None, "--out", help="Run directory (default: runs/CONFIG-NAME); resumes if it exists."
     ),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Print the resolved config and exit without training."
@@ -72,12 +72,12 @@ def sample_command(
     out: Path = typer.Option(..., "--out", help="Output dataset folder."),
     sampler: Sampler = typer.Option(Sampler.dpmpp, "--sampler", help="Sampler."),
     steps: int = typer.Option(
-        None, "--steps", min=1, help="Sampler steps [default: 25 dpm++, 50 ddim, 1000 ddpm]."
+        None, "--steps", min=1, help="Sampler steps (default: 25 dpm++, 50 ddim, 1000 ddpm)."
     ),
     seed: int = typer.Option(0, "--seed", min=0, help="Sample i uses seed + i."),
     batch_size: int = typer.Option(16, "--batch-size", min=1, help="Samples per model call."),
     bf16: bool = typer.Option(False, "--bf16", help="bf16 autocast (AMX CPUs and GPUs)."),
-    device: str = typer.Option(None, "--device", help="cpu / cuda [default: cuda if present]."),
+    device: str = typer.Option(None, "--device", help="cpu / cuda (default: cuda if present)."),
 ) -> None:
     """Sample an image / joint / mask run into a dataset folder in physical units.
 
