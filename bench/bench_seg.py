@@ -125,8 +125,8 @@ def main() -> None:
     parser.add_argument("--num-models", type=int, default=10)
     parser.add_argument("--mlp-epochs", type=int, default=20)
     parser.add_argument("--val-pixels-per-tile", type=int, default=256)
-    parser.add_argument("--baseline-epochs", type=int, default=150)
-    parser.add_argument("--baseline-val-every", type=int, default=5)
+    parser.add_argument("--baseline-epochs", type=int, default=600)
+    parser.add_argument("--baseline-val-every", type=int, default=10)
     # One thread: on a shared, busy 2-core machine 2-thread OpenMP stalls (several x slower).
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(

@@ -320,7 +320,9 @@ def baseline_command(
     data_seed: int = _DATA_SEED,
     crop_size: int = _CROP,
     resolution: int = _RESOLUTION,
-    epochs: int = typer.Option(200, "--epochs", min=1, help="Training epochs."),
+    epochs: int = typer.Option(
+        400, "--epochs", min=1, help="Training epochs (one AdamW step per batch of tiles)."
+    ),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
     lr: float = typer.Option(1e-3, "--lr", min=0.0),
     arch: str = typer.Option("unet", "--arch", help="smp architecture."),
