@@ -14,7 +14,7 @@ busy 2-core machine 2-thread OpenMP stalls.
 Usage (a few minutes on 2 CPU cores once a run exists):
 
   python bench/bench_seg.py --data /tmp/segbench/grains --run /tmp/segbench/run \
-      --train-minutes 5 --seeds 0 1 2 --json /tmp/segbench/result.json
+      --train-minutes 12 --seeds 0 1 2 --memory-images 100 --json /tmp/segbench/result.json
 """
 
 from __future__ import annotations

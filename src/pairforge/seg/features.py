@@ -102,7 +102,8 @@ class DiffusionFeatureExtractor:
     """Frozen UNet2DModel -> per-pixel features (B, feature_dim, H, W) for normalized images.
 
     Args:
-        model: diffusers UNet2DModel (any in_channels); called as model(x_t, t).sample.
+        model: diffusers UNet2DModel (any in_channels); called as model(x_t, t). It is put in
+            eval mode, frozen (requires_grad False) and moved to `device` in place.
         scheduler_config: DDPMScheduler config of the model's training (defines abar_t).
         image_channels: channels of the images given to `extract`; the remaining
             in_channels - image_channels model inputs are mask-codec channels (joint models),
@@ -351,8 +352,9 @@ class MemoryEstimate:
     stored_bytes: the pixel arrays (features float16 (P, D), labels int64 (P,), image index
         int32 (P,)); in RAM, or on disk when a cache folder is given.
     working_bytes: one batch of upsampled float32 features (B, D, H, W), held twice (parts and
-        their concatenation); model activations are not included (they do not grow with the
-        data set).
+        their concatenation). Model activations and allocator caching are not included (they
+        do not grow with the data set): measured RSS growth for 100 images of 64 px with the
+        demo model was 850 MiB against an estimate of 698 MiB (530 MiB stored, exact).
     ram_bytes: what counts against the budget (working, plus stored unless on disk).
     """
 
