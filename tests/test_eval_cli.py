@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_eval_fixtures import write_dataset
+from test_eval_fixtures import single_thread, write_dataset  # noqa: F401 (autouse fixture)
 from typer.testing import CliRunner
 
 from pairforge.cli import app
@@ -19,7 +19,6 @@ def datasets(tmp_path):
     return real, fake
 
 
-@pytest.mark.slow  # ~60 Inception passes: 6 s idle, 40-70 s on the loaded shared CPU
 def test_eval_fid_with_inception_writes_json_and_uses_the_cache(datasets, tmp_path):
     real, fake = datasets
     out = tmp_path / "eval"

@@ -7,13 +7,14 @@ import math
 
 import numpy as np
 import pytest
-from test_eval_fixtures import write_dataset
+from test_eval_fixtures import single_thread, write_dataset  # noqa: F401 (autouse fixture)
 
 from pairforge.data.dataset import load_dataset
 from pairforge.errors import PairforgeError
 from pairforge.eval.downstream import (
     DownstreamConfig,
     _labeled_tiles,
+    _repeat_order,
     format_downstream_table,
     run_downstream,
     summarize_runs,
@@ -39,13 +40,12 @@ def test_tiles_count_every_pixel_once(datasets):
     assert counted == 2 * 24 * 24  # two measurements of 48 px at half resolution
 
 
-@pytest.mark.slow  # 9 training runs: ~30-70 s on the shared 2-core machine
 def test_tiny_experiment_end_to_end(datasets, tmp_path):
     real, synthetic = datasets
     config = DownstreamConfig(
         budgets=[4],
         seeds=[0, 1, 2],
-        steps=2,
+        steps=4,
         batch_size=4,
         crop_size=32,
         resolution=16,
@@ -62,6 +62,8 @@ def test_tiny_experiment_end_to_end(datasets, tmp_path):
         assert 0.0 <= run["test_miou"] <= 1.0 and 0.0 <= run["best_val_miou"] <= 1.0
         assert run["selection"] == "val_miou" and 1 <= run["best_epoch"] <= run["epochs"]
         assert len(run["test_per_class_iou"]) == 2
+    # All runs: same samples per epoch (the largest set, mixed 4 + 4) and the same epochs.
+    assert {(r["epoch_samples"], r["epochs"]) for r in runs} == {(8, 2)}
     mixed = [r for r in runs if r["condition"] == "mixed" and r["budget"] == 4]
     assert all(r["n_real"] == 4 and r["n_synthetic"] == 4 for r in mixed)
     assert all(
@@ -82,6 +84,14 @@ def test_tiny_experiment_end_to_end(datasets, tmp_path):
     )
     assert "| mixed | 4 | 4 | 3 |" in paths["table"].read_text()
     assert paths["plot"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_repeat_order_covers_every_sample_evenly():
+    order = _repeat_order(3, 10, seed=0)
+    assert order.shape == (10,)
+    assert sorted(order.bincount().tolist()) == [3, 3, 4]
+    assert sorted(order[:3].tolist()) == [0, 1, 2]  # whole permutations first
+    assert order.tolist() == _repeat_order(3, 10, seed=0).tolist()
 
 
 def test_summary_of_one_seed_has_no_std():

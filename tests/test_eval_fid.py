@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-from test_eval_fixtures import write_dataset
+from test_eval_fixtures import single_thread, write_dataset  # noqa: F401 (autouse fixture)
 
 from pairforge.errors import PairforgeError
 from pairforge.eval.fid import (
@@ -374,7 +374,6 @@ def test_evaluate_fid_reports_domain_row_next_to_inception(real_and_fake):
     assert result["settings"]["domain"]["feature_dim"] == 32
 
 
-@pytest.mark.slow  # trains two 2-step runs with `pairforge train`
 @pytest.mark.parametrize("task", ["joint", "sdm"])
 def test_domain_features_from_a_run_trained_by_pairforge_train(task, real_and_fake, tmp_path):
     from typer.testing import CliRunner

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_eval_fixtures import write_dataset
+from test_eval_fixtures import single_thread, write_dataset  # noqa: F401 (autouse fixture)
 
 from pairforge.errors import PairforgeError
 from pairforge.eval.mask_stats import (

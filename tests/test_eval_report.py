@@ -8,7 +8,7 @@ import re
 import pytest
 import typer
 from test_eval_fid import MeanColorFeatures
-from test_eval_fixtures import write_dataset
+from test_eval_fixtures import single_thread, write_dataset  # noqa: F401 (autouse fixture)
 from typer.testing import CliRunner
 
 from pairforge.errors import PairforgeError

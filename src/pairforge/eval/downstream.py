@@ -9,8 +9,9 @@ of the held-out test measurements. Reported: mean +- std over seeds.
 Real training crops are random `crop_size` crops of the labeled train-split measurements,
 downsampled to `resolution` (the training view); synthetic pairs are read as they are (already
 at model resolution) and normalized with the real dataset's normalizer so that both share one
-value range. Every run trains for about the same number of optimizer steps, so a bigger
-(mixed) training set is not also a longer training.
+value range. Every run trains for the same number of optimizer steps with the same number of
+validation checkpoints, so a bigger (mixed) training set is not also a longer training, nor one
+with more chances to be selected.
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ class DownstreamConfig:
     synthetic_fraction: share of synthetic samples in a mixed training set: a budget of B real
         crops gets round(B * f / (1 - f)) synthetic pairs (capped by what exists).
     max_synthetic: synthetic pairs used by synthetic-only runs (None: all).
-    steps: optimizer steps per training run; epochs = ceil(steps / steps per epoch).
+    steps: optimizer steps per training run. Every run's training set is brought to the size
+        of the largest one by repeating its samples (seeded order), so all runs share steps
+        per epoch, epochs = ceil(steps / steps per epoch) and the number of validation
+        checkpoints.
     crop_size, resolution: real crops/tiles of crop_size px downsampled to resolution px;
         None: the synthetic data's scale (from its manifest), else its image size.
     """
@@ -138,6 +142,16 @@ def _epochs_for(steps: int, num_samples: int, batch_size: int) -> int:
     return max(1, math.ceil(steps / math.ceil(num_samples / batch_size)))
 
 
+def _repeat_order(num_samples: int, length: int, seed: int):
+    """Indices of `length` draws covering 0..num_samples-1 evenly (concatenated seeded permutations)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(20_000 + seed)
+    repeats = math.ceil(length / num_samples)
+    order = torch.cat([torch.randperm(num_samples, generator=generator) for _ in range(repeats)])
+    return order[:length]
+
+
 def run_downstream(
     real_dir: str | Path,
     synthetic_dir: str | Path | None,
@@ -223,45 +237,48 @@ def run_downstream(
         synthetic_masks = torch.from_numpy(synthetic.masks)
 
     notes = []
-    plan = []  # (condition, budget, seed)
+    available = 0 if synthetic_images is None else int(synthetic_images.shape[0])
+    plan = []  # (condition, budget, seed, real crops, synthetic pairs)
     for seed in config.seeds:
         if "synthetic" in config.conditions:
-            plan.append(("synthetic", None, seed))
+            wanted = config.max_synthetic or available
+            plan.append(("synthetic", None, seed, 0, wanted))
         for budget in config.budgets:
-            for condition in ("real", "mixed"):
-                if condition in config.conditions:
-                    plan.append((condition, budget, seed))
+            if "real" in config.conditions:
+                plan.append(("real", budget, seed, budget, 0))
+            if "mixed" in config.conditions:
+                fraction = config.synthetic_fraction
+                wanted = round(budget * fraction / (1.0 - fraction))
+                plan.append(("mixed", budget, seed, budget, wanted))
+    for condition, budget, _, _, wanted in plan:
+        note = f"{condition} budget {budget}: {wanted} synthetic pairs wanted, {available} exist"
+        if wanted > available and note not in notes:
+            notes.append(note)
+    plan = [(c, b, s, r, min(w, available)) for c, b, s, r, w in plan]
+    # Every run trains on the same number of samples per epoch (smaller sets are repeated in
+    # seeded random order), so all runs get the same steps per epoch, the same epochs and the
+    # same number of validation checkpoints to select from.
+    epoch_samples = max(r + w for _, _, _, r, w in plan)
+    epochs = _epochs_for(config.steps, epoch_samples, config.batch_size)
 
     runs = []
-    for condition, budget, seed in plan:
+    for condition, budget, seed, n_real, n_synthetic in plan:
         run_start = time.perf_counter()
         parts_images, parts_masks = [], []
-        n_real = n_synthetic = 0
-        if condition in ("real", "mixed"):
+        if n_real:
             images, masks = _real_training_crops(
-                real, train_ids, budget, crop_size, resolution, normalizer, seed
+                real, train_ids, n_real, crop_size, resolution, normalizer, seed
             )
             parts_images.append(images)
             parts_masks.append(masks)
-            n_real = budget
-        if condition in ("synthetic", "mixed"):
-            available = synthetic_images.shape[0]
-            if condition == "synthetic":
-                wanted = config.max_synthetic or available
-            else:
-                fraction = config.synthetic_fraction
-                wanted = round(budget * fraction / (1.0 - fraction))
-            n_synthetic = min(wanted, available)
-            if n_synthetic < wanted:
-                note = f"{condition} budget {budget}: {wanted} synthetic pairs wanted, {available} exist"
-                if note not in notes:
-                    notes.append(note)
+        if n_synthetic:
             generator = torch.Generator().manual_seed(10_000 + seed)
             pick = torch.randperm(available, generator=generator)[:n_synthetic]
             parts_images.append(synthetic_images[pick])
             parts_masks.append(synthetic_masks[pick])
         train_images, train_masks = torch.cat(parts_images), torch.cat(parts_masks)
-        epochs = _epochs_for(config.steps, train_images.shape[0], config.batch_size)
+        order = _repeat_order(train_images.shape[0], epoch_samples, seed)
+        train_images, train_masks = train_images[order], train_masks[order]
         model, history = train_supervised(
             train_images,
             train_masks,
@@ -286,6 +303,7 @@ def run_downstream(
             "seed": seed,
             "n_real": n_real,
             "n_synthetic": n_synthetic,
+            "epoch_samples": epoch_samples,
             "epochs": epochs,
             "best_epoch": history["best_epoch"],
             "best_val_miou": history["best_val_miou"],
