@@ -55,7 +55,7 @@ class DemoPlan:
     @classmethod
     def quick(cls) -> DemoPlan:
         return cls(
-            grain_preset="demo",
+            grain_preset="tiny",
             train_minutes={"joint": 1.0, "mask": 1.0, "sdm": 1.0},
             train_overrides=[
                 "model.preset=tiny",

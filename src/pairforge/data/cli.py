@@ -14,6 +14,7 @@ app = typer.Typer(no_args_is_help=True, help="Built-in data, importers and check
 
 
 class GrainPreset(str, Enum):
+    tiny = "tiny"
     demo = "demo"
     full = "full"
 
@@ -28,7 +29,8 @@ class ImportFormat(str, Enum):
 def grains(
     out: Path = typer.Argument(..., help="Folder to write the dataset into."),
     preset: GrainPreset = typer.Option(
-        GrainPreset.demo, help="demo: small, for CPU; full: the real study's layout."
+        GrainPreset.demo,
+        help="tiny: smoke tests; demo: small, for CPU; full: the real study's layout.",
     ),
     seed: int = typer.Option(0, help="Seed; the same seed gives the same measurements."),
 ) -> None:

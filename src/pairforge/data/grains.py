@@ -163,6 +163,8 @@ class GrainPreset:
 PRESETS: dict[str, GrainPreset] = {
     # Small enough for the whole demo pipeline on 2 CPU cores in minutes.
     "demo": GrainPreset(512, 2048, (("train", 8), ("val", 1), ("test", 2))),
+    # Smoke tests (`pairforge demo --quick`): every split present, generated in a second.
+    "tiny": GrainPreset(128, 256, (("train", 4), ("val", 1), ("test", 1))),
     # The layout of the real grinding-tool study: 8 train, 1 val, 1 test measurement.
     "full": GrainPreset(1270, 10960, (("train", 8), ("val", 1), ("test", 1))),
 }
