@@ -420,6 +420,10 @@ def plot_downstream(result: dict, path: str | Path) -> Path:
         )
         axis.axhspan(mean - std, mean + std, color="gray", alpha=0.15)
     axis.set_xscale("log")
+    budgets = sorted({r["budget"] for r in summary if r["budget"] is not None})
+    if budgets:
+        axis.set_xticks(budgets, [str(b) for b in budgets])
+        axis.minorticks_off()
     axis.set_xlabel("labeled real training crops")
     axis.set_ylabel("test mIoU (%)")
     axis.legend(fontsize=8)
