@@ -7,7 +7,7 @@ and two stand-in "generated" datasets of 64 px pairs (256 px crops, area-downsam
 FID / KID and the mask statistics must rank good before bad. Prints timings; writes an eval
 folder and report.html under OUT.
 
-    python bench/bench_eval.py --out /tmp/pairforge-bench-eval [--fid-items 64] [--steps 60]
+    python bench/bench_eval.py --out /tmp/pairforge-bench-eval [--fid-items 64] [--steps 120]
 """
 
 from __future__ import annotations
@@ -68,9 +68,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/pairforge-bench-eval"))
     parser.add_argument("--fid-items", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--skip-downstream", action="store_true")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads; 1 on the shared 2-core machine (2 threads ran ~3-8x slower there)",
+    )
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     figures = {"torch_threads": torch.get_num_threads()}
