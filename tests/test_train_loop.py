@@ -177,3 +177,19 @@ def test_data_workers_do_not_change_the_result(data_path, tmp_path):
     a = load_file(latest_checkpoint(plain) / "model.safetensors")
     b = load_file(latest_checkpoint(workers) / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_time_budget_bounds_total_training_time_across_reruns(data_path, tmp_path):
+    # A budget of ~0 minutes stops after the first step; continuing the finished run trains
+    # no further (the budget is the run's total, like max_steps), but the run stays usable.
+    config = tiny_config(data_path, "optim.max_steps=50", "optim.max_minutes=1e-6")
+    run_dir = train(config, tmp_path / "run")
+    steps = [s for s, _ in list_checkpoints(run_dir)]
+    assert steps == [1]
+    train(config, run_dir)
+    assert [s for s, _ in list_checkpoints(run_dir)] == [1]
+    assert load_run(run_dir).info["step"] == 1
+    # A larger budget continues from where the run stopped.
+    more = tiny_config(data_path, "optim.max_steps=3", "optim.max_minutes=10")
+    train(more, run_dir)
+    assert latest_checkpoint(run_dir).name.endswith("3")

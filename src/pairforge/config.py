@@ -63,7 +63,9 @@ class OptimConfig(_Section):
     batch_size: int = Field(16, ge=1, description="per process and micro-step")
     grad_accumulation: int = Field(1, ge=1)
     max_steps: int = Field(20000, ge=1, description="optimizer steps")
-    max_minutes: float | None = Field(None, gt=0, description="stop (and save) after this long")
+    max_minutes: float | None = Field(
+        None, gt=0, description="stop (and save) once the run's total training time reaches this"
+    )
 
 
 class EMAConfig(_Section):

@@ -280,7 +280,11 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
     tensorboard = _open_tensorboard(run_dir) if is_main and log.tensorboard else None
     window_loss, window_images, window_start = [], 0, time.perf_counter()
     step = start_step
-    while step < opt.max_steps:
+    # optim.max_minutes bounds the run's total training time, like max_steps bounds its steps,
+    # so continuing a finished run (e.g. rerunning the demo) trains no further.
+    budget_s = None if opt.max_minutes is None else 60 * opt.max_minutes
+    already_spent = budget_s is not None and seconds_before >= budget_s
+    while step < opt.max_steps and not already_spent:
         # Learning rate: linear warm-up, then constant.
         lr = opt.lr * min(1.0, (step + 1) / opt.warmup_steps) if opt.warmup_steps else opt.lr
         for group in optimizer.param_groups:
@@ -353,7 +357,8 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
             }
             postfix = {"loss": f"{record['loss']:.4f}", "img_s": f"{record['images_per_s']:.1f}"}
             if opt.max_minutes is not None:  # the bar's ETA is for max_steps; show the budget too
-                postfix["budget_left_min"] = f"{max(0.0, opt.max_minutes - elapsed / 60):.1f}"
+                left = opt.max_minutes - (seconds_before + elapsed) / 60
+                postfix["budget_left_min"] = f"{max(0.0, left):.1f}"
             bar.set_postfix(postfix)
             if is_main:
                 with open(run_dir / METRICS_FILE, "a") as f:
@@ -366,7 +371,7 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
 
         # Sample grids and checkpoints; stop early when the time budget is spent.
         saving_started = time.perf_counter()
-        out_of_time = opt.max_minutes is not None and elapsed >= 60 * opt.max_minutes
+        out_of_time = budget_s is not None and seconds_before + elapsed >= budget_s
         out_of_time = bool(accelerator.reduce(torch.tensor(float(out_of_time), device=device)))
         finished = step == opt.max_steps or out_of_time
         if (log.sample_every and step % log.sample_every == 0) or finished:
@@ -379,7 +384,11 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
     bar.close()
     if tensorboard is not None:
         tensorboard.close()
-    if start_step >= opt.max_steps and is_main and not (run_dir / "model").is_dir():
+    if (
+        (start_step >= opt.max_steps or already_spent)
+        and is_main
+        and not (run_dir / "model").is_dir()
+    ):
         raise PairforgeError(f"{run_dir}: already at step {start_step} but has no model/.")
     accelerator.end_training()
     return run_dir
