@@ -15,6 +15,8 @@ _FALLBACK_COLORS = [
     (240, 130, 40), (40, 190, 200), (230, 90, 170), (140, 140, 40), (120, 60, 30), (0, 0, 140),
 ]  # fmt: skip
 _SEPARATOR_PX = 2
+# save_grid's automatic upscale makes each tile's longer side at least this many pixels.
+MIN_TILE_PX = 96
 
 
 def _to_numpy(x) -> np.ndarray:
@@ -103,6 +105,20 @@ def _save_rgb(path: Path, rgb: np.ndarray, title: str | None) -> Path:
     return path
 
 
+def auto_scale(height: int, width: int, min_tile_px: int = MIN_TILE_PX) -> int:
+    """Smallest integer factor that makes the longer side of an (height, width) tile reach
+    min_tile_px pixels; 1 for tiles already that large."""
+    longest = max(int(height), int(width), 1)
+    return max(1, -(-int(min_tile_px) // longest))
+
+
+def _upscale(tile: np.ndarray, scale: int) -> np.ndarray:
+    """Nearest-neighbour upscale of an (H, W, 3) tile by an integer factor (each pixel a block)."""
+    if scale == 1:
+        return tile
+    return np.repeat(np.repeat(tile, scale, axis=0), scale, axis=1)
+
+
 def save_grid(
     path,
     images,
@@ -113,11 +129,14 @@ def save_grid(
     cmap: str = "viridis",
     max_items: int = 16,
     title: str | None = None,
+    scale: int | None = None,
 ) -> Path:
     """Write a grid picture: one row per sample, one column per channel, then mask and overlay.
 
     Args:
-        images: (N, C, H, W) numpy or torch, any units.
+        images: (N, C, H, W) numpy or torch, any units (e.g. physical or model range ~[-1, 1]);
+            None draws the masks alone (one mask column; `masks` is then required and
+            channel_names / value_ranges are not used).
         masks: (N, H, W) class indices, or None (no mask columns).
         channel_names: used to check the channel count (the picture carries no labels).
         class_colors: RGB per class index; None = a fixed palette.
@@ -125,44 +144,73 @@ def save_grid(
             that channel over the shown samples.
         cmap: colormap of every channel ("viridis", "gray", ...).
         max_items: at most this many samples (the first ones) are drawn.
-        title: None writes the bare pixel grid with PIL (size exactly rows x columns of tiles
-            plus 2 px separators); a title is drawn above it with matplotlib.
+        title: None writes the bare pixel grid with PIL; a title is drawn above it with
+            matplotlib.
+        scale: integer nearest-neighbour upscale of every tile (each pixel becomes a
+            scale x scale block); None = `auto_scale`, the smallest factor that makes a tile's
+            longer side at least MIN_TILE_PX (96) pixels; 1 = exact pixels. Without a title
+            the file is exactly rows x columns of (H * scale, W * scale) tiles plus 2 px
+            separators.
 
     Returns the path. Overlay column: the mask over the first channel in gray.
     """
-    images = _to_numpy(images)
-    if images.ndim != 4:
-        raise PairforgeError(f"save_grid: images must be (N, C, H, W), got shape {images.shape}")
-    images = images[:max_items].astype(np.float32)
-    count, num_channels, height, width = images.shape
-    if channel_names is not None and len(channel_names) != num_channels:
-        raise PairforgeError(
-            f"save_grid: {len(channel_names)} channel names {list(channel_names)} "
-            f"for {num_channels} channels"
-        )
-    if masks is not None:
-        masks = _to_numpy(masks)[:max_items]
-        if masks.shape != (count, height, width):
+    if images is None:
+        if masks is None:
+            raise PairforgeError("save_grid: give images, masks or both; both are None")
+        masks = _to_numpy(masks)
+        if masks.ndim != 3:
+            raise PairforgeError(f"save_grid: masks must be (N, H, W), got shape {masks.shape}")
+        masks = masks[:max_items]
+        count, height, width = masks.shape
+        num_channels = 0
+    else:
+        images = _to_numpy(images)
+        if images.ndim != 4:
             raise PairforgeError(
-                f"save_grid: masks shape {masks.shape} does not match images {(count, height, width)}"
+                f"save_grid: images must be (N, C, H, W), got shape {images.shape}"
             )
-    ranges = _value_ranges(images, value_ranges)
-    columns = num_channels + (2 if masks is not None else 0)
-    step_y, step_x = height + _SEPARATOR_PX, width + _SEPARATOR_PX
+        images = images[:max_items].astype(np.float32)
+        count, num_channels, height, width = images.shape
+        if channel_names is not None and len(channel_names) != num_channels:
+            raise PairforgeError(
+                f"save_grid: {len(channel_names)} channel names {list(channel_names)} "
+                f"for {num_channels} channels"
+            )
+        if masks is not None:
+            masks = _to_numpy(masks)[:max_items]
+            if masks.shape != (count, height, width):
+                raise PairforgeError(
+                    f"save_grid: masks shape {masks.shape} does not match images "
+                    f"{(count, height, width)}"
+                )
+        ranges = _value_ranges(images, value_ranges)
+    if scale is None:
+        scale = auto_scale(height, width)
+    if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
+        raise PairforgeError(f"save_grid: scale={scale!r}; use an integer >= 1 or None (automatic)")
+    if images is None:
+        columns = 1
+    else:
+        columns = num_channels + (2 if masks is not None else 0)
+    tile_h, tile_w = height * scale, width * scale
+    step_y, step_x = tile_h + _SEPARATOR_PX, tile_w + _SEPARATOR_PX
     canvas = np.full(
         (count * step_y - _SEPARATOR_PX, columns * step_x - _SEPARATOR_PX, 3), 255, np.uint8
     )
     for row in range(count):
-        tiles = [
-            colorize_channel(images[row, c], *ranges[c], cmap=cmap) for c in range(num_channels)
-        ]
-        if masks is not None:
-            tiles.append(colorize_mask(masks[row], class_colors))
-            base = colorize_channel(images[row, 0], *ranges[0], cmap="gray")
-            tiles.append(overlay_mask(base, masks[row], class_colors))
+        if images is None:
+            tiles = [colorize_mask(masks[row], class_colors)]
+        else:
+            tiles = [
+                colorize_channel(images[row, c], *ranges[c], cmap=cmap) for c in range(num_channels)
+            ]
+            if masks is not None:
+                tiles.append(colorize_mask(masks[row], class_colors))
+                base = colorize_channel(images[row, 0], *ranges[0], cmap="gray")
+                tiles.append(overlay_mask(base, masks[row], class_colors))
         for column, tile in enumerate(tiles):
             y, x = row * step_y, column * step_x
-            canvas[y : y + height, x : x + width] = tile
+            canvas[y : y + tile_h, x : x + tile_w] = _upscale(tile, scale)
     return _save_rgb(Path(path), canvas, title)
 
 

@@ -382,40 +382,29 @@ def finalize(
 
 
 def write_grid(out: Path, ids: Sequence[str]) -> Path | None:
-    """grid.png: one row per sample, one column per channel plus the mask overlaid on channel 0."""
+    """grid.png via `pairforge.viz.save_grid`: one row per sample (in `ids` order), one column
+    per channel (viridis, 1..99th percentile per channel), then the mask and its overlay on
+    channel 0; a title names the columns. Tiles are upscaled to ~96 px. Samples whose size
+    differs from the first one's (paint runs with masks of several sizes) are left out.
+    Returns the path, or None for no ids."""
     if not ids:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from pairforge.data.dataset import load_dataset
+    from pairforge.viz import save_grid
 
     ds = load_dataset(out)
-    colors = np.array(ds.spec.class_colors, dtype=np.float32) / 255.0
-    columns = ds.num_channels + 1
-    fig, axes = plt.subplots(
-        len(ids), columns, figsize=(2.0 * columns, 2.0 * len(ids)), squeeze=False
+    pairs = [ds.read_pair(sample) for sample in ids]
+    pairs = [(image, mask) for image, mask in pairs if image.shape == pairs[0][0].shape]
+    images = np.stack([image for image, _ in pairs])
+    with_masks = all(mask is not None for _, mask in pairs)
+    masks = np.stack([mask for _, mask in pairs]) if with_masks else None
+    columns = ds.spec.channel_names + (["mask", "overlay"] if with_masks else [])
+    return save_grid(
+        out / GRID_FILE,
+        images,
+        masks,
+        channel_names=ds.spec.channel_names,
+        class_colors=ds.spec.class_colors,
+        max_items=len(images),
+        title=" | ".join(columns),
     )
-    for row, sample in enumerate(ids):
-        image, mask = ds.read_pair(sample)
-        for c in range(ds.num_channels):
-            axes[row, c].imshow(image[c], cmap="viridis")
-            if row == 0:
-                axes[row, c].set_title(ds.spec.channels[c].name, fontsize=8)
-        first = image[0]
-        gray = (first - first.min()) / max(float(np.ptp(first)), 1e-12)
-        overlay = 0.55 * np.repeat(gray[..., None], 3, -1) + 0.45 * colors[mask]
-        axes[row, -1].imshow(overlay)
-        if row == 0:
-            axes[row, -1].set_title("mask overlay", fontsize=8)
-        axes[row, 0].set_ylabel(sample, fontsize=7)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
-    path = out / GRID_FILE
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path

@@ -69,9 +69,13 @@ def write_preview(
     sr_noise_level: float = 0.2,
     sr_scale_factor: int = 4,
 ) -> Path:
-    """Sample len(seeds) x0 with `model` and save them as a grid PNG at `path`."""
+    """Sample len(seeds) x0 with `model` and save them as a grid PNG at `path`.
+
+    The grid (`pairforge.viz.save_grid`) has one row per seed: the image channels in model range
+    (each scaled to its 1..99th percentile), then mask and overlay; mask runs show masks only.
+    """
     from pairforge.diffusion.sampling import sample
-    from pairforge.train.grid import save_sample_grid
+    from pairforge.viz import save_grid
 
     if condition_batch is not None:
         condition_batch = {k: v[: len(seeds)] for k, v in condition_batch.items()}
@@ -96,4 +100,4 @@ def write_preview(
     images, masks = split_sample(layout, x0.cpu())
     if layout.task == "sdm":
         masks = condition_batch["mask"]
-    return save_sample_grid(path, images, masks, class_colors)
+    return save_grid(path, images, masks, class_colors=class_colors, max_items=len(seeds))

@@ -34,10 +34,10 @@ def sample_run_to_dataset(
     from tqdm.auto import tqdm
 
     from pairforge.diffusion.sampling import sample
-    from pairforge.train.grid import save_sample_grid
     from pairforge.train.preview import task_denoiser
     from pairforge.train.run import load_run
     from pairforge.train.tasks import split_sample
+    from pairforge.viz import save_grid
 
     if n < 1:
         raise PairforgeError(f"--n {n}: the number of samples must be >= 1.")
@@ -78,7 +78,7 @@ def sample_run_to_dataset(
     if grid_images:
         images = None if grid_images[0] is None else torch.cat(grid_images)[:8].numpy()
         masks = None if grid_masks[0] is None else torch.cat(grid_masks)[:8].numpy()
-        save_sample_grid(out / "grid.png", images, masks, run.spec.class_colors)
+        save_grid(out / "grid.png", images, masks, class_colors=run.spec.class_colors)
     return out
 
 
