@@ -64,6 +64,12 @@ def results_dir(tmp_path):
         "notes": [],
     }
     write_downstream(downstream, eval_dir)
+    for name, miou in (("seg_head", 0.8), ("seg_baseline", 0.6)):
+        seg = {"split": "test", "num_images": 8, "mean_iou": miou,
+               "per_class_iou": {"binder": miou + 0.1, "grain": miou - 0.1}}  # fmt: skip
+        (eval_dir / f"{name}.json").write_text(json.dumps(seg))
+    timings = {"seconds": {"train joint": 12.5, "report": 1.0}, "total_seconds": 13.5}
+    (demo / "demo.json").write_text(json.dumps(timings))
     run_dir = demo / "run"
     (run_dir / "model").mkdir(parents=True)
     (run_dir / "model" / "pairforge.json").write_text("{}")
@@ -88,8 +94,11 @@ def test_report_renders_every_section(results_dir, tmp_path):
     out = build_report([results_dir], tmp_path / "report.html", title="tiny demo")
     page = out.read_text()
     assert "Missing:" not in page
-    for anchor in ("samples", "fid", "mask-stats", "downstream"):
+    for anchor in ("samples", "fid", "mask-stats", "segmentation", "downstream", "timing"):
         assert f'<section id="{anchor}">' in page
+    assert "<td>diffusion-feature head</td><td>test</td><td>8</td><td>80.000</td>" in page
+    assert "<td>supervised baseline</td>" in page and "<td>IoU grain</td>" not in page
+    assert "<th>IoU grain</th>" in page and "<td>train joint</td><td>12.500</td>" in page
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     # 2 dataset grids + run preview + 3 mask-statistics plots + downstream plot.
     assert len(images) == 7
@@ -104,7 +113,7 @@ def test_missing_sections_are_stated(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     page = build_report([empty], tmp_path / "r.html").read_text()
-    assert page.count('class="missing"') == 4
+    assert page.count('class="missing"') == 6
     assert "pairforge eval fid REAL_DIR FAKE_DIR --out EVAL_DIR" in page
     assert "pairforge eval downstream" in page
     with pytest.raises(PairforgeError, match="nowhere: not found"):
@@ -120,5 +129,7 @@ def test_report_command_is_a_typer_command(results_dir, tmp_path):
     assert result.exit_code == 0, result.output
     assert out.is_file() and "wrote" in result.output
     page = out.read_text()
-    # The datasets named in the eval JSON files are found and shown: nothing is missing.
-    assert 'class="missing"' not in page and "/demo/gen" in page
+    # The datasets named in the eval JSON files are found and shown: only the demo timings
+    # (beside, not inside, the eval folder) are missing.
+    assert page.count('class="missing"') == 1 and "no demo.json found" in page
+    assert "/demo/gen" in page

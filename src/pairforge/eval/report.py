@@ -5,6 +5,8 @@ three levels down):
     EVAL/fid.json            `pairforge eval fid ... --out EVAL` (table rows, counts, settings)
     EVAL/mask_stats.json     `pairforge eval stats ... --out EVAL`, with mask_stats_*.png
     EVAL/downstream.json     `pairforge eval downstream ... --out EVAL`, with downstream.png
+    EVAL/seg_<name>.json     `pairforge seg eval|baseline ... --json` output (mean_iou, per class)
+    OUT/demo.json            `pairforge demo` stage timings
     RUN/model/pairforge.json a training run (RUN/config.yaml, RUN/samples/step-*.png)
     DATA/dataset.yaml        a dataset, e.g. generated pairs (DATA/manifest.json, grid.png)
 Datasets named in the eval JSON files ("real", "fake", "synthetic" sources) are shown too when
@@ -17,7 +19,6 @@ from __future__ import annotations
 import base64
 import datetime
 import html
-import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -43,6 +44,8 @@ class ReportInputs:
     downstream: list[tuple[Path, dict]] = field(default_factory=list)
     runs: list[Path] = field(default_factory=list)
     datasets: list[Path] = field(default_factory=list)
+    segmentation: list[tuple[Path, dict]] = field(default_factory=list)
+    timings: list[tuple[Path, dict]] = field(default_factory=list)
 
 
 def _read_json(path: Path) -> dict:
@@ -76,6 +79,14 @@ def collect_results(paths: list[str | Path]) -> ReportInputs:
             for key, name in EVAL_FILES.items():
                 if name in files:
                     getattr(found, key).append((folder_path, _read_json(folder_path / name)))
+            for name in sorted(files):
+                # `pairforge seg eval|baseline --json` output saved as EVAL/seg_<what>.json
+                if name.startswith("seg_") and name.endswith(".json"):
+                    result = _read_json(folder_path / name)
+                    if "mean_iou" in result:
+                        found.segmentation.append((folder_path / name, result))
+            if "demo.json" in files:
+                found.timings.append((folder_path, _read_json(folder_path / "demo.json")))
             if (folder_path / "model" / "pairforge.json").is_file():
                 found.runs.append(folder_path)
             if "dataset.yaml" in files:
@@ -144,60 +155,41 @@ def _settings_block(settings) -> str:
 
 
 def render_pairs_grid(dataset_dir: str | Path, num_samples: int = GRID_SAMPLES) -> bytes:
-    """PNG of the first labeled samples: one column per channel (viridis), overlay, mask.
+    """PNG of the first samples (labeled first): each channel (viridis), then mask and overlay.
 
-    Channels are scaled with the dataset normalizer's range; images larger than 256 px show
-    their top-left 256 px crop at full resolution.
+    Channels are scaled with the dataset normalizer's range ([-1, 1] after normalization);
+    images larger than 256 px show their top-left 256 px crop at full resolution. Samples of
+    another size than the first are left out (one grid needs one tile size).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import tempfile
 
     from pairforge.data.dataset import load_dataset
+    from pairforge.viz import save_grid
 
     ds = load_dataset(dataset_dir)
     ids = ds.ids()
-    ids = ([i for i in ids if ds.has_mask(i)] + [i for i in ids if not ds.has_mask(i)])[
-        :num_samples
-    ]
-    colors = np.asarray(ds.spec.class_colors, dtype=np.float32).reshape(-1, 3) / 255.0
-    columns = ds.num_channels + 2
-    figure, axes = plt.subplots(
-        len(ids), columns, figsize=(1.8 * columns, 1.8 * len(ids)), squeeze=False
-    )
-    for row, sample_id in enumerate(ids):
+    labeled = [i for i in ids if ds.has_mask(i)]
+    ids = (labeled or ids)[:num_samples]
+    images, masks = [], []
+    for sample_id in ids:
         image, mask = ds.read_pair(sample_id)
-        image, mask = (
-            image[:, :GRID_CROP, :GRID_CROP],
-            None if mask is None else mask[:GRID_CROP, :GRID_CROP],
+        image = ds.normalizer.encode(image[:, :GRID_CROP, :GRID_CROP])
+        if images and image.shape != images[0].shape:
+            continue
+        images.append(image)
+        masks.append(None if mask is None else mask[:GRID_CROP, :GRID_CROP])
+    with_masks = bool(labeled)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_grid(
+            Path(tmp) / "grid.png",
+            np.stack(images),
+            np.stack(masks) if with_masks else None,
+            channel_names=ds.spec.channel_names,
+            class_colors=ds.spec.class_colors,
+            value_ranges=[(-1.0, 1.0)] * ds.num_channels,
+            title=" | ".join(ds.spec.channel_names + (["mask", "overlay"] if with_masks else [])),
         )
-        unit = np.clip((ds.normalizer.encode(image) + 1.0) * 0.5, 0.0, 1.0)
-        for c in range(ds.num_channels):
-            axes[row, c].imshow(unit[c], cmap="viridis", vmin=0, vmax=1)
-            if row == 0:
-                axes[row, c].set_title(ds.spec.channel_names[c], fontsize=8)
-        if mask is not None and len(colors):
-            painted = colors[np.where(mask == 255, 0, mask)]
-            painted[mask == 255] = 0.0
-            overlay = 0.55 * np.repeat(unit[0][..., None], 3, axis=-1) + 0.45 * painted
-            axes[row, -2].imshow(overlay)
-            axes[row, -1].imshow(painted)
-        else:
-            axes[row, -2].text(0.5, 0.5, "no mask", ha="center", va="center", fontsize=8)
-            axes[row, -1].text(0.5, 0.5, "no mask", ha="center", va="center", fontsize=8)
-        if row == 0:
-            axes[row, -2].set_title("overlay", fontsize=8)
-            axes[row, -1].set_title("mask", fontsize=8)
-        axes[row, 0].set_ylabel(sample_id, fontsize=7)
-    for axis in axes.flat:
-        axis.set_xticks([])
-        axis.set_yticks([])
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=80)
-    plt.close(figure)
-    return buffer.getvalue()
+        return path.read_bytes()
 
 
 def _samples_section(found: ReportInputs) -> str:
@@ -380,11 +372,49 @@ img { max-width: 100%; margin: 0.4em 0; display: block; }
 pre { background: #f6f6f6; padding: 0.5em; font-size: 0.8em; overflow-x: auto; }
 """
 
+
+def _segmentation_section(found: ReportInputs) -> str:
+    if not found.segmentation:
+        return _missing(
+            "no seg_*.json found; save `pairforge seg eval HEAD --data DIR --json` (and "
+            "`pairforge seg baseline ... --json`) as EVAL/seg_head.json / seg_baseline.json"
+        )
+    names = {"seg_head": "diffusion-feature head", "seg_baseline": "supervised baseline"}
+    classes = sorted({c for _, r in found.segmentation for c in r.get("per_class_iou", {})})
+    rows = []
+    for path, result in found.segmentation:
+        per_class = result.get("per_class_iou", {})
+        rows.append(
+            [names.get(path.stem, path.stem), result.get("split"), result.get("num_images"),
+             100 * result["mean_iou"]]
+            + [None if per_class.get(c) is None else 100 * per_class[c] for c in classes]
+        )  # fmt: skip
+    note = (
+        "<p>mIoU in % on tiles of the held-out split; both models see the same labeled "
+        "training tiles, and pick their stopping point on the validation split.</p>"
+    )
+    header = ["model", "split", "tiles", "mIoU"] + [f"IoU {c}" for c in classes]
+    return _table(header, rows) + note
+
+
+def _timing_section(found: ReportInputs) -> str:
+    if not found.timings:
+        return _missing("no demo.json found (written by `pairforge demo`)")
+    parts = []
+    for folder, result in found.timings:
+        rows = [[stage, seconds] for stage, seconds in result.get("seconds", {}).items()]
+        rows.append(["total (before the report)", result.get("total_seconds")])
+        parts.append(f"<h3>{html.escape(str(folder))}</h3>" + _table(["stage", "seconds"], rows))
+    return "".join(parts)
+
+
 SECTIONS = (
     ("samples", "Samples and overlays", _samples_section),
     ("fid", "FID / KID", _fid_section),
     ("mask-stats", "Mask statistics", _mask_stats_section),
+    ("segmentation", "Segmentation with few labels (mIoU)", _segmentation_section),
     ("downstream", "Downstream segmentation (mIoU)", _downstream_section),
+    ("timing", "Wall time", _timing_section),
 )
 
 
@@ -392,7 +422,8 @@ def build_report(paths: list[str | Path], out: str | Path, title: str = "pairfor
     """Write one self-contained HTML page for the results under `paths`; returns its path.
 
     Sections, always in this order and always present: samples and overlays, FID / KID, mask
-    statistics, downstream mIoU; then the inputs. A section without results says so.
+    statistics, few-label segmentation mIoU, downstream mIoU, wall time. A section without
+    results says so.
     """
     found = collect_results(paths)
     body = []
