@@ -154,16 +154,23 @@ def _settings_block(settings) -> str:
     return f"<details><summary>settings</summary><pre>{html.escape(text)}</pre></details>"
 
 
-def render_pairs_grid(dataset_dir: str | Path, num_samples: int = GRID_SAMPLES) -> bytes:
+def render_pairs_grid(
+    dataset_dir: str | Path,
+    num_samples: int = GRID_SAMPLES,
+    scale: tuple[int, int] | None = None,
+) -> bytes:
     """PNG of the first samples (labeled first): each channel (viridis), then mask and overlay.
 
-    Channels are scaled with the dataset normalizer's range ([-1, 1] after normalization);
-    images larger than 256 px show their top-left 256 px crop at full resolution. Samples of
-    another size than the first are left out (one grid needs one tile size).
+    Channels are scaled with the dataset normalizer's range ([-1, 1] after normalization).
+    `scale` = (crop_size, resolution): images larger than the crop show a crop_size crop
+    downsampled to the resolution (area; masks by majority), as the models see them, so real
+    and generated grids compare at one scale. Without it, images larger than 256 px show their
+    top-left 256 px crop. Samples of another size than the first are left out.
     """
     import tempfile
 
     from pairforge.data.dataset import load_dataset
+    from pairforge.data.views import downsample_image, downsample_mask
     from pairforge.viz import save_grid
 
     ds = load_dataset(dataset_dir)
@@ -171,13 +178,18 @@ def render_pairs_grid(dataset_dir: str | Path, num_samples: int = GRID_SAMPLES) 
     labeled = [i for i in ids if ds.has_mask(i)]
     ids = (labeled or ids)[:num_samples]
     images, masks = [], []
+    crop = GRID_CROP if scale is None else scale[0]
     for sample_id in ids:
         image, mask = ds.read_pair(sample_id)
-        image = ds.normalizer.encode(image[:, :GRID_CROP, :GRID_CROP])
+        image = ds.normalizer.encode(image[:, :crop, :crop])
+        mask = None if mask is None else mask[:crop, :crop]
+        if scale is not None and min(image.shape[1:]) >= crop and crop != scale[1]:
+            image = downsample_image(image, crop / scale[1])
+            mask = None if mask is None else downsample_mask(mask, crop / scale[1], ds.num_classes)
         if images and image.shape != images[0].shape:
             continue
         images.append(image)
-        masks.append(None if mask is None else mask[:GRID_CROP, :GRID_CROP])
+        masks.append(mask)
     with_masks = bool(labeled)
     with tempfile.TemporaryDirectory() as tmp:
         path = save_grid(
@@ -193,10 +205,18 @@ def render_pairs_grid(dataset_dir: str | Path, num_samples: int = GRID_SAMPLES) 
 
 
 def _samples_section(found: ReportInputs) -> str:
+    from pairforge.eval.sets import synthetic_scale
+
     parts = []
-    for dataset in found.datasets:
+    # Show real measurements at the scale the generated pairs have (their runs' crop size and
+    # resolution), so the grids compare like for like.
+    scales = [synthetic_scale(d) for d in found.datasets]
+    shared = next((s for s in scales if s is not None), None)
+    for dataset, own in zip(found.datasets, scales):
         try:
-            grid = _png_tag(render_pairs_grid(dataset), f"samples of {dataset}")
+            grid = _png_tag(
+                render_pairs_grid(dataset, scale=own or shared), f"samples of {dataset}"
+            )
         except PairforgeError as err:
             grid = _missing(f"samples of {dataset} cannot be shown: {err}")
         extra = ""
