@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from scipy import ndimage
+from test_train_helpers import one_thread
 
 from pairforge.data.dataset import DatasetWriter, load_dataset
 from pairforge.data.spec import DatasetSpec
@@ -19,10 +19,7 @@ def single_thread():
     several busy processes oversubscribe the cores and run ~8x slower (measured: smp U-Net
     step 0.37 s with 1 thread vs ~3 s with 2). Import this fixture into a test module to use it.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    yield from one_thread()
 
 
 CHANNELS = [{"name": "intensity", "unit": "a.u."}, {"name": "depth", "unit": "um"}]
