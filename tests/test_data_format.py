@@ -164,6 +164,7 @@ def test_load_tiles(tmp_path):
     tiles = load_tiles(ds, ["s2"], crop_size=32, resolution=16)
     assert tiles["image"].shape == (6, 2, 16, 16) and tiles["mask"].shape == (6, 16, 16)
     assert tiles["source"][0] == ("s2", 0, 0)
+    assert tiles["sizes"] == {"s2": (64, 96)}
 
 
 # -- bad input -------------------------------------------------------------------------------

@@ -125,17 +125,18 @@ def load_tiles(
     """Evaluation view: regular tiles of each measurement, downsampled to `resolution`.
 
     Returns {"image": float32 (N, C, res, res) normalized, "mask": int64 (N, res, res) or None,
-    "source": list of (id, y, x) in full-resolution pixels}.
+    "source": list of (id, y, x) in full-resolution pixels, "sizes": {id: (H, W)} full-res}.
     """
     normalizer = normalizer or ds.normalizer
     factor = crop_size / resolution
-    images, masks, source = [], [], []
+    images, masks, source, sizes = [], [], [], {}
     labeled = all(ds.has_mask(i) for i in ids)
     if require_mask and not labeled:
         missing = [i for i in ids if not ds.has_mask(i)]
         raise PairforgeError(f"{ds.root}: samples {missing[:5]} have no mask in masks/")
     for sample_id in ids:
         image, mask = ds.read_pair(sample_id)
+        sizes[sample_id] = tuple(image.shape[1:])
         tiles, coords = tile_image(image, crop_size, overlap)
         tiles_t = torch.from_numpy(normalizer.encode(tiles))
         images.append(downsample_image(tiles_t, factor))
@@ -147,6 +148,7 @@ def load_tiles(
         "image": torch.cat(images).float(),
         "mask": torch.cat(masks).long() if labeled else None,
         "source": source,
+        "sizes": sizes,
     }
 
 

@@ -105,7 +105,7 @@ def _labeled_tiles(ds, split: str, crop_size: int, resolution: int, normalizer) 
     covered: dict[str, np.ndarray] = {}
     for index, (sample_id, y, x) in enumerate(tiles["source"]):
         if sample_id not in covered:
-            height, width = ds.read_image(sample_id).shape[1:]
+            height, width = tiles["sizes"][sample_id]
             covered[sample_id] = np.zeros(
                 (math.ceil(height / factor) + resolution, math.ceil(width / factor) + resolution),
                 dtype=bool,
