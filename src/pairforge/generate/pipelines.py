@@ -153,8 +153,10 @@ def mask_to_segmap(masks: torch.Tensor, num_classes: int, ignore_index: int = 25
             f"mask holds class index {int(bad[0])} outside 0..{num_classes - 1}; the SDM run "
             f"knows {num_classes} classes (use {ignore_index} for unlabeled pixels)."
         )
-    one_hot = torch.nn.functional.one_hot(torch.where(valid, masks, 0), num_classes)
-    return (one_hot * valid[..., None]).permute(0, 3, 1, 2).float()
+    from pairforge.train.tasks import segmap_from_mask
+
+    # The training conversion, so painting conditions exactly as training did; -1 = ignore.
+    return segmap_from_mask(torch.where(valid, masks, -1), num_classes)
 
 
 def guided_denoiser(model, segmap: torch.Tensor, guidance_scale: float) -> DenoiseFn:
