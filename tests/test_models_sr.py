@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from pairforge.errors import PairforgeError
+from pairforge.models.factory import load_pretrained
 from pairforge.models.sr import SuperResUNet, noise_augment, upsample_low_res
 
 
@@ -70,11 +71,25 @@ def test_output_depends_on_low_res_and_noise_level():
 def test_save_load_identical_output(tmp_path):
     model = tiny_sr()
     model.save_pretrained(tmp_path / "sr")
-    loaded = SuperResUNet.from_pretrained(tmp_path / "sr").eval()
+    loaded = load_pretrained(SuperResUNet, tmp_path / "sr")
     args = (torch.randn(1, 4, 32, 32), 7, torch.randn(1, 4, 8, 8), 0.2)
     with torch.no_grad():
         torch.testing.assert_close(model(*args).sample, loaded(*args).sample, rtol=0, atol=0)
     assert loaded.config.low_res_image_channels == 2
+    assert not loaded.training
+
+
+def test_load_pretrained_gives_aligned_storage(tmp_path):
+    # The cause of the old 1e-6 save/load mismatch: plain from_pretrained leaves weights at the
+    # safetensors file's byte offsets (not 64-byte aligned), and the GEMM kernel chosen for a
+    # misaligned weight sums in another order. load_pretrained re-allocates them.
+    tiny_sr().save_pretrained(tmp_path / "sr")
+    plain = SuperResUNet.from_pretrained(tmp_path / "sr")
+    loaded = load_pretrained(SuperResUNet, tmp_path / "sr")
+    assert any(p.data_ptr() % 64 for p in plain.parameters())  # the cause, still present upstream
+    assert all(p.data_ptr() % 64 == 0 for p in loaded.parameters())
+    for a, b in zip(plain.state_dict().values(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_bad_arguments_raise():

@@ -190,3 +190,22 @@ def load_model_class(name: str):
     raise PairforgeError(
         f"model class {name!r} is unknown; expected one of {sorted(set(MODEL_CLASS_FOR_TASK.values()))}."
     )
+
+
+def load_pretrained(model_class, directory):
+    """`model_class.from_pretrained(directory)` with every parameter and buffer in freshly
+    allocated (64-byte aligned) memory, in eval mode.
+
+    Why: from_pretrained hands over tensors that point into the safetensors file buffer at the
+    file's byte offsets (8-byte aligned, not 64). oneDNN/MKL choose a different GEMM kernel for a
+    misaligned weight, with a different summation order, so a loaded model's outputs differed from
+    the saved model's by ~1e-6 (float32 round-off) although every weight was bit-identical.
+    Copying into the allocator's own aligned storage makes save -> load -> forward bit-identical.
+    """
+    import torch
+
+    model = model_class.from_pretrained(directory)
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tensor.data = tensor.data.clone(memory_format=torch.contiguous_format)
+    return model.eval()

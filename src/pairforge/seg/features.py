@@ -294,7 +294,9 @@ def load_feature_source(path: str | Path, image_channels: int | None = None) -> 
         )
     from diffusers import DDPMScheduler, UNet2DModel
 
-    model = UNet2DModel.from_pretrained(unet_dir)
+    from pairforge.models.factory import load_pretrained
+
+    model = load_pretrained(UNet2DModel, unet_dir)
     scheduler_config = None
     for candidate in (
         unet_dir / "scheduler_config.json",

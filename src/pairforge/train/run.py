@@ -93,7 +93,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
     from pairforge.data.codec import MaskCodec
     from pairforge.data.normalize import ChannelNormalizer
     from pairforge.data.spec import DatasetSpec
-    from pairforge.models.factory import load_model_class
+    from pairforge.models.factory import load_model_class, load_pretrained
 
     run_dir = Path(run_dir)
     model_dir = run_dir / MODEL_DIR
@@ -113,7 +113,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
         else None
     )
     model_class = load_model_class(info["model_class"])
-    model = model_class.from_pretrained(model_dir).to(device).eval()
+    model = load_pretrained(model_class, model_dir).to(device).eval()
     scheduler_config = json.loads((model_dir / "scheduler_config.json").read_text())
     return LoadedRun(
         path=run_dir,
