@@ -1,9 +1,9 @@
 """The shipped version pins: every dependency pinned once, inside pyproject's ranges, and used."""
 
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
