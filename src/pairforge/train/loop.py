@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 from pathlib import Path
@@ -54,7 +53,7 @@ class StepBatchSampler(torch.utils.data.Sampler):
                 yield list(range(first, first + self.batch_size))
 
 
-def _check_same_run(previous_yaml: str, config: TrainConfig, run_dir: Path) -> None:
+def _check_same_run(previous: dict, config: TrainConfig, run_dir: Path) -> None:
     import yaml
 
     def flat(d, prefix=""):
@@ -64,7 +63,7 @@ def _check_same_run(previous_yaml: str, config: TrainConfig, run_dir: Path) -> N
             else:
                 yield f"{prefix}{k}", v
 
-    before = dict(flat(yaml.safe_load(previous_yaml)))
+    before = dict(flat(previous))
     after = dict(flat(yaml.safe_load(config.to_yaml())))
     changed = [
         k
@@ -95,14 +94,28 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
     from pairforge.data.views import RandomCropDataset
     from pairforge.diffusion.objectives import diffusion_loss, q_sample
     from pairforge.diffusion.schedule import alphas_cumprod, make_scheduler_config
+    from pairforge.io import (
+        append_jsonl,
+        atomic_write_text,
+        ensure_writable_dir,
+        read_jsonl,
+        write_error,
+        write_jsonl,
+    )
     from pairforge.models.factory import MODEL_CLASS_FOR_TASK, build_model
-    from pairforge.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+    from pairforge.train.checkpoint import (
+        load_latest_checkpoint,
+        non_finite_tensors,
+        save_checkpoint,
+    )
     from pairforge.train.ema import EMA
     from pairforge.train.preview import write_preview
     from pairforge.train.run import (
         CONFIG_FILE,
         METRICS_FILE,
         SAMPLES_DIR,
+        model_is_current,
+        read_run_config,
         write_inference_model,
     )
     from pairforge.train.tasks import TASKS_NEEDING_MASKS, make_layout, training_inputs
@@ -121,13 +134,18 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
     show_progress = log.progress if progress is None else progress
 
     # Run directory: the resolved config; an existing run must have the same settings.
+    # Written atomically: a kill leaves the old or the new file, never an empty one.
     config_path = run_dir / CONFIG_FILE
-    if config_path.is_file():
-        _check_same_run(config_path.read_text(), config, run_dir)
+    ensure_writable_dir(run_dir, "run folder")
+    previous = read_run_config(run_dir)
+    if previous is not None:
+        _check_same_run(previous[0], config, run_dir)
     accelerator.wait_for_everyone()
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config_path.write_text(config.to_yaml())
+    if is_main and (previous is None or previous[1] != config.to_yaml()):
+        try:
+            atomic_write_text(config_path, config.to_yaml())
+        except OSError as err:
+            raise write_error(config_path, "run config", err) from None
 
     # Data: random crops; items indexed by (step, micro-batch, rank) for exact resumption.
     ds = load_dataset(config.data.path)
@@ -187,19 +205,28 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
         model.compile()  # in place: parameter names (and saved keys) stay unprefixed
 
     # Resume from the last complete checkpoint.
-    start_step, state = 0, {}
-    checkpoint = latest_checkpoint(run_dir)
+    # A damaged newest checkpoint is skipped with a warning (load_latest_checkpoint).
+    start_step = 0
+    checkpoint, state = load_latest_checkpoint(
+        run_dir, model, ema.model if ema else None, optimizer
+    )
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, model, ema.model if ema else None, optimizer)
         start_step = int(state["step"])
         if ema:
             ema.num_updates = int(state["ema_updates"])
     seconds_before = float(state.get("train_seconds", 0.0))
-    if is_main and (run_dir / METRICS_FILE).is_file():
-        # Drop metrics logged after the checkpoint we resume from; they will be logged again.
-        lines = (run_dir / METRICS_FILE).read_text().splitlines()
-        kept = [line for line in lines if line and json.loads(line)["step"] <= start_step]
-        (run_dir / METRICS_FILE).write_text("".join(f"{line}\n" for line in kept))
+    metrics_path = run_dir / METRICS_FILE
+    if is_main and metrics_path.is_file():
+        # Drop metrics logged after the checkpoint we resume from (they will be logged again)
+        # and a torn last line; an atomic rewrite, so a kill here loses no history.
+        text = metrics_path.read_bytes()
+        rows = read_jsonl(metrics_path)
+        kept = [row for row in rows if row["step"] <= start_step]
+        if len(kept) < len(rows) or (text and not text.endswith(b"\n")):
+            try:
+                write_jsonl(metrics_path, kept)
+            except OSError as err:
+                raise write_error(metrics_path, "training metrics", err) from None
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)
 
@@ -235,7 +262,26 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
             "sr": config.sr.model_dump() if config.task == "sr" else None,
         }
 
+    def check_finite(step: int, what: str) -> None:
+        """Stop before a checkpoint or model/ could hold NaN / Inf weights."""
+        for name, module in (("model", raw_model), ("EMA model", ema.model if ema else None)):
+            bad = non_finite_tensors(dict(module.state_dict())) if module is not None else []
+            if bad:
+                raise diverged(step, f"{len(bad)} {name} tensors hold NaN/Inf ({what})")
+
+    def diverged(step: int, what: str) -> PairforgeError:
+        kept = f"step {last_saved}" if last_saved else "none yet"
+        return PairforgeError(
+            f"{run_dir}: training stopped at step {step}: {what}. The last finite checkpoint "
+            f"({kept}) is kept; nothing non-finite was saved. Fix: lower optim.lr (now "
+            f"{opt.lr:g}) or set optim.grad_clip, check {config.data.path} for NaN/Inf pixels "
+            f"(`pairforge data check {config.data.path}`), or use precision=fp32 (now "
+            f"{config.precision}); then train into a new --out."
+        )
+
     def save_everything(step: int, train_seconds: float) -> None:
+        nonlocal last_saved
+        check_finite(step, "before the checkpoint")
         accelerator.wait_for_everyone()
         if is_main:
             save_checkpoint(
@@ -249,6 +295,7 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
             )
             inference_model = ema.model if ema else _contiguous_copy(raw_model)
             write_inference_model(run_dir, inference_model, scheduler_config, inference_info(step))
+        last_saved = step
         accelerator.wait_for_everyone()
 
     def save_preview(step: int) -> None:
@@ -280,6 +327,7 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
     tensorboard = _open_tensorboard(run_dir) if is_main and log.tensorboard else None
     window_loss, window_images, window_start = [], 0, time.perf_counter()
     step = start_step
+    last_saved = start_step
     # optim.max_minutes bounds the run's total training time, like max_steps bounds its steps,
     # so continuing a finished run (e.g. rerunning the demo) trains no further.
     budget_s = None if opt.max_minutes is None else 60 * opt.max_minutes
@@ -327,19 +375,27 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
                 accelerator.backward(loss / opt.grad_accumulation)
             step_loss += loss.detach() / opt.grad_accumulation
 
+        # Stop on a non-finite loss before it reaches the weights (every process sees the
+        # same mean, so all stop together).
+        mean_loss = accelerator.reduce(step_loss, reduction="mean").item()
+        if not np.isfinite(mean_loss):
+            raise diverged(step + 1, f"the loss is {mean_loss} (not finite)")
+
         # Optimizer step with gradient clipping, then the EMA.
         grad_norm = (
             accelerator.clip_grad_norm_(model.parameters(), opt.grad_clip)
             if opt.grad_clip
             else None
         )
+        if grad_norm is not None and not bool(torch.isfinite(grad_norm)):
+            raise diverged(step + 1, f"the gradient norm is {float(grad_norm)} (not finite)")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         ema_decay = ema.update(raw_model) if ema else 0.0
         step += 1
 
         # Metrics: mean loss over processes, throughput, progress bar.
-        window_loss.append(accelerator.reduce(step_loss, reduction="mean").item())
+        window_loss.append(mean_loss)
         window_images += opt.batch_size * opt.grad_accumulation * world
         elapsed = time.perf_counter() - started
         bar.update(1)
@@ -361,8 +417,14 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
                 postfix["budget_left_min"] = f"{max(0.0, left):.1f}"
             bar.set_postfix(postfix)
             if is_main:
-                with open(run_dir / METRICS_FILE, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                try:
+                    append_jsonl(metrics_path, record)
+                except OSError as err:
+                    error = write_error(metrics_path, "training metrics", err)
+                    raise PairforgeError(
+                        f"{error} Training stopped at step {step}; checkpoint step "
+                        f"{last_saved} is kept (rerun the command to continue from it)."
+                    ) from None
                 if tensorboard is not None:
                     for key, value in record.items():
                         if key != "step" and isinstance(value, (int, float)):
@@ -384,12 +446,15 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
     bar.close()
     if tensorboard is not None:
         tensorboard.close()
-    if (
-        (start_step >= opt.max_steps or already_spent)
-        and is_main
-        and not (run_dir / "model").is_dir()
-    ):
-        raise PairforgeError(f"{run_dir}: already at step {start_step} but has no model/.")
+    # A finished run ends with model/ equal to its last checkpoint: rebuild it when it is
+    # missing, stale or half-replaced (a kill during the final model write). Only happens when
+    # this call trained nothing, so the weights in memory are the loaded checkpoint's.
+    if is_main and checkpoint is not None and step == start_step:
+        if not model_is_current(run_dir, step):
+            check_finite(step, "in the last checkpoint")
+            inference_model = ema.model if ema else _contiguous_copy(raw_model)
+            write_inference_model(run_dir, inference_model, scheduler_config, inference_info(step))
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     return run_dir
 
