@@ -115,11 +115,33 @@ def test_mask_downsampling_keeps_class_fractions():
     # A thin class that dominates its blocks survives; ignore never wins.
     m = np.zeros((8, 8), np.int64)
     m[:, :3] = 1
-    m[:4, 5:] = 255  # mostly ignore, but its one labeled column (class 0) wins
+    m[:4, 5:] = 255  # top-right block: 4 of 16 pixels labeled (class 0) -> not a majority
     out = downsample_mask(m, 4, 2)
-    assert out.tolist() == [[1, 0], [1, 0]]
+    assert out.tolist() == [[1, 255], [1, 0]]
+    # min_labeled_fraction 0: any labeled pixel labels its block (the old behaviour, stated).
+    assert downsample_mask(m, 4, 2, min_labeled_fraction=0.0).tolist() == [[1, 0], [1, 0]]
     all_ignore = np.full((4, 4), 255)
     assert downsample_mask(all_ignore, 4, 2).tolist() == [[255]]
+
+
+def test_mask_downsampling_needs_a_labeled_majority_of_the_block():
+    # One labeled pixel out of 16 used to label the whole 4 x 4 block.
+    block = np.full((4, 4), 255, np.int64)
+    block[0, 0] = 1
+    assert downsample_mask(block, 4, 2).tolist() == [[255]]
+    # Exactly half labeled is not more than half; 9 of 16 is, and the labeled majority class wins.
+    half = np.full((4, 4), 255, np.int64)
+    half[:2] = 1
+    assert downsample_mask(half, 4, 2).tolist() == [[255]]
+    half.flat[8] = 0
+    assert downsample_mask(half, 4, 2).tolist() == [[1]]
+    # A stated fraction: 4 of 16 labeled passes 0.2, fails 0.25 ("more than").
+    quarter = np.full((4, 4), 255, np.int64)
+    quarter[0] = 0
+    assert downsample_mask(quarter, 4, 2, min_labeled_fraction=0.2).tolist() == [[0]]
+    assert downsample_mask(quarter, 4, 2, min_labeled_fraction=0.25).tolist() == [[255]]
+    with pytest.raises(PairforgeError, match="min_labeled_fraction=1.0"):
+        downsample_mask(quarter, 4, 2, min_labeled_fraction=1.0)
 
 
 def test_area_downsampling_is_block_mean():

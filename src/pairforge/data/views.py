@@ -35,13 +35,22 @@ def downsample_image(x, factor: float):
     return out.numpy() if was_np else out
 
 
-def downsample_mask(mask, factor: float, num_classes: int):
+def downsample_mask(mask, factor: float, num_classes: int, min_labeled_fraction: float = 0.5):
     """Majority-class downsampling of (..., H, W) class indices (255 = ignore, never wins).
 
     Each output pixel takes the class covering most of its input area, so thin or small objects
     survive as long as they dominate their block (no all-pixels-must-agree erosion). Ties go to
-    the lower class index. Blocks that are entirely ignore stay ignore.
+    the lower class index. An output pixel is labeled only where MORE than
+    `min_labeled_fraction` of its block (area-weighted for non-integer factors) is labeled,
+    else it is ignore (255): by default a labeled majority, so one labeled pixel out of 16 does
+    not label a whole 4 x 4 block. min_labeled_fraction 0 labels every block with any labeled
+    pixel (for sparse, scribble-like labels); blocks that are entirely ignore stay ignore.
     """
+    if not 0.0 <= min_labeled_fraction < 1.0:
+        raise PairforgeError(
+            f"downsample_mask: min_labeled_fraction={min_labeled_fraction} must be in [0, 1) "
+            "(0.5 = labeled majority)"
+        )
     t, was_np = _as_tensor(mask)
     if factor == 1:
         return mask
@@ -53,7 +62,9 @@ def downsample_mask(mask, factor: float, num_classes: int):
     onehot = onehot * valid[:, None]
     votes = F.interpolate(onehot, size=size, mode="area")
     out = votes.argmax(dim=1)
-    out[votes.sum(dim=1) <= 1e-6] = IGNORE
+    # votes sum to the labeled fraction of each block; the margin absorbs float rounding so that
+    # exactly half labeled is "not more than half".
+    out[votes.sum(dim=1) <= min_labeled_fraction + 1e-6] = IGNORE
     out = out.reshape(*lead, *size)
     return out.numpy() if was_np else out
 
