@@ -12,7 +12,8 @@ from pairforge.data.spec import DatasetSpec
 from pairforge.diffusion.schedule import make_scheduler_config
 from pairforge.errors import PairforgeError
 from pairforge.models.factory import build_model
-from pairforge.seg.autolabel import autolabel, select_confident
+from pairforge.seg.autolabel import autolabel, label_images, select_confident
+from pairforge.seg.ensemble import image_scores
 from pairforge.seg.features import FeatureConfig, load_feature_source
 from pairforge.seg.head import fit_head
 
@@ -75,6 +76,7 @@ def test_autolabel_writes_kept_samples_and_scores(tmp_path):
         progress=False,
     )  # fmt: skip
     assert manifest["num_kept"] == 3
+    assert manifest["uncertainty"] == "js"  # the DatasetDDPM score is the default
     written = json.loads((tmp_path / "auto" / "manifest.json").read_text())
     assert written == manifest
     samples = written["samples"]
@@ -90,3 +92,13 @@ def test_autolabel_writes_kept_samples_and_scores(tmp_path):
     mask = dataset.read_mask(kept[0]["id"])
     relabeled = head.segment(torch.from_numpy(dataset.normalizer.encode(image))[None]).labels[0]
     assert (relabeled.numpy() == mask).mean() > 0.99
+
+    # Scores: mean of the top 10 % pixels of the JS map by default, entropy on request.
+    prediction = head.segment(images)
+    js_scores = label_images(head, images).scores
+    torch.testing.assert_close(js_scores, image_scores(prediction.js))
+    entropy_scores = label_images(head, images, uncertainty="entropy").scores
+    torch.testing.assert_close(entropy_scores, image_scores(prediction.entropy))
+    assert not torch.allclose(js_scores, entropy_scores)
+    with pytest.raises(PairforgeError, match="--uncertainty 'variance'"):
+        label_images(head, images, uncertainty="variance")

@@ -84,7 +84,15 @@ def test_fit_eval_predict_autolabel_and_baseline(setup):
     )
     assert report["num_images"] == 8  # 64 x 128 px test measurement in 32 px tiles
     assert set(report["per_class_iou"]) == {"binder", "grain"}
-    assert 0.0 <= report["mean_iou"] <= 1.0
+    # The reported IoU is |pred & true| / |pred | true| per class of the head's own labels.
+    labels, tiles = _head_labels(tmp / "head", tmp / "data")
+    truth = tiles.masks.numpy()
+    by_hand = [
+        ((labels == k) & (truth == k)).sum() / ((labels == k) | (truth == k)).sum() for k in (0, 1)
+    ]
+    assert report["per_class_iou"]["binder"] == pytest.approx(by_hand[0], abs=1e-9)
+    assert report["mean_iou"] == pytest.approx(np.mean(by_hand), abs=1e-9)
+    assert report["combine"] == "mean"
 
     _invoke(["seg", "predict", tmp / "head", "--data", tmp / "data", "--split", "test",
              "--out", tmp / "pred"])  # fmt: skip
@@ -98,6 +106,7 @@ def test_fit_eval_predict_autolabel_and_baseline(setup):
              "--sampler", "ddim", "--steps", 2])  # fmt: skip
     manifest = json.loads((tmp / "auto" / "manifest.json").read_text())
     assert manifest["num_kept"] == 2 and len(manifest["samples"]) == 3
+    assert manifest["uncertainty"] == "js"
 
     baseline = json.loads(
         _invoke(
@@ -124,6 +133,82 @@ def test_fit_eval_predict_autolabel_and_baseline(setup):
 
     model, config = load_supervised(tmp / "sup")
     assert config["num_classes"] == 2 and config["crop_size"] == 32
+
+
+def _head_labels(head_dir, data, split="test", combine="mean"):
+    """The head's labels (N, 16, 16) of a split's tiles, exactly as `seg eval` computes them."""
+    from pairforge.seg.data import labeled_tiles
+    from pairforge.seg.head import SegmentationHead
+
+    head = SegmentationHead.load(head_dir)
+    tiles = labeled_tiles(data, split, 32, 16, head.normalizer)
+    return head.segment(tiles.images, combine=combine).labels.numpy(), tiles
+
+
+def _relabeled_dataset(path, source_data, labels, tiles, swap=False):
+    """The test measurement of `source_data` with a mask painted from tile labels (2x nearest)."""
+    from pairforge.data.dataset import load_dataset
+
+    dataset = load_dataset(source_data)
+    ((sample_id, *_),) = {s[:1] for s in tiles.source}
+    image = dataset.read_image(sample_id)
+    mask = np.zeros(image.shape[1:], np.int64)
+    for tile_labels, (_, y, x) in zip(labels, tiles.source, strict=True):
+        mask[y : y + 32, x : x + 32] = np.kron(tile_labels, np.ones((2, 2), np.int64))
+    if swap:
+        mask = 1 - mask
+    with DatasetWriter(path, SPEC) as writer:
+        writer.add(sample_id, image, mask, split="test")
+
+
+@pytest.mark.parametrize("combine", ["mean", "vote"])
+def test_eval_of_a_head_on_its_own_labels_is_exactly_one(setup, combine):
+    tmp = setup
+    _invoke([
+        "seg", "fit", "--run", tmp / "run", "--data", tmp / "data", "--out", tmp / "head",
+        "--max-images", 10, "--num-models", 3, "--epochs", 2, "--timesteps", "50,150",
+    ])  # fmt: skip
+    labels, tiles = _head_labels(tmp / "head", tmp / "data", combine=combine)
+    assert set(np.unique(labels)) == {0, 1}  # both classes present: 1.0 is not vacuous
+    _relabeled_dataset(tmp / "own", tmp / "data", labels, tiles)
+    _relabeled_dataset(tmp / "swapped", tmp / "data", labels, tiles, swap=True)
+
+    def evaluate(data):
+        args = ["seg", "eval", tmp / "head", "--data", data, "--json", "--combine", combine]
+        return json.loads(_invoke(args))
+
+    own = evaluate(tmp / "own")
+    assert own["mean_iou"] == 1.0
+    assert own["per_class_iou"] == {"binder": 1.0, "grain": 1.0}
+    swapped = evaluate(tmp / "swapped")
+    assert swapped["mean_iou"] == 0.0 and swapped["combine"] == combine
+
+
+def test_fit_with_noise_levels_records_resolved_timesteps(setup):
+    tmp = setup
+    out = _invoke([
+        "seg", "fit", "--run", tmp / "run", "--data", tmp / "data", "--out", tmp / "head",
+        "--max-images", 4, "--num-models", 1, "--epochs", 1, "--noise-levels", "baranchuk",
+    ])  # fmt: skip
+    # The tiny run uses the linear schedule: the published levels are t = 50, 150, 250 there.
+    assert "at t [50, 150, 250] (abar 0.970, 0.786, 0.521)" in out
+    features = json.loads((tmp / "head" / "head.json").read_text())["features"]
+    assert features["noise_levels"] == "baranchuk"
+    assert features["timesteps"] == [50, 150, 250]
+    assert [round(a, 3) for a in features["abar"]] == [0.970, 0.786, 0.521]
+    assert [round(v, 2) for v in features["logsnr"]] == [3.47, 1.30, 0.09]
+    _invoke([
+        "seg", "fit", "--run", tmp / "run", "--data", tmp / "data", "--out", tmp / "head2",
+        "--max-images", 4, "--num-models", 1, "--epochs", 1, "--noise-levels", "logsnr:2,0",
+    ])  # fmt: skip
+    features = json.loads((tmp / "head2" / "head.json").read_text())["features"]
+    assert [round(v) for v in features["logsnr"]] == [2, 0]
+    with pytest.raises(PairforgeError, match="both given; pass one"):
+        _invoke(["seg", "fit", "--run", tmp / "run", "--data", tmp / "data", "--timesteps",
+                 "50", "--noise-levels", "baranchuk"])  # fmt: skip
+    with pytest.raises(PairforgeError, match="--noise-levels: noise levels 'abar:2'"):
+        _invoke(["seg", "fit", "--run", tmp / "run", "--data", tmp / "data",
+                 "--noise-levels", "abar:2"])  # fmt: skip
 
 
 def test_bad_input_raises_pairforge_error(setup):

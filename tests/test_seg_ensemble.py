@@ -177,3 +177,72 @@ def test_class_balance_and_bad_labels():
         train_ensemble(bad, num_classes=3, progress=False)
     with pytest.raises(PairforgeError, match=r"\(P, 16\)"):
         ensemble.predict(torch.zeros(3, 8))
+
+
+def test_js_is_zero_for_identical_members():
+    ensemble = _fixed_ensemble([[0.3, -1.0, 2.0]] * 4)
+    result = ensemble.predict(torch.randn(6, 4))
+    probs = torch.tensor([0.3, -1.0, 2.0]).softmax(0)
+    entropy = float(-(probs * probs.log()).sum())
+    # Members are unsure (entropy > 0.5 nats) but agree: JS = 0, entropy does not see it.
+    assert entropy > 0.5
+    torch.testing.assert_close(result.entropy, torch.full((6,), entropy))
+    torch.testing.assert_close(result.js, torch.zeros(6), atol=1e-6, rtol=0)
+    torch.testing.assert_close(result.uncertainty("js"), result.js)
+    torch.testing.assert_close(result.uncertainty(), result.js)  # the default kind
+
+
+def test_js_of_two_confident_disagreeing_members_is_log_two():
+    big = 40.0  # softmax one-hot to float32 precision
+    ensemble = _fixed_ensemble([[big, 0.0], [0.0, big]])
+    result = ensemble.predict(torch.randn(3, 4))
+    torch.testing.assert_close(result.js, torch.full((3,), math.log(2)), atol=1e-5, rtol=0)
+    torch.testing.assert_close(result.member_entropy, torch.zeros(3), atol=1e-5, rtol=0)
+
+
+def test_js_is_bounded_by_log_members_and_reaches_it():
+    # M = 3 confident members on 3 different classes of 5: JS = log 3 (the bound log M).
+    big = 40.0
+    logits = [[big, 0, 0, 0, 0], [0, big, 0, 0, 0], [0, 0, big, 0, 0]]
+    result = _fixed_ensemble(logits).predict(torch.randn(2, 4))
+    torch.testing.assert_close(result.js, torch.full((2,), math.log(3)), atol=1e-5, rtol=0)
+    # Random members: 0 <= JS <= log M always, and JS <= entropy of the mean.
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        random_logits = (torch.randn(3, 5, generator=generator) * 4).tolist()
+        result = _fixed_ensemble(random_logits).predict(torch.randn(1, 4))
+        js = float(result.js[0])
+        assert 0.0 <= js <= math.log(3) + 1e-6
+        assert js <= float(result.entropy[0]) + 1e-6
+        # Closed form from the member softmaxes.
+        probs = torch.tensor(random_logits).softmax(-1).double()
+        h = lambda p: float(-(p * p.clamp_min(1e-300).log()).sum(-1).mean())  # noqa: E731
+        assert js == pytest.approx(h(probs.mean(0)) - h(probs), abs=1e-5)
+
+
+def test_majority_vote_matches_the_reference_mode_of_member_labels():
+    # The reference combines by torch.mode over the members' argmax labels; with a strict
+    # majority ours is the same, ties go to the higher mean softmax.
+    generator = torch.Generator().manual_seed(1)
+    ensemble = PixelEnsemble(EnsembleConfig(6, 4, num_models=5, hidden=(8,))).eval()
+    features = torch.randn(400, 6, generator=generator) * 3
+    result = ensemble.predict(features, combine="vote", keep_probs=True)
+    with torch.no_grad():
+        member_labels = torch.stack([m(features).argmax(-1) for m in ensemble.members])
+    counts = torch.nn.functional.one_hot(member_labels, 4).sum(0)
+    top = counts.max(dim=1).values
+    strict = (counts == top[:, None]).sum(dim=1) == 1
+    assert strict.sum() > 100 and (~strict).sum() > 0  # both cases occur
+    mode = torch.mode(member_labels, dim=0).values
+    assert torch.equal(result.labels[strict], mode[strict])
+    tied = ~strict
+    tie_choice = torch.where(counts == top[:, None], result.mean_probs, -1.0).argmax(dim=1)
+    assert torch.equal(result.labels[tied], tie_choice[tied])
+    with pytest.raises(PairforgeError, match="'mean' \\(mean softmax, default\\) or 'vote'"):
+        ensemble.predict(features, combine="median")
+
+
+def test_unknown_uncertainty_kind_names_the_choices():
+    result = _fixed_ensemble([[1.0, 0.0]]).predict(torch.randn(2, 4))
+    with pytest.raises(PairforgeError, match="js, entropy, disagreement"):
+        result.uncertainty("variance")

@@ -5,11 +5,17 @@ import json
 import pytest
 import torch
 
-from pairforge.diffusion.schedule import make_scheduler_config
+from pairforge.data.codec import MaskCodec
+from pairforge.diffusion.schedule import alphas_cumprod, make_scheduler_config
 from pairforge.errors import PairforgeError
 from pairforge.eval.miou import mean_iou
 from pairforge.models.factory import build_model
-from pairforge.seg.features import FeatureConfig, load_feature_source
+from pairforge.seg.features import (
+    FeatureConfig,
+    FeatureSource,
+    extract_pixel_features,
+    load_feature_source,
+)
 from pairforge.seg.head import SegmentationHead, fit_head
 
 
@@ -49,13 +55,24 @@ def test_fit_segment_save_load_roundtrip(tmp_path):
     )
     assert history["val_images"] == [0, 1]  # indices into the given validation images
     assert history["num_pixels"] == 6 * 256
-    assert history["feature_bytes"] == 8 * 256 * (head.extractor.feature_dim * 2 + 12)
+    # Compare with the bytes a real extraction of the same images allocates.
+    allocated = sum(
+        extract_pixel_features(head.extractor, x, y, progress=False).allocated_bytes
+        for x, y in ((images[:6], masks[:6]), (images[6:], masks[6:]))
+    )
+    assert history["feature_bytes"] == allocated
     prediction = head.segment(test_images)
     # Features of an untrained U-Net still encode the input: well above chance (~0.3).
     assert mean_iou(prediction.labels, test_masks, 2) > 0.6
     head.save(tmp_path / "head")
     meta = json.loads((tmp_path / "head" / "head.json").read_text())
     assert meta["features"]["timesteps"] == [50, 150]
+    # Recorded noise levels: abar / log-SNR of those timesteps on the model's (linear) schedule.
+    abar = alphas_cumprod(make_scheduler_config())
+    assert meta["features"]["abar"] == pytest.approx([float(abar[50]), float(abar[150])])
+    assert meta["features"]["logsnr"] == pytest.approx(
+        [float((abar[t] / (1 - abar[t])).log()) for t in (50, 150)]
+    )
     assert meta["feature_dim"] == head.extractor.feature_dim
     assert meta["class_names"] == ["background", "blob"]
     loaded = SegmentationHead.load(tmp_path / "head")
@@ -75,3 +92,73 @@ def test_load_rejects_a_model_with_other_widths(tmp_path):
     other.save_pretrained(tmp_path / "other")
     with pytest.raises(PairforgeError, match="expects"):
         SegmentationHead.load(tmp_path / "head", source=tmp_path / "other")
+
+
+def test_head_fitted_on_one_schedule_refuses_another(tmp_path):
+    source = load_feature_source(_model_dir(tmp_path))
+    images, masks = _blobs(4, 3)
+    head, _ = fit_head(
+        source, images, masks, num_classes=2, num_models=1, max_epochs=1, progress=False
+    )
+    head.save(tmp_path / "head")
+    # Same weights, same timesteps 50/150/250, but a cosine schedule: other noise levels.
+    cosine = tmp_path / "cosine"
+    source.model.save_pretrained(cosine)
+    (cosine / "scheduler_config.json").write_text(json.dumps(make_scheduler_config("cosine")))
+    expected = (
+        r"at timesteps \[50, 150, 250\] \(abar \[0.97, 0.7859, 0.5214\]\) but .* \(abar \[0.9917"
+    )
+    with pytest.raises(PairforgeError, match=expected):
+        SegmentationHead.load(tmp_path / "head", source=cosine)
+    # A head.json without abar (saved before it was recorded) still loads.
+    meta = json.loads((tmp_path / "head" / "head.json").read_text())
+    for key in ("abar", "logsnr", "noise_levels", "mask_mean", "class_fractions"):
+        del meta["features"][key]
+    (tmp_path / "head" / "head.json").write_text(json.dumps(meta))
+    loaded = SegmentationHead.load(tmp_path / "head")
+    assert torch.equal(loaded.segment(images).labels, head.segment(images).labels)
+
+
+def _joint_source(num_classes=3, image_channels=2):
+    torch.manual_seed(0)
+    codec = MaskCodec(num_classes, "onehot")
+    channels = image_channels + codec.channels
+    model = build_model("joint", "tiny", channels, channels, 16)
+    return FeatureSource(model, make_scheduler_config(), image_channels, extra={"codec": codec})
+
+
+def test_mean_fill_code_comes_from_the_head_training_masks(tmp_path):
+    source = _joint_source()
+    images, blobs = _blobs(4, 4)
+    masks = blobs * 2  # classes 0 and 2; class 1 absent
+    masks[0, :8] = 255  # ignored pixels do not count
+    head, _ = fit_head(
+        source, images, masks, num_classes=3, num_models=1, max_epochs=1, progress=False,
+        feature_config=FeatureConfig(timesteps=(50,), mask_fill="mean"),
+    )  # fmt: skip
+    labeled = masks[masks != 255]
+    fractions = [float((labeled == k).float().mean()) for k in range(3)]
+    config = head.extractor.config
+    assert config.class_fractions == pytest.approx(fractions)
+    assert config.mask_mean == pytest.approx([2 * p - 1 for p in fractions])
+    assert config.mask_mean[1] == -1.0  # an absent class: its one-hot channel is always -1
+    # Recorded in the head and used again after loading.
+    head.save(tmp_path / "head")
+    saved = json.loads((tmp_path / "head" / "head.json").read_text())["features"]
+    assert saved["mask_mean"] == pytest.approx(config.mask_mean)
+    assert saved["class_fractions"] == pytest.approx(fractions)
+    assert FeatureConfig.from_dict(saved) == config
+    # The run's own recorded class fractions win over the head's labels.
+    source.extra["class_fractions"] = [0.5, 0.25, 0.25]
+    head, _ = fit_head(
+        source, images, masks, num_classes=3, num_models=1, max_epochs=1, progress=False,
+        feature_config=FeatureConfig(timesteps=(50,), mask_fill="mean"),
+    )  # fmt: skip
+    assert head.extractor.config.mask_mean == pytest.approx([0.0, -0.5, -0.5])
+    # Without a codec the fill cannot be computed.
+    del source.extra["codec"]
+    with pytest.raises(PairforgeError, match="no mask codec"):
+        fit_head(
+            source, images, masks, num_classes=3, num_models=1, max_epochs=1, progress=False,
+            feature_config=FeatureConfig(mask_fill="mean"),
+        )  # fmt: skip

@@ -1,6 +1,7 @@
 """Tests for sliding-window segmentation: one window == whole image, tiling, padding, shapes."""
 
 import numpy as np
+import pytest
 import torch
 
 from pairforge.data.normalize import ChannelNormalizer
@@ -37,7 +38,28 @@ def test_one_window_equals_whole_image_output():
     torch.testing.assert_close(sliding.probs, whole.mean_probs[0], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(sliding.entropy, whole.entropy[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(sliding.disagreement, whole.disagreement[0])
+    torch.testing.assert_close(sliding.js, whole.js[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sliding.uncertainty(), sliding.js)  # JS is the default
     assert len(torch.unique(sliding.mask)) > 1  # the check is not vacuous
+    assert float(sliding.js.max()) > 1e-3  # members really disagree somewhere
+
+
+def test_blended_js_is_entropy_of_blend_minus_blended_member_entropy():
+    head = _head()
+    image = torch.randn(2, 24, 40)
+    result = segment_sliding(head, image, window=16, overlap=8, blend="mean")
+    # Pixel (0, 0) lies in one window only: its JS is that window's JS.
+    corner = head.segment(image[None, :, :16, :16])
+    assert float(result.js[0, 0]) == pytest.approx(float(corner.js[0, 0, 0]), abs=1e-5)
+    # Pixel (4, 12) lies in the windows at x = 0 and x = 8 (rows 0..15): an equal mixture.
+    left = head.segment(image[None, :, :16, :16], keep_probs=True)
+    right = head.segment(image[None, :, :16, 8:24], keep_probs=True)
+    probs = (left.mean_probs[0, :, 4, 12] + right.mean_probs[0, :, 4, 4]) / 2
+    member = (left.member_entropy[0, 4, 12] + right.member_entropy[0, 4, 4]) / 2
+    expected = float(-(probs * probs.log()).sum() - member)
+    assert float(result.js[4, 12]) == pytest.approx(expected, abs=1e-5)
+    assert float(result.js.min()) >= 0.0
+    assert float(result.js.max()) <= np.log(3) + 1e-5  # log M, M = 3 members
 
 
 def test_non_overlapping_windows_equal_per_tile_segmentation():
@@ -66,5 +88,6 @@ def test_segment_measurement_works_at_training_scale_and_returns_full_size():
     measurement = np.random.default_rng(0).uniform(0, 1, size=(2, 64, 96)).astype(np.float32)
     result = segment_measurement(head, measurement)
     assert result.mask.shape == (64, 96)
+    assert result.js.shape == (64, 96) and float(result.js.min()) >= 0.0
     low = segment_measurement(head, measurement, full_resolution=False)
     assert low.mask.shape == (32, 48)

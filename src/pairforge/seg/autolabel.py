@@ -3,7 +3,9 @@
 DatasetDDPM recipe (Baranchuk et al.): generate N images, segment each with the pixel-MLP
 ensemble, score each image by the mean of its 10% most uncertain pixels, drop the
 `drop_fraction` highest-scoring images, and write the rest as a standard dataset whose
-manifest.json records every sample's seed, uncertainty score and whether it was kept.
+manifest.json records every sample's seed, uncertainty score and whether it was kept. The
+per-pixel uncertainty defaults to the recipe's Jensen-Shannon disagreement of the members,
+H(mean softmax) - mean H(softmax) ("js"); "entropy" and "disagreement" are options.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 
 from pairforge.errors import PairforgeError
-from pairforge.seg.ensemble import UNCERTAINTY_KINDS, image_scores
+from pairforge.seg.ensemble import DEFAULT_UNCERTAINTY, check_uncertainty_kind, image_scores
 
 MANIFEST_FILE = "manifest.json"
 
@@ -36,15 +38,13 @@ class LabeledBatch:
 def label_images(
     head,
     images: torch.Tensor,
-    uncertainty: str = "entropy",
+    uncertainty: str = DEFAULT_UNCERTAINTY,
     top_fraction: float = 0.1,
     batch_size: int = 8,
 ) -> LabeledBatch:
-    """Segment normalized images (N, C, H, W) and score each by its top-`top_fraction` pixels."""
-    if uncertainty not in UNCERTAINTY_KINDS:
-        raise PairforgeError(
-            f"--uncertainty {uncertainty!r} is unknown; use {' or '.join(UNCERTAINTY_KINDS)}"
-        )
+    """Segment normalized images (N, C, H, W) and score each by its top-`top_fraction` pixels
+    of `uncertainty` ("js" default, "entropy", "disagreement")."""
+    check_uncertainty_kind(uncertainty, "--uncertainty")
     prediction = head.segment(images, batch_size=batch_size)
     maps = prediction.uncertainty(uncertainty)
     return LabeledBatch(prediction.labels, image_scores(maps, top_fraction), maps)
@@ -71,7 +71,7 @@ def autolabel(
     *,
     run_path: str | Path | None = None,
     drop_fraction: float = 0.2,
-    uncertainty: str = "entropy",
+    uncertainty: str = DEFAULT_UNCERTAINTY,
     top_fraction: float = 0.1,
     sampler: str = "dpm++",
     steps: int | None = None,
@@ -96,6 +96,7 @@ def autolabel(
     if num_samples < 1:
         raise PairforgeError(f"--n {num_samples} must be >= 1")
     select_confident(np.zeros(1), drop_fraction)  # validate before the expensive sampling
+    check_uncertainty_kind(uncertainty, "--uncertainty")
     run_path = run_path or head.info.get("source")
     if not run_path or not (Path(run_path) / "model" / "pairforge.json").exists():
         raise PairforgeError(

@@ -31,6 +31,12 @@ _RESOLUTION = typer.Option(
     None, "--resolution", min=1, help="Model side in px [default: the run's resolution]."
 )
 _SEED = typer.Option(0, "--seed", min=0, help="Training seed.")
+_UNCERTAINTY = typer.Option(
+    "js",
+    "--uncertainty",
+    help="Per-pixel uncertainty: js (Jensen-Shannon disagreement of the ensemble members, "
+    "the DatasetDDPM score) | entropy (of the mean softmax) | disagreement (vote fraction).",
+)
 _DEVICE = typer.Option("cpu", "--device", help="cpu / cuda.")
 
 
@@ -86,13 +92,28 @@ def fit_command(
     data_seed: int = _DATA_SEED,
     crop_size: int = _CROP,
     resolution: int = _RESOLUTION,
-    timesteps: str = typer.Option("50,150,250", "--timesteps", help="Noise levels t, comma list."),
+    timesteps: str = typer.Option(
+        None,
+        "--timesteps",
+        help="Timesteps t of the model's schedule, comma list [default: 50,150,250].",
+    ),
+    noise_levels: str = typer.Option(
+        None,
+        "--noise-levels",
+        help="Schedule-independent noise levels instead of --timesteps, resolved to the "
+        "nearest timesteps of the model's schedule: abar:0.970,0.786,0.521 | "
+        "logsnr:3.47,1.30,0.09 | baranchuk (the published levels: abar of t 50/150/250 on the "
+        "linear schedule).",
+    ),
     blocks: str = typer.Option(
         None, "--blocks", help="Decoder blocks, e.g. up_blocks.1,up_blocks.2 [default: all up]."
     ),
     noise_seed: int = typer.Option(0, "--noise-seed", help="Seed of the one fixed noise tensor."),
     mask_fill: str = typer.Option(
-        "zeros", "--mask-fill", help="Joint models: mask channels of x0 = zeros | noise."
+        "zeros",
+        "--mask-fill",
+        help="Joint models: mask channels of x0 = zeros | noise | mean (mean code of the "
+        "training masks' class fractions).",
     ),
     num_models: int = typer.Option(10, "--num-models", min=1, help="Ensemble size."),
     max_epochs: int = typer.Option(20, "--epochs", min=1, help="Max epochs per MLP."),
@@ -114,18 +135,41 @@ def fit_command(
       pairforge seg fit --run runs/demo-image --data data/grains --max-images 8 --out heads/g8
 
       pairforge seg fit --run my_unet_dir --data data/cells --resolution 64 --timesteps 50,150
+
+      pairforge seg fit --run runs/demo-image --data data/grains --noise-levels baranchuk
     """
     from pairforge.seg.data import class_names, labeled_tiles
-    from pairforge.seg.features import FeatureConfig, load_feature_source, parse_blocks
+    from pairforge.seg.features import (
+        DEFAULT_TIMESTEPS,
+        FeatureConfig,
+        load_feature_source,
+        parse_blocks,
+        parse_noise_levels,
+    )
     from pairforge.seg.head import fit_head
 
+    if timesteps is not None and noise_levels is not None:
+        raise PairforgeError(
+            f"--timesteps {timesteps!r} and --noise-levels {noise_levels!r} both given; pass one"
+        )
+    steps = DEFAULT_TIMESTEPS
+    if timesteps is not None:
+        try:
+            steps = tuple(int(t) for t in timesteps.split(",") if t.strip())
+        except ValueError as err:
+            raise PairforgeError(
+                f"--timesteps {timesteps!r}: use integers like 50,150,250"
+            ) from err
+    if noise_levels is not None:
+        try:
+            parse_noise_levels(noise_levels)
+        except PairforgeError as err:
+            raise PairforgeError(f"--noise-levels: {err}") from err
     source = load_feature_source(run)
     crop, res = _scale(source, crop_size, resolution)
-    try:
-        steps = tuple(int(t) for t in timesteps.split(",") if t.strip())
-    except ValueError as err:
-        raise PairforgeError(f"--timesteps {timesteps!r}: use integers like 50,150,250") from err
-    feature_config = FeatureConfig(steps, parse_blocks(blocks), noise_seed, mask_fill)
+    feature_config = FeatureConfig(
+        steps, parse_blocks(blocks), noise_seed, mask_fill, noise_levels=noise_levels
+    )
     train = labeled_tiles(
         data, split, crop, res, source.normalizer, max_images=max_images, data_seed=data_seed
     )
@@ -157,9 +201,12 @@ def fit_command(
     )
     head.save(out)
     val_scores = [m["best_val_miou"] for m in history["members"] if m["best_val_miou"] is not None]
+    levels = head.extractor.config
     typer.echo(
         f"head written to {out}: {len(train.source)} tiles, {history['num_pixels']} pixels x "
-        f"{head.extractor.feature_dim} features; features {history['feature_seconds']:.1f} s, "
+        f"{head.extractor.feature_dim} features at t {list(levels.timesteps)} (abar "
+        f"{', '.join(f'{a:.3f}' for a in levels.abar)}); features "
+        f"{history['feature_seconds']:.1f} s, "
         f"MLPs {history['mlp_seconds']:.1f} s"
         + (f"; member val mIoU {min(val_scores):.3f}..{max(val_scores):.3f}" if val_scores else "")
     )
@@ -181,14 +228,14 @@ def predict_command(
     overlap: int = typer.Option(
         None, "--overlap", min=0, help="Window overlap in model px [default: half a window]."
     ),
-    uncertainty: str = typer.Option("entropy", "--uncertainty", help="entropy | disagreement."),
+    uncertainty: str = _UNCERTAINTY,
     device: str = _DEVICE,
 ) -> None:
     """Segment whole measurements with sliding windows at the training scale.
 
     Writes OUT/masks/<id>.png (class ids of the head's classes, by index) and
-    OUT/uncertainty/<id>.tif (float32 per-pixel uncertainty), plus OUT/scores.json
-    (per-image score = mean of the top-10% most uncertain pixels).
+    OUT/uncertainty/<id>.tif (float32 per-pixel uncertainty, JS by default), plus
+    OUT/scores.json (per-image score = mean of the top-10% most uncertain pixels).
 
     Example:
 
@@ -198,10 +245,11 @@ def predict_command(
     import tifffile
     from PIL import Image
 
-    from pairforge.seg.ensemble import image_scores
+    from pairforge.seg.ensemble import check_uncertainty_kind, image_scores
     from pairforge.seg.head import SegmentationHead
     from pairforge.seg.sliding import segment_measurement
 
+    check_uncertainty_kind(uncertainty, "--uncertainty")
     if (data is None) == (image is None):
         raise PairforgeError("pass exactly one of --data DIR or --image FILE")
     head = SegmentationHead.load(head_dir, device=device)
@@ -247,6 +295,9 @@ def eval_command(
     head_dir: Path = typer.Argument(..., help="Head folder written by `seg fit`."),
     data: Path = typer.Option(..., "--data", help="Labeled dataset folder."),
     split: str = typer.Option("test", "--split", help="Split to evaluate (held out!)."),
+    combine: str = typer.Option(
+        "mean", "--combine", help="Ensemble combining: mean (mean softmax) | vote (majority)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     device: str = _DEVICE,
 ) -> None:
@@ -254,15 +305,19 @@ def eval_command(
     from pairforge.data.normalize import ChannelNormalizer
     from pairforge.eval.miou import confusion_matrix
     from pairforge.seg.data import class_names, labeled_tiles
+    from pairforge.seg.ensemble import check_combine
     from pairforge.seg.head import SegmentationHead
 
+    check_combine(combine, "--combine")
     head = SegmentationHead.load(head_dir, device=device)
     normalizer = ChannelNormalizer.from_dict(head.info["normalizer"])
     tiles = labeled_tiles(data, split, head.info["crop_size"], head.info["resolution"], normalizer)
-    prediction = head.segment(tiles.images)
+    prediction = head.segment(tiles.images, combine=combine)
     confusion = confusion_matrix(prediction.labels, tiles.masks, head.num_classes)
     names = head.info.get("class_names") or class_names(data)
-    _print_report(_iou_report(confusion, names, split, len(tiles.source)), as_json, "head")
+    report = _iou_report(confusion, names, split, len(tiles.source))
+    report["combine"] = combine
+    _print_report(report, as_json, "head")
 
 
 @app.command("autolabel")
@@ -274,7 +329,7 @@ def autolabel_command(
         0.2, "--drop", min=0.0, max=0.99, help="Fraction of most uncertain images to drop."
     ),
     run: Path = typer.Option(None, "--run", help="Run to sample [default: the head's run]."),
-    uncertainty: str = typer.Option("entropy", "--uncertainty", help="entropy | disagreement."),
+    uncertainty: str = _UNCERTAINTY,
     sampler: str = typer.Option("dpm++", "--sampler", help="dpm++ | ddim | ddpm."),
     steps: int = typer.Option(None, "--steps", min=1, help="Sampler steps."),
     seed: int = typer.Option(0, "--seed", min=0, help="Sample i uses seed + i."),

@@ -4,6 +4,21 @@ Architecture and training follow Baranchuk et al. (ICLR 2022): each member is
 Linear-ReLU-BatchNorm twice then a Linear classifier (hidden widths 256/128 for >= 30 classes,
 else 128/32), trained with Adam (lr 1e-3) on per-pixel cross-entropy. Early stopping uses
 held-out labeled IMAGES (pixels of one image never sit on both sides of the split).
+
+Combining members: "mean" (default) = argmax of the mean softmax; "vote" = majority vote of
+the members' argmax labels, as the reference implementation does (`torch.mode` there; ties
+here go to the class with the higher mean softmax instead of the lower index). Mean softmax is
+the default because it uses each member's confidence and never needs a tie rule (with 10
+members two-class ties are common); vote is one flag away, and bench/bench_features.py reports
+the test mIoU of both on the same ensembles so the default can follow the measurement.
+
+Uncertainty per pixel, from the members' softmaxes p_1..p_M (nats):
+  "js" (default) = Jensen-Shannon divergence of the members = mutual information between the
+      label and the member: H(mean_m p_m) - mean_m H(p_m), in [0, log M] (0 when all members
+      agree exactly; log 2 for two confident members that disagree). This is the score of the
+      reference's DatasetDDPM filtering (per-image score = mean of its top 10 % pixels).
+  "entropy" = H(mean_m p_m), in [0, log K]: high also where every member is unsure the same way.
+  "disagreement" = fraction of members whose argmax differs from the ensemble label.
 """
 
 from __future__ import annotations
@@ -26,7 +41,8 @@ from pairforge.seg.features import PixelFeatures
 WEIGHTS_FILE = "ensemble.safetensors"
 CONFIG_FILE = "head.json"
 COMBINE_MODES = ("mean", "vote")
-UNCERTAINTY_KINDS = ("entropy", "disagreement")
+UNCERTAINTY_KINDS = ("js", "entropy", "disagreement")
+DEFAULT_UNCERTAINTY = "js"
 
 
 @dataclass(frozen=True)
@@ -74,6 +90,21 @@ def pixel_mlp(feature_dim: int, hidden: tuple[int, ...], num_classes: int) -> to
     return torch.nn.Sequential(*layers)
 
 
+def check_uncertainty_kind(kind: str, flag: str = "uncertainty") -> str:
+    """`kind` if it is one of UNCERTAINTY_KINDS, else a PairforgeError naming `flag`."""
+    if kind not in UNCERTAINTY_KINDS:
+        raise PairforgeError(
+            f"{flag} {kind!r} is unknown; use one of {', '.join(UNCERTAINTY_KINDS)} "
+            f"(default {DEFAULT_UNCERTAINTY})"
+        )
+    return kind
+
+
+def entropy_of(probs: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Shannon entropy in nats of probabilities along `dim` (0 log 0 = 0)."""
+    return -(probs * probs.clamp_min(1e-12).log()).sum(dim=dim)
+
+
 @dataclass
 class PixelPrediction:
     """Ensemble output for P pixels (or (B, H, W) maps when reshaped by `segment`).
@@ -82,23 +113,36 @@ class PixelPrediction:
     entropy: float, entropy of the mean softmax in nats, in [0, log K].
     disagreement: float in [0, 1 - 1/K']: fraction of members whose vote differs from the
         ensemble's label.
+    member_entropy: float, mean over members of each member's softmax entropy (nats); with
+        `entropy` it gives the Jensen-Shannon disagreement `js`. None only for predictions
+        built by hand.
     """
 
     labels: torch.Tensor
     entropy: torch.Tensor
     disagreement: torch.Tensor
     mean_probs: torch.Tensor | None = None
+    member_entropy: torch.Tensor | None = None
 
-    def uncertainty(self, kind: str = "entropy") -> torch.Tensor:
-        if kind not in UNCERTAINTY_KINDS:
-            raise PairforgeError(
-                f"uncertainty kind {kind!r} is unknown; use {' or '.join(UNCERTAINTY_KINDS)}"
-            )
+    @property
+    def js(self) -> torch.Tensor:
+        """Jensen-Shannon disagreement H(mean p) - mean H(p) (nats, in [0, log M])."""
+        if self.member_entropy is None:
+            raise PairforgeError("this prediction has no member entropies; JS is unavailable")
+        # Clamp float rounding: identical members give -1e-8, never a negative divergence.
+        return (self.entropy - self.member_entropy).clamp_min(0.0)
+
+    def uncertainty(self, kind: str = DEFAULT_UNCERTAINTY) -> torch.Tensor:
+        """Per-pixel uncertainty of `kind` ("js", "entropy" or "disagreement")."""
+        check_uncertainty_kind(kind)
+        if kind == "js":
+            return self.js
         return self.entropy if kind == "entropy" else self.disagreement
 
 
 class PixelEnsemble(torch.nn.Module):
-    """M pixel MLPs; `predict` combines them by mean softmax (default) or majority vote."""
+    """M pixel MLPs; `predict` combines them by mean softmax (default) or majority vote
+    (module docstring: why mean is the default)."""
 
     def __init__(self, config: EnsembleConfig):
         super().__init__()
@@ -118,11 +162,11 @@ class PixelEnsemble(torch.nn.Module):
     ) -> PixelPrediction:
         """Labels and uncertainties of pixel features (P, D) (any float dtype, CPU or device).
 
-        combine: "mean" = argmax of the mean softmax; "vote" = most member votes, ties broken
-        by the mean softmax. Pixels are processed in chunks of `chunk_pixels` to bound memory.
+        combine: "mean" (default) = argmax of the mean softmax; "vote" = most member votes
+        (Baranchuk et al.'s majority vote), ties broken by the mean softmax. Pixels are
+        processed in chunks of `chunk_pixels` to bound memory.
         """
-        if combine not in COMBINE_MODES:
-            raise PairforgeError(f"combine={combine!r} is unknown; use 'mean' or 'vote'")
+        check_combine(combine)
         features = torch.as_tensor(features)
         if features.ndim != 2 or features.shape[1] != self.config.feature_dim:
             raise PairforgeError(
@@ -131,7 +175,9 @@ class PixelEnsemble(torch.nn.Module):
             )
         self.eval()
         device = next(self.parameters()).device
-        outputs: dict[str, list[torch.Tensor]] = {"labels": [], "entropy": [], "dis": [], "p": []}
+        outputs: dict[str, list[torch.Tensor]] = {
+            "labels": [], "entropy": [], "dis": [], "p": [], "member_entropy": []
+        }  # fmt: skip
         for start in range(0, features.shape[0], chunk_pixels):
             chunk = features[start : start + chunk_pixels].to(device, torch.float32)
             probs = torch.stack([member(chunk).softmax(dim=-1) for member in self.members])
@@ -142,8 +188,9 @@ class PixelEnsemble(torch.nn.Module):
             else:
                 counts = F.one_hot(votes, self.config.num_classes).sum(dim=0).float()
                 labels = (counts + mean_probs).argmax(dim=-1)  # mean prob < 1 breaks ties only
-            entropy = -(mean_probs * mean_probs.clamp_min(1e-12).log()).sum(dim=-1)
+            entropy = entropy_of(mean_probs)
             disagreement = (votes != labels).float().mean(dim=0)
+            outputs["member_entropy"].append(entropy_of(probs).mean(dim=0).cpu())
             outputs["labels"].append(labels.cpu())
             outputs["entropy"].append(entropy.cpu())
             outputs["dis"].append(disagreement.cpu())
@@ -151,12 +198,13 @@ class PixelEnsemble(torch.nn.Module):
                 outputs["p"].append(mean_probs.cpu())
         if not outputs["labels"]:
             empty = torch.zeros(0)
-            return PixelPrediction(empty.long(), empty, empty)
+            return PixelPrediction(empty.long(), empty, empty, member_entropy=empty)
         return PixelPrediction(
             labels=torch.cat(outputs["labels"]),
             entropy=torch.cat(outputs["entropy"]),
             disagreement=torch.cat(outputs["dis"]),
             mean_probs=torch.cat(outputs["p"]) if keep_probs else None,
+            member_entropy=torch.cat(outputs["member_entropy"]),
         )
 
     def segment(
@@ -174,6 +222,7 @@ class PixelEnsemble(torch.nn.Module):
             entropy=result.entropy.reshape(batch, height, width),
             disagreement=result.disagreement.reshape(batch, height, width),
             mean_probs=probs,
+            member_entropy=result.member_entropy.reshape(batch, height, width),
         )
 
     def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
@@ -215,8 +264,21 @@ class PixelEnsemble(torch.nn.Module):
         return ensemble.eval(), meta
 
 
+def check_combine(combine: str, flag: str = "combine") -> str:
+    """`combine` if it is one of COMBINE_MODES, else a PairforgeError naming `flag`."""
+    if combine not in COMBINE_MODES:
+        raise PairforgeError(
+            f"{flag}={combine!r} is unknown; use 'mean' (mean softmax, default) or 'vote' "
+            "(majority vote)"
+        )
+    return combine
+
+
 def image_scores(uncertainty: torch.Tensor, top_fraction: float = 0.1) -> torch.Tensor:
-    """Per-image uncertainty (B,) = mean of each image's top `top_fraction` pixels of (B, H, W)."""
+    """Per-image uncertainty (B,) = mean of each image's top `top_fraction` pixels of (B, H, W).
+
+    With JS maps (the default uncertainty) this is the DatasetDDPM per-image score.
+    """
     flat = uncertainty.reshape(uncertainty.shape[0], -1).float()
     count = max(1, math.ceil(top_fraction * flat.shape[1]))
     return flat.topk(count, dim=1).values.mean(dim=1)

@@ -7,10 +7,24 @@ name such as "up_blocks.1"), upsample each bilinearly to the input size and conc
 channels. Feature order: timestep-major, then blocks in the order given. Widths come from the
 model config.
 
+Noise levels: timesteps mean different noise on different schedules. The default t = 50, 150,
+250 are Baranchuk's timesteps on the linear schedule (abar 0.970 / 0.786 / 0.521); on the cosine
+schedule of every pairforge preset the same t are far less noisy (abar 0.992 / 0.940 / 0.846).
+`FeatureConfig.noise_levels` states levels independently of the schedule ("abar:0.97,0.79,0.52",
+"logsnr:3.5,1.3,0.09" with log-SNR = log(abar / (1 - abar)), or the preset "baranchuk" = the
+abar of t = 50 / 150 / 250 on the linear 1e-4..0.02 schedule of T = 1000, computed); they are
+resolved to the nearest training timesteps of the model's own scheduler (on cosine, "baranchuk"
+gives t = 103 / 300 / 481). The default stays t = 50, 150, 250 until measured otherwise
+(bench/bench_features.py compares the sets).
+
 Joint models (image + mask-codec channels): the mask channels of x0 are unknown at feature time.
 `mask_fill="zeros"` (default) sets them to 0, the codec midpoint that favours no class (one-hot
 and analog bits both live in {-1, 1}), and noises them like the image channels;
-`mask_fill="noise"` replaces them by the pure noise eps itself (as if they were at t = T).
+`mask_fill="noise"` replaces them by the pure noise eps itself (as if they were at t = T);
+`mask_fill="mean"` sets them to the mean code of the training masks (`mask_mean`, per codec
+channel sum_k p_k code_k: 2 p_k - 1 for one-hot), a point on the data manifold's average, and
+noises them like the image channels. All-zero one-hot channels are off the data manifold (no
+mask encodes to 0), which is why "mean" exists; which fill is best is measured, not assumed.
 
 Memory: pixel features are stored as float16; `extract_pixel_features` can subsample labeled
 pixels per image and write to an on-disk numpy memmap, and it estimates the memory need before
@@ -20,8 +34,9 @@ allocating anything (`estimate_feature_memory`), stopping with a PairforgeError 
 from __future__ import annotations
 
 import json
+import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +49,14 @@ from pairforge.errors import PairforgeError
 DEFAULT_TIMESTEPS = (50, 150, 250)
 DEFAULT_MEMORY_BUDGET_BYTES = 8 * 2**30
 IGNORE_INDEX = 255
-MASK_FILLS = ("zeros", "noise")
+MASK_FILLS = ("zeros", "noise", "mean")
+NOISE_LEVEL_KINDS = ("abar", "logsnr")
+# Baranchuk et al.'s timesteps and schedule (guided-diffusion "linear": betas 1e-4..0.02, T=1000).
+BARANCHUK_TIMESTEPS = (50, 150, 250)
+NOISE_LEVEL_PRESETS = ("baranchuk",)
 _FEATURE_BYTES = 2  # float16
 _LABEL_BYTES = 8  # int64 class index per stored pixel
-_INDEX_BYTES = 4  # int32 image index per stored pixel
+_INDEX_BYTES = 2 * 4  # int32 image index + int32 pixel index per stored pixel
 # One batch of float32 upsampled features exists twice: the per-block parts and their concat.
 _WORKING_BYTES = 2 * 4
 
@@ -46,33 +65,188 @@ _WORKING_BYTES = 2 * 4
 class FeatureConfig:
     """What to extract; saved with a segmentation head so prediction uses the same features.
 
-    timesteps: noise levels t in 0..T-1 of the training schedule (default 50, 150, 250 of 1000).
+    timesteps: noise levels t in 0..T-1 of the training schedule (default 50, 150, 250 of 1000,
+        Baranchuk's timesteps; kept as the default until bench/bench_features.py says
+        otherwise). Ignored when `noise_levels` is given: the extractor overwrites it with the
+        resolved timesteps.
     blocks: module names whose outputs are kept ("up_blocks.<i>" or "mid_block"); None = every
         up block of the U-Net.
     noise_seed: seed of the single noise tensor shared by all images and timesteps.
-    mask_fill: "zeros" | "noise", how x0's mask-codec channels are filled for joint models.
+    mask_fill: "zeros" | "noise" | "mean", how x0's mask-codec channels are filled for joint
+        models (module docstring).
+    noise_levels: schedule-independent levels, "abar:<a1>,<a2>,..." (abar in (0, 1)),
+        "logsnr:<l1>,..." (log(abar / (1 - abar)), any real) or a preset name ("baranchuk");
+        None = use `timesteps` as given. Resolved per level to the nearest timestep of the
+        model's scheduler (nearest in abar for abar levels, in log-SNR for log-SNR levels).
+    abar: abar_t of the (resolved) timesteps on the model's schedule, filled by the extractor
+        (a record: prediction checks that a head is used on the schedule it was fitted on);
+        None = not resolved yet (configs written by hand, heads saved before it existed).
+    mask_mean: mask_fill "mean": the fill value of each mask-codec channel (in [-1, 1]), the
+        mean code of the training masks; `fit_head` computes it. class_fractions: the class
+        fractions p_k it was computed from (a record).
     """
 
     timesteps: tuple[int, ...] = DEFAULT_TIMESTEPS
     blocks: tuple[str, ...] | None = None
     noise_seed: int = 0
     mask_fill: str = "zeros"
+    noise_levels: str | None = None
+    abar: tuple[float, ...] | None = None
+    mask_mean: tuple[float, ...] | None = None
+    class_fractions: tuple[float, ...] | None = None
+
+    @property
+    def logsnr(self) -> tuple[float, ...] | None:
+        """log(abar / (1 - abar)) of each timestep in nats (None until `abar` is known)."""
+        if self.abar is None:
+            return None
+        return tuple(_logsnr(a) for a in self.abar)
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["timesteps"] = list(self.timesteps)
-        out["blocks"] = None if self.blocks is None else list(self.blocks)
-        return out
+        """JSON-ready dict; "logsnr" is derived from "abar" (written for readers, not read)."""
+
+        def listed(values):
+            return None if values is None else list(values)
+
+        return {
+            "timesteps": list(self.timesteps),
+            "blocks": listed(self.blocks),
+            "noise_seed": self.noise_seed,
+            "mask_fill": self.mask_fill,
+            "noise_levels": self.noise_levels,
+            "abar": listed(self.abar),
+            "logsnr": listed(self.logsnr),
+            "mask_mean": listed(self.mask_mean),
+            "class_fractions": listed(self.class_fractions),
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureConfig:
+        """Inverse of `to_dict`; keys missing in heads saved by older versions get defaults."""
+
+        def floats(key):
+            values = data.get(key)
+            return None if values is None else tuple(float(v) for v in values)
+
         blocks = data.get("blocks")
         return cls(
             timesteps=tuple(int(t) for t in data.get("timesteps", DEFAULT_TIMESTEPS)),
             blocks=None if blocks is None else tuple(blocks),
             noise_seed=int(data.get("noise_seed", 0)),
             mask_fill=str(data.get("mask_fill", "zeros")),
+            noise_levels=data.get("noise_levels"),
+            abar=floats("abar"),
+            mask_mean=floats("mask_mean"),
+            class_fractions=floats("class_fractions"),
         )
+
+
+def _logsnr(abar: float) -> float:
+    return math.log(abar) - math.log1p(-abar)
+
+
+def baranchuk_abar() -> tuple[float, ...]:
+    """abar of t = 50, 150, 250 on Baranchuk's linear schedule (betas linspace(1e-4, 0.02, 1000),
+    float64 as guided-diffusion computes it): about 0.970, 0.786, 0.521."""
+    betas = np.linspace(1e-4, 0.02, 1000, dtype=np.float64)
+    abar = np.cumprod(1.0 - betas)
+    return tuple(float(abar[t]) for t in BARANCHUK_TIMESTEPS)
+
+
+def parse_noise_levels(text: str) -> tuple[str, tuple[float, ...]]:
+    """ "abar:0.97,0.786" / "logsnr:3.5,1.3" / "baranchuk" -> (kind, values).
+
+    Raises PairforgeError naming the bad text and the accepted forms.
+    """
+    forms = "use abar:0.970,0.786,0.521, logsnr:3.47,1.30,0.09 or a preset (baranchuk)"
+    spec = str(text).strip()
+    if spec.lower() in NOISE_LEVEL_PRESETS:
+        return "abar", baranchuk_abar()
+    kind, sep, rest = spec.partition(":")
+    kind = kind.strip().lower()
+    if not sep or kind not in NOISE_LEVEL_KINDS:
+        raise PairforgeError(f"noise levels {text!r}: unknown form; {forms}")
+    try:
+        values = tuple(float(v) for v in re.split(r"[,\s]+", rest.strip()) if v)
+    except ValueError as err:
+        raise PairforgeError(f"noise levels {text!r}: not a list of numbers; {forms}") from err
+    if not values or not all(math.isfinite(v) for v in values):
+        raise PairforgeError(f"noise levels {text!r}: need at least one finite number; {forms}")
+    if kind == "abar" and not all(0.0 < v < 1.0 for v in values):
+        raise PairforgeError(
+            f"noise levels {text!r}: abar must lie strictly between 0 and 1 (abar = 1 is no "
+            f"noise, 0 pure noise); {forms}"
+        )
+    return kind, values
+
+
+def resolve_noise_levels(text: str, alphas_cumprod: Any) -> tuple[int, ...]:
+    """Nearest training timesteps of a schedule (abar_t (T,), float) to the levels in `text`.
+
+    abar levels match in abar, log-SNR levels in log-SNR (ties: the smaller t). Two levels that
+    land on the same timestep are an error (the schedule is too coarse for them).
+    """
+    kind, values = parse_noise_levels(text)
+    abar = np.asarray(torch.as_tensor(alphas_cumprod, dtype=torch.float64).cpu().numpy())
+    if kind == "abar":
+        grid, targets = abar, np.asarray(values)
+    else:
+        clipped = np.clip(abar, 1e-300, 1.0 - 1e-16)
+        grid, targets = np.log(clipped) - np.log1p(-clipped), np.asarray(values)
+    timesteps = tuple(int(np.abs(grid - target).argmin()) for target in targets)
+    if len(set(timesteps)) != len(timesteps):
+        raise PairforgeError(
+            f"noise levels {text!r} resolve to timesteps {list(timesteps)} on this schedule "
+            f"(T = {abar.size}); two levels share a timestep: give levels further apart"
+        )
+    return timesteps
+
+
+def resolve_feature_config(
+    config: FeatureConfig, scheduler_config: dict[str, Any]
+) -> FeatureConfig:
+    """`config` with noise_levels resolved to timesteps and `abar` filled for this scheduler."""
+    from pairforge.diffusion.schedule import alphas_cumprod
+
+    abar = alphas_cumprod(scheduler_config)
+    timesteps = config.timesteps
+    if config.noise_levels is not None:
+        timesteps = resolve_noise_levels(config.noise_levels, abar)
+    num_train = abar.shape[0]
+    bad = [t for t in timesteps if not 0 <= t < num_train]
+    if bad or not timesteps:
+        raise PairforgeError(
+            f"feature timesteps {list(timesteps)} must be non-empty and in "
+            f"0..{num_train - 1} (the model's training schedule); e.g. 50 150 250"
+        )
+    return replace(
+        config, timesteps=tuple(timesteps), abar=tuple(float(abar[t]) for t in timesteps)
+    )
+
+
+def class_fractions(masks: Any, num_classes: int) -> tuple[float, ...]:
+    """Fraction p_k of the labeled pixels of `masks` (long (..., H, W), 255 = ignore) per class."""
+    flat = torch.as_tensor(masks).reshape(-1).long()
+    flat = flat[flat != IGNORE_INDEX]
+    if flat.numel() == 0:
+        raise PairforgeError("class fractions of masks without labeled pixels (all 255)")
+    counts = torch.bincount(flat.clamp(0, num_classes - 1), minlength=num_classes).double()
+    return tuple(float(c) for c in counts / counts.sum())
+
+
+def mean_mask_code(codec: Any, fractions: tuple[float, ...]) -> tuple[float, ...]:
+    """Mean model code of masks with class fractions p: sum_k p_k codec(k), per codec channel.
+
+    One-hot in {-1, 1}: channel k = 2 p_k - 1. Analog bits: channel b = sum_k p_k (+-1 by bit b).
+    """
+    num_classes = codec.num_classes
+    if len(fractions) != num_classes:
+        raise PairforgeError(
+            f"{len(fractions)} class fractions for a codec of {num_classes} classes"
+        )
+    codes = codec.encode(torch.arange(num_classes).view(1, 1, num_classes))[0, :, 0]  # (C, K)
+    mean = codes.double() @ torch.tensor(fractions, dtype=torch.float64)
+    return tuple(float(v) for v in mean)
 
 
 def block_widths(model_config: Any) -> dict[str, int]:
@@ -125,7 +299,8 @@ class DiffusionFeatureExtractor:
     ):
         from diffusers import DDPMScheduler
 
-        self.config = config or FeatureConfig()
+        # Noise levels -> this schedule's timesteps; abar recorded (validated there).
+        self.config = resolve_feature_config(config or FeatureConfig(), scheduler_config)
         self.model = model.eval().requires_grad_(False).to(device)
         self.device = torch.device(device)
         self.autocast_bf16 = autocast_bf16
@@ -141,13 +316,15 @@ class DiffusionFeatureExtractor:
             raise PairforgeError(
                 f"mask_fill={self.config.mask_fill!r} is unknown; use one of {', '.join(MASK_FILLS)}"
             )
-        num_train = self.scheduler.config.num_train_timesteps
-        bad = [t for t in self.config.timesteps if not 0 <= t < num_train]
-        if bad or not self.config.timesteps:
-            raise PairforgeError(
-                f"feature timesteps {list(self.config.timesteps)} must be non-empty and in "
-                f"0..{num_train - 1} (the model's training schedule); e.g. 50 150 250"
-            )
+        mask_channels = self.in_channels - self.image_channels
+        if self.config.mask_fill == "mean" and mask_channels:
+            mean = self.config.mask_mean
+            if mean is None or len(mean) != mask_channels:
+                raise PairforgeError(
+                    f"mask_fill='mean' needs mask_mean with one value per mask channel "
+                    f"({mask_channels}); got {None if mean is None else list(mean)}. fit_head "
+                    "computes it from the training masks (class fractions + the run's codec)"
+                )
         available = block_widths(model.config)
         self.blocks = tuple(
             self.config.blocks
@@ -209,6 +386,9 @@ class DiffusionFeatureExtractor:
         self.check_size(height, width)
         x0 = torch.zeros((batch, self.in_channels, height, width))
         x0[:, : self.image_channels] = images
+        if self.config.mask_fill == "mean" and self.in_channels > self.image_channels:
+            mean = torch.tensor(self.config.mask_mean, dtype=torch.float32)
+            x0[:, self.image_channels :] = mean.view(1, -1, 1, 1)
         eps = self.noise(height, width).expand(batch, -1, -1, -1)
         x0, eps = x0.to(self.device), eps.to(self.device)
 
@@ -339,7 +519,14 @@ def _load_pairforge_run(root: Path) -> FeatureSource:
         normalizer=run.normalizer,
         path=str(root),
         task=run.task,
-        extra={"resolution": run.resolution, "crop_size": run.crop_size, "spec": run.spec},
+        extra={
+            "resolution": run.resolution,
+            "crop_size": run.crop_size,
+            "spec": run.spec,
+            "codec": run.codec,
+            # Class fractions of the run's training masks, if the run recorded them.
+            "class_fractions": run.info.get("class_fractions"),
+        },
     )
 
 
@@ -352,7 +539,7 @@ class MemoryEstimate:
     """Bytes needed by `extract_pixel_features`, computed before anything is allocated.
 
     stored_bytes: the pixel arrays (features float16 (P, D), labels int64 (P,), image index
-        int32 (P,)); in RAM, or on disk when a cache folder is given.
+        and pixel index int32 (P,)); in RAM, or on disk when a cache folder is given.
     working_bytes: one batch of upsampled float32 features (B, D, H, W), held twice (parts and
         their concatenation). Model activations and allocator caching are not included (they
         do not grow with the data set): measured RSS growth for 100 images of 64 px with the
@@ -403,16 +590,21 @@ class PixelFeatures:
     features: (P, D) float16 (numpy array, or numpy memmap when cached on disk).
     labels: (P,) int64 class indices 0..K-1 (ignore pixels never selected).
     image_index: (P,) int32, which input image each pixel came from (for splits by image).
+    pixel_index: (P,) int32, where in that image: flat index y * W + x (None when built by hand
+        or read from a cache written before it was recorded).
     """
 
     features: np.ndarray
     labels: np.ndarray
     image_index: np.ndarray
     estimate: MemoryEstimate | None = None
+    pixel_index: np.ndarray | None = None
 
     @property
     def allocated_bytes(self) -> int:
-        return int(self.features.nbytes + self.labels.nbytes + self.image_index.nbytes)
+        """Bytes of the arrays actually held (or memory-mapped)."""
+        arrays = [self.features, self.labels, self.image_index, self.pixel_index]
+        return int(sum(a.nbytes for a in arrays if a is not None))
 
     @property
     def num_images(self) -> int:
@@ -438,7 +630,7 @@ def extract_pixel_features(
         pixels_per_image: keep at most this many labeled pixels per image, drawn uniformly
             without replacement (seeded); None = all labeled pixels.
         cache_dir: write features to cache_dir/features.f16 (numpy memmap) instead of RAM;
-            labels and image index go to .npy files next to it.
+            labels, image index and pixel index go to .npy files next to it.
         memory_budget_bytes: raise PairforgeError before allocating if the RAM need is larger.
     """
     images = torch.as_tensor(images, dtype=torch.float32)
@@ -477,6 +669,7 @@ def extract_pixel_features(
         features = np.empty((num_pixels, dim), dtype=np.float16)
     labels = np.empty(num_pixels, dtype=np.int64)
     image_index = np.empty(num_pixels, dtype=np.int32)
+    pixel_index = np.empty(num_pixels, dtype=np.int32)
 
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     batches = range(0, images.shape[0], batch_size)
@@ -495,11 +688,13 @@ def extract_pixel_features(
             features[start:stop] = block[row][:, pixel_ids].T.numpy().astype(np.float16)
             labels[start:stop] = flat_masks[index, chosen[index]]
             image_index[start:stop] = index
+            pixel_index[start:stop] = chosen[index]
     if cache_dir is not None:
         features.flush()
         np.save(Path(cache_dir) / "labels.npy", labels)
         np.save(Path(cache_dir) / "image_index.npy", image_index)
-    return PixelFeatures(features, labels, image_index, estimate)
+        np.save(Path(cache_dir) / "pixel_index.npy", pixel_index)
+    return PixelFeatures(features, labels, image_index, estimate, pixel_index)
 
 
 def load_pixel_features(cache_dir: str | Path) -> PixelFeatures:
@@ -509,9 +704,11 @@ def load_pixel_features(cache_dir: str | Path) -> PixelFeatures:
         features = np.load(cache / "features.f16.npy", mmap_mode="r")
         labels = np.load(cache / "labels.npy")
         image_index = np.load(cache / "image_index.npy")
+        pixel_path = cache / "pixel_index.npy"
+        pixel_index = np.load(pixel_path) if pixel_path.exists() else None
     except FileNotFoundError as err:
         raise PairforgeError(f"feature cache {cache} is incomplete ({err.filename})") from err
-    return PixelFeatures(features, labels, image_index)
+    return PixelFeatures(features, labels, image_index, pixel_index=pixel_index)
 
 
 def _over_budget_message(estimate: MemoryEstimate, counts: list[int], budget: int) -> str:

@@ -2,13 +2,17 @@
 
 On disk a head is a folder: ensemble.safetensors (weights) and head.json (ensemble shape, the
 feature settings, the path of the diffusion model, the normalizer, class names and the
-crop / resolution scale the model was trained at). No pickle.
+crop / resolution scale the model was trained at). No pickle. The feature settings record the
+resolved timesteps with their abar and log-SNR on the model's schedule (and, for
+mask_fill "mean", the fill code and the class fractions it came from); heads saved before
+these keys existed load unchanged.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +25,10 @@ from pairforge.seg.features import (
     DiffusionFeatureExtractor,
     FeatureConfig,
     FeatureSource,
+    class_fractions,
     extract_pixel_features,
     load_feature_source,
+    mean_mask_code,
 )
 
 
@@ -66,8 +72,9 @@ class SegmentationHead:
         batch_size: int = 8,
         keep_probs: bool = False,
     ) -> PixelPrediction:
-        """Segment normalized images (B, C, H, W): labels / entropy / disagreement (B, H, W),
-        mean_probs (B, K, H, W) when keep_probs."""
+        """Segment normalized images (B, C, H, W): labels / entropy / disagreement /
+        member_entropy (B, H, W) (`.js`, `.uncertainty(kind)`), mean_probs (B, K, H, W) when
+        keep_probs. combine: "mean" (mean softmax, default) or "vote" (majority vote)."""
         images = torch.as_tensor(images, dtype=torch.float32)
         parts = []
         for first in range(0, images.shape[0], batch_size):
@@ -80,6 +87,7 @@ class SegmentationHead:
             entropy=torch.cat([p.entropy for p in parts]),
             disagreement=torch.cat([p.disagreement for p in parts]),
             mean_probs=torch.cat([p.mean_probs for p in parts]) if keep_probs else None,
+            member_entropy=torch.cat([p.member_entropy for p in parts]),
         )
 
     def save(self, directory: str | Path) -> Path:
@@ -111,8 +119,33 @@ class SegmentationHead:
                 f"{directory} expects {ensemble.config.feature_dim}; use the model the head was "
                 "fitted on"
             )
+        _check_same_noise_levels(FeatureConfig.from_dict(meta["features"]), extractor.config,
+                                 directory, source_path)  # fmt: skip
         info = {key: meta[key] for key in _INFO_KEYS if key in meta}
         return cls(extractor, ensemble.to(device), info)
+
+
+def _check_same_noise_levels(saved: FeatureConfig, now: FeatureConfig, directory, source) -> None:
+    """The head's MLPs only know the noise levels they were fitted at: same t and same abar."""
+    same_t = tuple(saved.timesteps) == tuple(now.timesteps)
+    same_abar = (
+        not same_t
+        or saved.abar is None
+        or all(
+            math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6)
+            for a, b in zip(saved.abar, now.abar, strict=True)
+        )
+    )
+    if not (same_t and same_abar):
+        raise PairforgeError(
+            f"the head in {directory} was fitted at timesteps {list(saved.timesteps)} (abar "
+            f"{_rounded(saved.abar)}) but {source} uses timesteps {list(now.timesteps)} (abar "
+            f"{_rounded(now.abar)}) on its schedule; use the model the head was fitted on"
+        )
+
+
+def _rounded(values) -> list[float] | None:
+    return None if values is None else [round(v, 4) for v in values]
 
 
 _INFO_KEYS = (
@@ -152,9 +185,15 @@ def fit_head(
 
     Images are normalized (N, C, H, W); masks long (N, H, W), 255 = ignore. Early stopping
     uses (val_images, val_masks) when given, else 20% of the training images (by image).
+    feature_config.mask_fill "mean" on a joint model: the fill code comes from the class
+    fractions the run recorded ("class_fractions" in pairforge.json), else from `train_masks`
+    (the head's own labels, so no label outside its budget), and is stored in the head.
     Returns (head, history) with history = ensemble history + "feature_seconds",
     "mlp_seconds", "feature_bytes" (estimate of the stored pixel features) and "num_pixels".
     """
+    feature_config = _with_mask_mean(
+        feature_config or FeatureConfig(), source, train_masks, num_classes
+    )
     extractor = DiffusionFeatureExtractor(
         source.model,
         source.scheduler_config,
@@ -217,3 +256,24 @@ def fit_head(
         head_info["class_names"] = [c.name for c in source.extra["spec"].classes]
     head_info.update(info or {})
     return SegmentationHead(extractor, ensemble, head_info), history
+
+
+def _with_mask_mean(
+    config: FeatureConfig, source: FeatureSource, train_masks: torch.Tensor, num_classes: int
+) -> FeatureConfig:
+    """Fill in mask_mean (and class_fractions) for mask_fill "mean" on a model with mask channels."""
+    mask_channels = int(source.model.config.in_channels) - int(source.image_channels)
+    if config.mask_fill != "mean" or config.mask_mean is not None or mask_channels == 0:
+        return config
+    codec = source.extra.get("codec")
+    if codec is None:
+        raise PairforgeError(
+            f"mask_fill='mean': {source.path or 'the feature source'} has {mask_channels} mask "
+            "channels but no mask codec (only pairforge joint runs record one); use --mask-fill "
+            "zeros or noise"
+        )
+    fractions = source.extra.get("class_fractions")
+    if fractions is None:
+        fractions = class_fractions(train_masks, num_classes)
+    fractions = tuple(float(f) for f in fractions)
+    return replace(config, class_fractions=fractions, mask_mean=mean_mask_code(codec, fractions))

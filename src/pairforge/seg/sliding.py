@@ -1,10 +1,13 @@
 """Sliding-window segmentation of images larger than the model window, with overlap blending.
 
 Windows of `window` px (default: the head's model resolution) overlap by `overlap` px; the
-ensemble's mean softmax and its disagreement are blended across windows
-(`pairforge.data.views.stitch`, Hann weights by default so window borders count less), then
-the label is the argmax of the blended probabilities and the entropy is that of the blended
-mean softmax. Where the image fits in one window the result equals whole-image segmentation.
+ensemble's mean softmax, its disagreement and its mean member entropy are blended across
+windows (`pairforge.data.views.stitch`, Hann weights by default so window borders count less),
+then the label is the argmax of the blended probabilities (mean-softmax combining), the
+entropy is that of the blended mean softmax and the Jensen-Shannon disagreement is that
+entropy minus the blended member entropy (a weighted mixture of all members of all windows
+covering the pixel, so it stays >= 0). Where the image fits in one window the result equals
+whole-image segmentation.
 """
 
 from __future__ import annotations
@@ -17,20 +20,36 @@ import torch.nn.functional as F
 
 from pairforge.data.views import stitch, tile_coords
 from pairforge.errors import PairforgeError
+from pairforge.seg.ensemble import DEFAULT_UNCERTAINTY, check_uncertainty_kind, entropy_of
 
 
 @dataclass
 class SlidingResult:
     """mask (H, W) long; probs (K, H, W) blended mean softmax; entropy (H, W) nats;
-    disagreement (H, W) in [0, 1]."""
+    disagreement (H, W) in [0, 1]; member_entropy (H, W) blended mean member entropy (nats)."""
 
     mask: torch.Tensor
     probs: torch.Tensor
     entropy: torch.Tensor
     disagreement: torch.Tensor
+    member_entropy: torch.Tensor
 
-    def uncertainty(self, kind: str = "entropy") -> torch.Tensor:
+    @property
+    def js(self) -> torch.Tensor:
+        """Jensen-Shannon disagreement (H, W): entropy - member_entropy, nats, >= 0."""
+        return (self.entropy - self.member_entropy).clamp_min(0.0)
+
+    def uncertainty(self, kind: str = DEFAULT_UNCERTAINTY) -> torch.Tensor:
+        """Per-pixel uncertainty of `kind` ("js" default, "entropy" or "disagreement")."""
+        check_uncertainty_kind(kind)
+        if kind == "js":
+            return self.js
         return self.entropy if kind == "entropy" else self.disagreement
+
+
+def _result(probs: torch.Tensor, maps: torch.Tensor) -> SlidingResult:
+    """From blended probs (K, H, W) and maps (2, H, W) = (disagreement, member entropy)."""
+    return SlidingResult(probs.argmax(dim=0), probs, entropy_of(probs, dim=0), maps[0], maps[1])
 
 
 def segment_sliding(
@@ -57,7 +76,7 @@ def segment_sliding(
     padded = _pad_to_window(image, window)
     padded_h, padded_w = padded.shape[-2:]
     coords = tile_coords(padded_h, padded_w, window, overlap)
-    probs_tiles, disagreement_tiles = [], []
+    probs_tiles, map_tiles = [], []
     for first in range(0, len(coords), batch_size):
         batch = torch.stack(
             [
@@ -67,12 +86,10 @@ def segment_sliding(
         )
         result = head.segment(batch, keep_probs=True, batch_size=batch_size)
         probs_tiles.append(result.mean_probs)
-        disagreement_tiles.append(result.disagreement[:, None])
-    tiles = torch.cat([torch.cat(probs_tiles), torch.cat(disagreement_tiles)], dim=1)
+        map_tiles.append(torch.stack([result.disagreement, result.member_entropy], dim=1))
+    tiles = torch.cat([torch.cat(probs_tiles), torch.cat(map_tiles)], dim=1)
     blended = stitch(tiles, coords, (padded_h, padded_w), blend=blend)[:, :height, :width]
-    probs, disagreement = blended[:-1], blended[-1]
-    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(dim=0)
-    return SlidingResult(probs.argmax(dim=0), probs, entropy, disagreement)
+    return _result(blended[:-2], blended[-2:])
 
 
 def _pad_to_window(image: torch.Tensor, window: int) -> torch.Tensor:
@@ -118,8 +135,7 @@ def segment_measurement(
     if not full_resolution or factor == 1:
         return result
     size = tuple(image.shape[-2:])
-    maps = torch.cat([result.probs, result.disagreement[None]])[None]
-    maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)[0]
-    probs, disagreement = maps[:-1], maps[-1]
-    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(dim=0)
-    return SlidingResult(probs.argmax(dim=0), probs, entropy, disagreement)
+    maps = torch.cat([result.probs, result.disagreement[None], result.member_entropy[None]])
+    # Bilinear weights are a mixture too: JS recomputed from the upsampled maps stays >= 0.
+    maps = F.interpolate(maps[None], size=size, mode="bilinear", align_corners=False)[0]
+    return _result(maps[:-2], maps[-2:])
