@@ -40,11 +40,25 @@ _compose()
 
 
 def main() -> None:
-    """Console entry point: PairforgeError becomes `error: ...` and exit code 2."""
+    """Console entry point: PairforgeError becomes `error: ...` and exit code 2.
+
+    OSErrors of writes (disk full, read-only file system, no permission) that no command turned
+    into a PairforgeError get the same treatment: they name the file and the fix, no traceback.
+    """
+    from pairforge.io import WRITE_ERRNOS, os_error_reason
+
     try:
         app()
     except PairforgeError as err:
         typer.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except OSError as err:
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        reason, fix = os_error_reason(err)
+        typer.echo(
+            f"error: {err.filename or 'a file'}: cannot be written ({reason}); {fix}.", err=True
+        )
         sys.exit(2)
 
 

@@ -8,8 +8,9 @@ Fault hook for tests: ``PAIRFORGE_FAULT=<point>:<n>`` makes the n-th (1-based) c
 `fault_point(<point>)` in this process SIGKILL the process itself, i.e. die exactly inside a
 named write. Points used: ``checkpoint`` (inside a checkpoint write, its tensors on disk but not
 state.json), ``model`` (RUN/.model-tmp written, not yet renamed), ``metrics`` (half a metrics
-line written), ``metrics-rewrite`` (while metrics are rewritten on resume), ``config`` (while
-RUN/config.yaml is written). Unset (the normal case) it costs one dict lookup.
+line written), ``write:<file name>`` (any `atomic_write` of that name, e.g.
+``write:metrics.jsonl`` for the rewrite on resume or ``write:config.yaml``: the temporary file
+complete, not renamed). Unset (the normal case) it costs one dict lookup.
 """
 
 from __future__ import annotations
@@ -43,17 +44,22 @@ _REASONS = {
     errno.EEXIST: ("exists as a file", "remove the file or choose another folder"),
 }
 
+# Write failures the CLI reports as errors (the others are bugs and keep their traceback).
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
 
 def fault_point(name: str) -> None:
     """Test hook: SIGKILL this process at the n-th call of point `name` (see module docstring)."""
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return
-    point, _, count = spec.partition(":")
+    point, _, count = spec.rpartition(":")
+    if not count.isdigit():  # no count given: the first call
+        point, count = spec, "1"
     if point != name:
         return
     _fault_calls[name] = _fault_calls.get(name, 0) + 1
-    if _fault_calls[name] == int(count or 1):
+    if _fault_calls[name] == int(count):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -122,6 +128,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any]) -> Path:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        fault_point(f"write:{path.name}")  # tests: die with the new file complete, not renamed
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -150,7 +157,7 @@ def append_jsonl(path: str | Path, obj: Any) -> None:
     `read_jsonl` on the next read. OSErrors propagate."""
     line = (json.dumps(obj) + "\n").encode("utf-8")
     with open(path, "ab") as f:
-        if os.environ.get(FAULT_ENV, "").startswith("metrics:"):
+        if os.environ.get(FAULT_ENV, "").split(":")[0] == "metrics":
             f.write(line[: len(line) // 2])  # die with half a line on disk, like a full disk
             f.flush()
             os.fsync(f.fileno())

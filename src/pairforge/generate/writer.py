@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +32,7 @@ from pairforge.generate.pipelines import (
     paint_images,
     super_resolve,
 )
+from pairforge.io import atomic_write_text, ensure_writable_dir, iter_tmp_files
 
 PIPELINES = ("joint", "two-stage", "paint")
 STATE_DIR = ".generate"
@@ -222,12 +223,6 @@ def _batches(todo: list[int], batch_size: int, source: MaskSource | None) -> lis
     return batches
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _check_settings(out: Path, settings: dict[str, Any]) -> None:
     """Raise if `out` was generated with other settings (every process checks, so all stop)."""
     path = out / STATE_DIR / "settings.json"
@@ -247,11 +242,16 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> None:
 
 
 def _prepare_state(out: Path, settings: dict[str, Any]) -> None:
-    """Main process: store the settings of a new output; drop timings of an earlier session."""
+    """Main process: store the settings of a new output; drop timings of an earlier session and
+    the temporary files that killed processes left (their samples have no record, so they are
+    generated again)."""
     state = out / STATE_DIR
     (state / "records").mkdir(parents=True, exist_ok=True)
+    for folder in (out, out / "images", out / "masks", state, state / "records"):
+        for stray in iter_tmp_files(folder):
+            stray.unlink(missing_ok=True)
     if not (state / "settings.json").exists():
-        _atomic_write_text(state / "settings.json", json.dumps(settings, indent=2))
+        atomic_write_text(state / "settings.json", json.dumps(settings, indent=2))
     for stale in state.glob("timing-*.json"):
         stale.unlink()
 
@@ -268,7 +268,30 @@ def _done_records(out: Path) -> dict[str, dict[str, Any]]:
     record_dir = out / STATE_DIR / "records"
     if not record_dir.is_dir():
         return {}
-    return {p.stem: json.loads(p.read_text()) for p in sorted(record_dir.glob("*.json"))}
+    records = {}
+    for path in sorted(record_dir.glob("*.json")):
+        if path.name.startswith("."):
+            continue  # a temporary file of a killed process
+        try:
+            records[path.stem] = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            # Records are written atomically, so this one was damaged afterwards: generate
+            # that sample again (its files are overwritten).
+            warnings.warn(f"{path}: damaged record; generating {path.stem} again", stacklevel=2)
+            path.unlink(missing_ok=True)
+    return records
+
+
+def _check_count(out: Path, done: dict[str, dict[str, Any]], num_samples: int) -> None:
+    """Refuse --n smaller than what `out` already holds: keeping the extra pairs would make
+    the dataset larger than asked, deleting them would lose work; the user decides."""
+    extra = sorted(r["index"] for r in done.values() if r.get("index", 0) >= num_samples)
+    if extra:
+        raise PairforgeError(
+            f"{out}: already holds {len(done)} generated pairs (up to {sample_id(extra[-1])}), "
+            f"more than --n {num_samples}; pass --n {max(extra) + 1} or more to resume or extend "
+            f"it, or a new --out for a dataset of {num_samples} pairs."
+        )
 
 
 def output_spec(plan: GenerationPlan):
@@ -303,6 +326,7 @@ def write_generated_dataset(
 
     out = Path(out)
     is_main = process_index == 0
+    ensure_writable_dir(out, "generated dataset folder")
     settings = generation_settings(plan)
     _check_settings(out, settings)
     if is_main:
@@ -312,6 +336,7 @@ def write_generated_dataset(
     record_dir.mkdir(parents=True, exist_ok=True)
 
     done = _done_records(out)
+    _check_count(out, done, plan.num_samples)
     todo = [
         i for i in range(process_index, plan.num_samples, num_processes) if sample_id(i) not in done
     ]
@@ -335,13 +360,13 @@ def write_generated_dataset(
             record = {"id": sample_id(index), "index": index, "seed": seeds[k], **extras[k]}
             if source:
                 record["mask_source_id"] = source.source_id(index)
-            _atomic_write_text(record_dir / f"{sample_id(index)}.json", json.dumps(record))
+            atomic_write_text(record_dir / f"{sample_id(index)}.json", json.dumps(record))
         bar.update(len(indices))
     bar.close()
     elapsed = time.perf_counter() - started
     if is_main:
         writer.flush()
-    _atomic_write_text(
+    atomic_write_text(
         out / STATE_DIR / f"timing-{process_index}.json",
         json.dumps({"samples": len(todo), "seconds": elapsed}),
     )
@@ -376,7 +401,7 @@ def finalize(
     if plan.runs.get("sr") is not None:
         values = [r["sr_mask_agreement"] for r in records if "sr_mask_agreement" in r]
         manifest["sr_mask_agreement_mean"] = float(np.mean(values)) if values else None
-    _atomic_write_text(out / MANIFEST_FILE, json.dumps(manifest, indent=2))
+    atomic_write_text(out / MANIFEST_FILE, json.dumps(manifest, indent=2))
     write_grid(out, [r["id"] for r in records[:GRID_SAMPLES]])
     return manifest
 

@@ -100,7 +100,11 @@ def save_checkpoint(
     except (OSError, RuntimeError) as err:
         shutil.rmtree(tmp, ignore_errors=True)
         previous = [s for s, _ in list_checkpoints(run_dir) if s != step]
-        kept = f"checkpoint step {previous[-1]} is kept" if previous else "no checkpoint is kept"
+        kept = (
+            f"checkpoint step {previous[-1]} is kept (rerun the command to continue from it)"
+            if previous
+            else "there is no earlier checkpoint (a rerun starts from step 0)"
+        )
         error = write_error(final, "checkpoint", err)
         raise PairforgeError(f"{error} Training stopped at step {step}; {kept}.") from None
     for old in list_checkpoints(run_dir)[:-keep]:

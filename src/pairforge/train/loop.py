@@ -271,12 +271,12 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
 
     def diverged(step: int, what: str) -> PairforgeError:
         kept = f"step {last_saved}" if last_saved else "none yet"
+        precision = " or use precision=fp32" if config.precision != "fp32" else ""
         return PairforgeError(
             f"{run_dir}: training stopped at step {step}: {what}. The last finite checkpoint "
             f"({kept}) is kept; nothing non-finite was saved. Fix: lower optim.lr (now "
-            f"{opt.lr:g}) or set optim.grad_clip, check {config.data.path} for NaN/Inf pixels "
-            f"(`pairforge data check {config.data.path}`), or use precision=fp32 (now "
-            f"{config.precision}); then train into a new --out."
+            f"{opt.lr:g}){precision}, and check {config.data.path} for NaN/Inf pixels "
+            f"(`pairforge data check {config.data.path}`); then train into a new --out."
         )
 
     def save_everything(step: int, train_seconds: float) -> None:

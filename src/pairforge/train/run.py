@@ -70,12 +70,21 @@ def model_step(run_dir: str | Path) -> int | None:
 
 
 def model_is_current(run_dir: str | Path, step: int) -> bool:
-    """True when RUN/model/ holds the weights of training step `step` and no interrupted
+    """True when RUN/model/ holds readable weights of training step `step` and no interrupted
     model write (RUN/.model-tmp, RUN/.model-old) is left over."""
     run_dir = Path(run_dir)
     leftovers = (run_dir / MODEL_TMP_DIR).exists() or (run_dir / ".model-old").exists()
     weights = run_dir / MODEL_DIR / "diffusion_pytorch_model.safetensors"
-    return not leftovers and weights.is_file() and model_step(run_dir) == step
+    if leftovers or not weights.is_file() or model_step(run_dir) != step:
+        return False
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(weights), framework="pt") as f:
+            f.keys()  # a damaged header or a truncated file fails here
+    except Exception:
+        return False
+    return True
 
 
 def read_run_config(run_dir: str | Path) -> tuple[dict[str, Any], str] | None:
@@ -182,6 +191,17 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
     weights = model_dir / "diffusion_pytorch_model.safetensors"
     if not weights.is_file():
         raise PairforgeError(f"{weights}: missing (pairforge loads safetensors only); {rebuild}.")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(weights), framework="pt") as f:
+            f.keys()  # the header: a truncated or foreign file fails here, with its reason
+    except Exception as err:
+        first = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+        raise PairforgeError(
+            f"{weights}: cannot be loaded as the run's weights ({first}); the file is damaged: "
+            f"{rebuild}."
+        ) from None
     try:
         # The safetensors file exists (checked above), so diffusers never falls back to a
         # pickled .bin that someone put next to it.

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from pairforge.errors import PairforgeError
+from pairforge.io import atomic_write, ensure_writable_dir
 
 SAMPLE_TASKS = ("image", "joint", "mask")
 
@@ -52,7 +53,7 @@ def sample_run_to_dataset(
         )
     layout = run.layout
     denoise = task_denoiser(layout, run.model)
-    out = Path(out)
+    out = ensure_writable_dir(out, "sample folder")
     seeds = [seed + i for i in range(n)]
     writer = _open_writer(run, out)
     todo = [s for s in seeds if not writer.has(f"sample-{s:06d}")]
@@ -110,15 +111,19 @@ class _MaskFolderWriter:
         return any(self.folder.glob(f"{sample_id}.*"))
 
     def add(self, sample_id: str, image, mask, split: str = "train") -> None:
+        import tifffile
         from PIL import Image
 
+        # Atomic: `has` counts any file as done, so a killed call must not leave half of one.
         ids = self.lookup[mask]
         if ids.max() < 256:
-            Image.fromarray(ids.astype(np.uint8)).save(self.folder / f"{sample_id}.png")
+            png = Image.fromarray(ids.astype(np.uint8))
+            atomic_write(self.folder / f"{sample_id}.png", lambda tmp: png.save(tmp, "PNG"))
         else:
-            import tifffile
-
-            tifffile.imwrite(self.folder / f"{sample_id}.tif", ids.astype(np.uint16))
+            atomic_write(
+                self.folder / f"{sample_id}.tif",
+                lambda tmp: tifffile.imwrite(tmp, ids.astype(np.uint16)),
+            )
 
     def close(self) -> None:
         return None
