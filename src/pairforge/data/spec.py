@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -11,6 +12,41 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pairforge.errors import PairforgeError
 
 SPEC_FILE = "dataset.yaml"
+
+SAMPLE_ID_RULE = (
+    "a sample id is a plain file-name stem: no '/' or '\\', not '.' or '..', no leading dot, "
+    "no NUL, not empty"
+)
+
+
+def sample_id_problem(sample_id: object) -> str | None:
+    """Why `sample_id` is not a plain name (None if it is one).
+
+    Ids become file names under images/ and masks/, so a path separator, `..` or an absolute path
+    would make pairforge read or write outside the dataset; a leading dot would hide the file.
+    """
+    if not isinstance(sample_id, str) or not sample_id:
+        return "it is empty or not a string"
+    if "/" in sample_id or "\\" in sample_id:
+        return "it contains a path separator"
+    if sample_id in (".", ".."):
+        return "it is a relative path"
+    if sample_id.startswith("."):
+        return "it starts with a dot"
+    if "\0" in sample_id:
+        return "it contains a NUL character"
+    return None
+
+
+def check_sample_id(sample_id: object, where: str) -> str:
+    """Return `sample_id` if it is a plain name, else raise PairforgeError naming it and the rule."""
+    problem = sample_id_problem(sample_id)
+    if problem:
+        raise PairforgeError(
+            f"{where}: sample id {sample_id!r} is not allowed ({problem}); {SAMPLE_ID_RULE}. "
+            "Rename the sample and its files"
+        )
+    return sample_id
 
 
 class ChannelSpec(BaseModel):
@@ -85,9 +121,23 @@ class DatasetSpec(BaseModel):
             n = len(self.channels)
             if len(self.normalization.low) != n or len(self.normalization.high) != n:
                 raise ValueError(f"normalization low/high need {n} values, one per channel")
+            for name, low, high in zip(names, self.normalization.low, self.normalization.high):
+                # `not high > low` also catches NaN, which compares false with everything.
+                if not (math.isfinite(low) and math.isfinite(high) and high > low):
+                    raise ValueError(
+                        f"normalization of channel {name!r}: low {low} and high {high} must be "
+                        "finite with high > low; fix the values, or delete the normalization "
+                        "entry to fit it on the train split"
+                    )
         seen: dict[str, str] = {}
         for split, members in self.splits.items():
             for sample_id in members:
+                problem = sample_id_problem(sample_id)
+                if problem:
+                    raise ValueError(
+                        f"split {split!r}: sample id {sample_id!r} is not allowed ({problem}); "
+                        f"{SAMPLE_ID_RULE}"
+                    )
                 if sample_id in seen and seen[sample_id] != split:
                     raise ValueError(
                         f"sample {sample_id!r} is in splits {seen[sample_id]!r} and {split!r}"
@@ -123,10 +173,12 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"]
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key; remove it or check its spelling"
-        got = f" (got {e['input']!r})" if "input" in e and e["type"] != "extra_forbidden" else ""
+        # A top-level check's input is the whole file: its message names the values instead.
+        shown = "input" in e and e["type"] != "extra_forbidden" and e["loc"]
+        got = f" (got {e['input']!r})" if shown else ""
         lines.append(f"{source}: {loc}: {msg}{got}")
     return "\n".join(lines)
 
@@ -136,13 +188,33 @@ def read_spec(path: str | Path) -> DatasetSpec:
     path = Path(path)
     if path.is_dir():
         path = path / SPEC_FILE
+    if path.is_symlink() and not path.exists():
+        raise PairforgeError(
+            f"{path}: is a broken or self-referencing symbolic link; replace it with the file"
+        )
     if not path.exists():
         raise PairforgeError(
             f"{path}: not found. A pairforge dataset is a folder with dataset.yaml, images/ and "
             "masks/; create one with `pairforge data import` or `pairforge data grains`."
         )
+    if path.is_dir():
+        raise PairforgeError(
+            f"{path}: is a folder, expected the YAML file that describes the dataset; remove "
+            "the folder and write dataset.yaml (see `pairforge data import`)"
+        )
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise PairforgeError(
+            f"{path}: is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset "
+            f"{err.start}); save it as UTF-8 YAML"
+        ) from None
+    except OSError as err:
+        raise PairforgeError(
+            f"{path}: cannot be read ({err.strerror or err}); check the file and its permissions"
+        ) from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise PairforgeError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(raw, dict):
