@@ -46,8 +46,13 @@ class ChannelNormalizer:
         high_pct: float = 99.5,
         max_values_per_array: int = 1_000_000,
         seed: int = 0,
+        names: list[str] | None = None,
     ) -> ChannelNormalizer:
-        """Robust per-channel percentiles over (C, H, W) arrays (subsampled for speed, seeded)."""
+        """Robust per-channel percentiles over (C, H, W) arrays (subsampled for speed, seeded).
+
+        Non-finite values are left out; a channel without any finite value raises
+        PairforgeError (named by `names[c]` if given, else by its index).
+        """
         rng = np.random.default_rng(seed)
         per_channel: list[list[np.ndarray]] | None = None
         for arr in arrays:
@@ -62,8 +67,14 @@ class ChannelNormalizer:
         if per_channel is None:
             raise PairforgeError("cannot fit a normalization on zero images")
         low, high = [], []
-        for values in per_channel:
+        for c, values in enumerate(per_channel):
             v = np.concatenate(values)
+            if v.size == 0:  # np.percentile of nothing raises IndexError
+                name = repr(names[c]) if names and c < len(names) else str(c)
+                raise PairforgeError(
+                    f"cannot fit a normalization: channel {name} has no finite value (all NaN or "
+                    "inf); fill the images or set normalization explicitly in dataset.yaml"
+                )
             lo, hi = np.percentile(v, [low_pct, high_pct])
             if not hi > lo:  # near-constant channel: widen around the value
                 lo, hi = float(v.min()), float(v.max())
