@@ -2,12 +2,36 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from pairforge.data.dataset import IGNORE, IMAGE_DIR, IMAGE_SUFFIXES, load_dataset, read_array
+from pairforge.data.dataset import (
+    IGNORE,
+    IMAGE_DIR,
+    IMAGE_SUFFIXES,
+    MASK_DIR,
+    MASK_SUFFIXES,
+    load_dataset,
+    read_array,
+    sample_id_of,
+    unlisted_image_files,
+)
 from pairforge.errors import PairforgeError
+
+
+def stray_files(folder: Path, suffixes: tuple[str, ...]) -> list[str]:
+    """Names in `folder` that are not sample files: hidden or temporary files (e.g. the
+    `.gen000012.tif.tmp4711` of a killed writer), other suffixes, subfolders."""
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.name.startswith(".") or ".tmp" in p.name or p.suffix.lower() not in suffixes
+        or p.is_dir()
+    )  # fmt: skip
 
 
 def check_dataset(path: str | Path) -> dict:
@@ -16,10 +40,16 @@ def check_dataset(path: str | Path) -> dict:
     Returns a JSON-ready dict: `ok`, `problems` (list of messages, each naming its file),
     `samples`, `splits`, `labeled`, `channels` (name, unit, stored dtypes, min/max and
     0.5/99.5 percentiles in physical units), `sizes` (min/max height and width),
-    `classes` (name, id, pixel fraction over labeled samples), `unlisted_files`.
+    `classes` (name, id, pixel fraction over labeled samples), `unlisted_files`,
+    `orphan_masks` (mask files without an image), `stray_files` (folder/name).
+    `warnings` lists what does not break the dataset but deserves a look (masks without an
+    image, stray temporary files); they do not make `ok` false.
     A dataset.yaml that cannot be read at all raises PairforgeError instead.
     """
-    ds = load_dataset(path)
+    with warnings.catch_warnings():
+        # Files in no split are reported below as a problem; loading would also warn of them.
+        warnings.simplefilter("ignore", UserWarning)
+        ds = load_dataset(path)
     spec = ds.spec
     problems: list[str] = []
     heights, widths, dtypes = [], [], set()
@@ -36,11 +66,7 @@ def check_dataset(path: str | Path) -> dict:
         except PairforgeError as err:
             problems.append(str(err))
             continue
-        if not np.all(np.isfinite(image)):
-            bad = int((~np.isfinite(image)).sum())
-            problems.append(
-                f"sample {sample_id!r}: {bad} non-finite pixel values (NaN/inf); fill or mask them"
-            )
+        # NaN / inf pixels, truncated files and broken links are refused by read_pair above.
         heights.append(image.shape[1])
         widths.append(image.shape[2])
         flat = image.reshape(image.shape[0], -1)
@@ -54,19 +80,42 @@ def check_dataset(path: str | Path) -> dict:
             ignored += int(mask.size - valid.size)
             if ds.num_classes:
                 class_counts += np.bincount(valid, minlength=ds.num_classes)[: ds.num_classes]
-    listed = set(ds.ids())
-    unlisted = []
-    if spec.splits:
-        for p in sorted((ds.root / IMAGE_DIR).iterdir()):
-            if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."):
-                stem = p.stem
-                if stem not in listed and not any(stem.startswith(f"{i}_") for i in listed):
-                    unlisted.append(p.name)
-        if unlisted:
-            problems.append(
-                f"{ds.root / IMAGE_DIR}: {len(unlisted)} image file(s) in no split "
-                f"({', '.join(unlisted[:5])}); add them to splits in dataset.yaml or remove them"
-            )
+    unlisted = unlisted_image_files(ds.root, spec)
+    if unlisted:
+        problems.append(
+            f"{ds.root / IMAGE_DIR}: {len(unlisted)} image file(s) in no split "
+            f"({', '.join(unlisted[:5])}); add them to splits in dataset.yaml or remove them"
+        )
+    notes: list[str] = []
+    image_dir, mask_dir = ds.root / IMAGE_DIR, ds.root / MASK_DIR
+    on_disk = set(ds.ids())  # ids with an image, listed or not
+    for p in image_dir.iterdir() if image_dir.is_dir() else ():
+        if p.suffix.lower() in IMAGE_SUFFIXES:
+            on_disk |= {p.stem, sample_id_of(p.name, spec.channel_names)}
+    orphans = []
+    if mask_dir.is_dir():
+        orphans = sorted(
+            p.name
+            for p in mask_dir.iterdir()
+            if p.suffix.lower() in MASK_SUFFIXES and not p.name.startswith(".")
+            and ".tmp" not in p.name and p.stem not in on_disk
+        )  # fmt: skip
+    if orphans:
+        notes.append(
+            f"{mask_dir}: {len(orphans)} mask(s) without an image ({', '.join(orphans[:5])}); "
+            "add their images or delete them"
+        )
+    strays = [
+        f"{folder}/{name}"
+        for folder, suffixes in ((IMAGE_DIR, IMAGE_SUFFIXES), (MASK_DIR, MASK_SUFFIXES))
+        for name in stray_files(ds.root / folder, suffixes)
+    ]
+    if strays:
+        notes.append(
+            f"{ds.root}: {len(strays)} stray file(s) that are not samples ({', '.join(strays[:5])}"
+            f"{', ...' if len(strays) > 5 else ''}); hidden .tmp files are leftovers of an "
+            "interrupted write: delete them"
+        )
     channels = []
     for c, ch in enumerate(spec.channels):
         values = np.concatenate(per_channel[c]) if per_channel[c] else np.zeros(0)
@@ -92,6 +141,7 @@ def check_dataset(path: str | Path) -> dict:
         "path": str(ds.root),
         "ok": not problems,
         "problems": problems,
+        "warnings": notes,
         "samples": len(ds),
         "labeled": labeled,
         "splits": {k: len(v) for k, v in spec.splits.items()},
@@ -104,6 +154,8 @@ def check_dataset(path: str | Path) -> dict:
         "classes": classes,
         "ignored_pixels": ignored,
         "unlisted_files": unlisted,
+        "orphan_masks": orphans,
+        "stray_files": strays,
     }
 
 
@@ -125,6 +177,8 @@ def format_report(report: dict) -> str:
     for cl in report["classes"]:
         frac = "n/a" if cl["pixel_fraction"] is None else f"{100 * cl['pixel_fraction']:.2f} %"
         lines.append(f"class {cl['id']} {cl['name']}: {frac} of labeled pixels")
+    for note in report.get("warnings", []):
+        lines.append(f"warning: {note}")
     if report["problems"]:
         lines.append(f"{len(report['problems'])} problem(s):")
         lines.extend(f"  - {p}" for p in report["problems"])
