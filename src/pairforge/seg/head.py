@@ -167,6 +167,7 @@ def fit_head(
     num_classes: int,
     val_images: torch.Tensor | None = None,
     val_masks: torch.Tensor | None = None,
+    val_fraction: float = 0.2,
     feature_config: FeatureConfig | None = None,
     pixels_per_image: int | None = None,
     cache_dir: str | Path | None = None,
@@ -184,7 +185,8 @@ def fit_head(
     """Extract features of labeled images and train the ensemble on them.
 
     Images are normalized (N, C, H, W); masks long (N, H, W), 255 = ignore. Early stopping
-    uses (val_images, val_masks) when given, else 20% of the training images (by image).
+    uses (val_images, val_masks) when given, else `val_fraction` of the training images (whole
+    images, seeded by `seed`: selection stays inside the training labels).
     feature_config.mask_fill "mean" on a joint model: the fill code comes from the class
     fractions the run recorded ("class_fractions" in pairforge.json), else from `train_masks`
     (the head's own labels, so no label outside its budget), and is stored in the head.
@@ -228,6 +230,7 @@ def fit_head(
         train_pixels,
         num_classes,
         val_pixels=val_pixels,
+        val_fraction=val_fraction,
         num_models=num_models,
         max_epochs=max_epochs,
         patience=patience,
