@@ -17,7 +17,7 @@ training labels too, so its rows are not few-label results (DESIGN.md, label bud
 Noise-level sets (`--sets`): "t:50,150,250" = those timesteps of the run's schedule (today's
 default); "baranchuk" = the published levels (abar of t = 50 / 150 / 250 on the linear schedule,
 t = 103 / 300 / 481 on cosine); "logsnr:4.13,2.03,0.89" = half-way in log-SNR between the two
-on the cosine schedule (t = 72 / 215 / 356 there); any "abar:..." / "logsnr:..." spec.
+on the cosine schedule (t = 72 / 214 / 357 there, abar 0.984 / 0.884 / 0.709); any "abar:..." / "logsnr:..." spec.
 
 Usage (minutes on 2 CPU cores once the runs exist; the runs are trained if missing):
 
