@@ -15,6 +15,8 @@ from test_eval_fixtures import single_thread, write_dataset  # noqa: F401 (autou
 from pairforge.errors import PairforgeError
 from pairforge.eval.fid import (
     INCEPTION_FEATURES,
+    MEAN_ROW_KIND,
+    MEAN_ROW_LABEL,
     DomainFeatureExtractor,
     InceptionFeatureExtractor,
     channel_to_rgb,
@@ -287,15 +289,18 @@ def test_evaluate_fid_rows_counts_and_cache(real_and_fake, tmp_path):
         ("intensity", "channel"),
         ("depth", "channel"),
         ("mask", "mask"),
-        ("average", "average"),
+        ("mean of per-target FIDs, not a metric", "mean_of_targets"),
     ]
     by_target = {r["target"]: r for r in first["rows"]}
     assert by_target["intensity"]["n_real"] == 12 and by_target["intensity"]["n_fake"] == 10
     assert by_target["mask"]["n_real"] == 8 and by_target["mask"]["n_fake"] == 10
     assert all(r["fid"] > 0 for r in first["rows"])
     expected_average = np.mean([by_target[t]["fid"] for t in ("intensity", "depth", "mask")])
-    assert by_target["average"]["fid"] == pytest.approx(expected_average)
+    assert by_target[MEAN_ROW_LABEL]["fid"] == pytest.approx(expected_average)
     assert any("biased upward" in w for w in first["warnings"])
+    # Loaded without a split: the reference is every sample, said in the output and warned.
+    assert first["real"]["split"] == "all" and first["settings"]["real_split"] == "all"
+    assert any("test split included" in w for w in first["warnings"])
     assert len(list(cache.glob("inception-*.npz"))) == 3
     assert not any(r["real_stats_cached"] for r in first["rows"][:3])
 
@@ -307,7 +312,32 @@ def test_evaluate_fid_rows_counts_and_cache(real_and_fake, tmp_path):
         real, fake, extractor=extractor, cmap="gray", cache_dir=cache, kid_subsets=3
     )
     assert [r["real_stats_cached"] for r in gray["rows"][:3]] == [False, False, True]
-    assert "| intensity | inception |" in format_fid_table(first)
+    table = format_fid_table(first)
+    assert "| intensity | inception |" in table
+    assert "| mean of per-target FIDs, not a metric | inception |" in table
+    assert table.endswith(f"real reference: split all of {real.source} (12 images, 8 masks)")
+
+
+def test_real_reference_split_is_chosen_and_stated(tmp_path):
+    real_dir = write_dataset(
+        tmp_path / "real", 4, 32, seed=0, splits={"train": 2, "val": 1, "test": 1}
+    )
+    fake_dir = write_dataset(tmp_path / "fake", 6, 32, seed=1, shift=0.2)
+    train = load_eval_set(real_dir, split="train")
+    train_val = load_eval_set(real_dir, split=["train", "val"])
+    assert (train.num_images, train.split_label) == (2, "train")
+    assert (train_val.num_images, train_val.split_label) == (3, "train,val")
+    assert load_eval_set(real_dir, split="all").split_label == "all"
+    assert load_eval_set(real_dir, split=["train", "train"]).num_images == 2  # read once
+    # The train tiles are the first rows of train+val: same samples, same order.
+    np.testing.assert_array_equal(train_val.images[:2], train.images)
+    fake = load_eval_set(fake_dir, normalizer=train.normalizer)
+    result = evaluate_fid(train, fake, extractor=MeanColorFeatures(), kid_subsets=2)
+    assert result["real"]["split"] == "train" and result["settings"]["real_split"] == "train"
+    assert not any("test split included" in w for w in result["warnings"])
+    assert "real reference: split train of" in format_fid_table(result)
+    with pytest.raises(PairforgeError, match=r"no split named 'holdout'.*'test', 'train', 'val'"):
+        load_eval_set(real_dir, split="holdout")
 
 
 def test_evaluate_fid_of_a_set_against_itself_is_zero(real_and_fake):
@@ -367,14 +397,14 @@ def test_evaluate_fid_reports_domain_row_next_to_inception(real_and_fake):
         real, fake, extractor=MeanColorFeatures(), kid_subsets=3, domain=(domain, run)
     )
     kinds = [r["kind"] for r in result["rows"]]
-    assert kinds == ["channel", "channel", "mask", "average", "domain"]
+    assert kinds == ["channel", "channel", "mask", MEAN_ROW_KIND, "domain"]
     domain_row = result["rows"][-1]
     assert domain_row["features"] == "domain:mid_block@t=100"
     assert domain_row["n_real"] == 12 and domain_row["n_fake"] == 10 and domain_row["fid"] > 0
     assert result["settings"]["domain"]["feature_dim"] == 32
 
 
-@pytest.mark.parametrize("task", ["joint", "sdm"])
+@pytest.mark.parametrize("task", ["image", "joint", "sdm"])
 def test_domain_features_from_a_run_trained_by_pairforge_train(task, real_and_fake, tmp_path):
     from typer.testing import CliRunner
 
@@ -388,11 +418,27 @@ def test_domain_features_from_a_run_trained_by_pairforge_train(task, real_and_fa
          "--set", "data.crop_size=32", "--set", "data.resolution=16", "--out", str(run_dir)],
     )  # fmt: skip
     assert result.exit_code == 0, result.output + repr(result.exception)
-    domain = DomainFeatureExtractor.from_run(run_dir, timestep=200)
+    neutral = task == "image"
+    if not neutral:
+        # A generator's (or mask-trained) network is refused unless explicitly allowed.
+        expected = rf"--domain-run {run_dir}: the run's task is '{task}'.*task 'image'"
+        with pytest.raises(PairforgeError, match=expected) as refused:
+            DomainFeatureExtractor.from_run(run_dir, timestep=200)
+        assert "--domain-any-task" in str(refused.value)
+        cli = CliRunner().invoke(
+            app, ["eval", "fid", real.source, fake.source, "--crop-size", "32",
+                  "--domain-run", str(run_dir), "--no-progress"],
+        )  # fmt: skip
+        assert isinstance(cli.exception, PairforgeError)
+        assert f"the run's task is '{task}'" in str(cli.exception)
+    domain = DomainFeatureExtractor.from_run(run_dir, allow_any_task=not neutral, timestep=200)
     assert domain[1].task == task
     out = evaluate_fid(real, fake, extractor=MeanColorFeatures(), kid_subsets=2, domain=domain)
     row = out["rows"][-1]
-    # joint / sdm runs see image + mask: only labeled samples (8 real tiles, 10 synthetic).
-    assert row["kind"] == "domain" and row["n_real"] == 8 and row["n_fake"] == 10
+    # image runs see every sample (12 real tiles); joint / sdm runs see image + mask: only
+    # labeled samples (8 real tiles); all 10 synthetic samples are labeled.
+    assert row["kind"] == "domain" and row["n_real"] == (12 if neutral else 8)
+    assert row["n_fake"] == 10
     assert np.isfinite(row["fid"]) and row["fid"] > 0
     assert out["settings"]["domain"]["task"] == task
+    assert out["settings"]["domain"]["neutral"] is neutral

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from pairforge.errors import PairforgeError
 from pairforge.eval.cli import report_command
 from pairforge.eval.downstream import summarize_runs, write_downstream
-from pairforge.eval.fid import evaluate_fid
+from pairforge.eval.fid import MEAN_ROW_LABEL, evaluate_fid
 from pairforge.eval.mask_stats import compare_mask_stats, plot_mask_stats
 from pairforge.eval.report import build_report, collect_results
 from pairforge.eval.sets import load_eval_set
@@ -104,9 +104,27 @@ def test_report_renders_every_section(results_dir, tmp_path):
     assert len(images) == 7
     assert all(len(data) > 1000 for data in images)
     assert "<td>intensity</td><td>inception</td>" in page
+    fid = json.loads((results_dir / "eval" / "fid.json").read_text())
+    for row in fid["rows"]:  # every FID row of the JSON, with its label and number
+        assert f"<td>{row['target']}</td><td>inception</td><td>{row['fid']:.3f}</td>" in page
+    assert "<td>mean of per-target FIDs, not a metric</td><td>inception</td>" in page
+    assert f"real reference: split all of {results_dir / 'real'}" in page
     assert "<td>mixed</td><td>4</td><td>4</td><td>3</td><td>51.000</td>" in page
     assert "task: joint" in page and "&quot;pipeline&quot;: &quot;joint&quot;" in page
     assert 'src="http' not in page and "<link" not in page  # self-contained
+
+
+def test_fid_written_before_the_relabel_shows_the_mean_row_labeled(results_dir, tmp_path):
+    path = results_dir / "eval" / "fid.json"
+    old = json.loads(path.read_text())
+    old["real"].pop("split")  # older results: no split recorded (they used every sample)
+    for row in old["rows"]:
+        if row["target"] == MEAN_ROW_LABEL:
+            row["target"] = row["kind"] = "average"
+    path.write_text(json.dumps(old))
+    page = build_report([results_dir], tmp_path / "report.html").read_text()
+    assert f"<td>{MEAN_ROW_LABEL}</td>" in page and "<td>average</td>" not in page
+    assert "real reference: split all of" in page
 
 
 def test_missing_sections_are_stated(tmp_path):

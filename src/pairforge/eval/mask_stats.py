@@ -170,7 +170,11 @@ def compare_mask_stats(real, fake, *, connectivity: int = 8, bins: int = 64, see
     size_distances = [c["size_wasserstein"] for c in classes if c["size_wasserstein"] is not None]
     return {
         "metric": "mask_stats",
-        "real": {"source": real.source, "n_masks": real.num_masks},
+        "real": {
+            "source": real.source,
+            "split": getattr(real, "split_label", "all"),
+            "n_masks": real.num_masks,
+        },
         "fake": {"source": fake.source, "n_masks": fake.num_masks},
         "settings": {
             "connectivity": connectivity,

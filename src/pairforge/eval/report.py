@@ -244,6 +244,8 @@ def _samples_section(found: ReportInputs) -> str:
 
 
 def _fid_section(found: ReportInputs) -> str:
+    from pairforge.eval.fid import MEAN_ROW_LABEL, row_label
+
     if not found.fid:
         return _missing(
             "no fid.json found; run `pairforge eval fid REAL_DIR FAKE_DIR --out EVAL_DIR`"
@@ -252,7 +254,7 @@ def _fid_section(found: ReportInputs) -> str:
     for folder, result in found.fid:
         rows = [
             [
-                r["target"],
+                row_label(r),
                 r["features"],
                 r["fid"],
                 None if r["kid_mean"] is None else r["kid_mean"] * 1e3,
@@ -266,11 +268,26 @@ def _fid_section(found: ReportInputs) -> str:
             ["target", "features", "FID", "KID x1e3", "KID std x1e3", "n real", "n synthetic"], rows
         )
         real, fake = result.get("real", {}), result.get("fake", {})
+        # Older results: the CLI's settings.real_split, None there meaning every sample.
+        split = real.get("split") or result.get("settings", {}).get("real_split") or "all"
         counts = (
-            f"<p>real: {html.escape(str(real.get('source')))} ({real.get('n_images')} images, "
+            f"<p>real reference: split {html.escape(str(split))} of "
+            f"{html.escape(str(real.get('source')))} ({real.get('n_images')} images, "
             f"{real.get('n_masks')} masks); synthetic: {html.escape(str(fake.get('source')))} "
             f"({fake.get('n_images')} images, {fake.get('n_masks')} masks)</p>"
         )
+        domain = (result.get("settings") or {}).get("domain")
+        if domain:
+            counts += (
+                f"<p>domain features: run {html.escape(str(domain.get('run')))} (task "
+                f"{html.escape(str(domain.get('task')))}), {html.escape(str(domain.get('block')))}"
+                f" at t={domain.get('timestep')}</p>"
+            )
+        if any(row_label(r) == MEAN_ROW_LABEL for r in result["rows"]):
+            counts += (
+                f"<p>The row &ldquo;{html.escape(MEAN_ROW_LABEL)}&rdquo; is a plain mean of the "
+                "per-target FIDs, which compare different inputs (each channel, the masks).</p>"
+            )
         warnings = "".join(
             f'<p class="warning">{html.escape(w)}</p>' for w in result.get("warnings", [])
         )

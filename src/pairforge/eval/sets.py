@@ -16,6 +16,8 @@ import numpy as np
 from pairforge.errors import PairforgeError
 
 IGNORE_INDEX = 255
+# Split name that selects every sample of a dataset (all splits, test included).
+ALL_SPLITS = "all"
 
 
 @dataclass
@@ -36,6 +38,13 @@ class EvalSet:
     channel_names: list[str]
     class_names: list[str]
     class_colors: np.ndarray  # (K, 3) uint8 display colors
+    # The splits the samples were read from, e.g. ["train"]; None: every sample of the dataset.
+    splits: list[str] | None = None
+
+    @property
+    def split_label(self) -> str:
+        """The splits as the CLI writes them: "train", "train,val" or "all"."""
+        return ALL_SPLITS if self.splits is None else ",".join(self.splits)
 
     @property
     def num_images(self) -> int:
@@ -58,7 +67,7 @@ class EvalSet:
 def load_eval_set(
     path: str | Path,
     *,
-    split: str | None = None,
+    split: str | list[str] | tuple[str, ...] | None = None,
     normalizer=None,
     crop_size: int | None = None,
     resolution: int | None = None,
@@ -69,7 +78,9 @@ def load_eval_set(
 
     Args:
         path: dataset folder (dataset.yaml, images/, masks/).
-        split: only the samples of this split (None: all).
+        split: only the samples of this split, or of these splits (in this order); None or
+            "all": every sample. A metric's real reference should be the train split: a
+            reference holding the test split leaks it into whatever is tuned on the metric.
         normalizer: ChannelNormalizer to apply; None: the dataset's own. Pass the real dataset's
             normalizer for a synthetic set so both share one value range.
         crop_size: None: read each image whole (all must have the same size). Otherwise cut
@@ -84,9 +95,25 @@ def load_eval_set(
 
     ds = load_dataset(path)
     normalizer = normalizer or ds.normalizer
-    ids = ds.ids(split)
+    splits = [split] if isinstance(split, str) else (None if split is None else list(split))
+    if splits is not None and ALL_SPLITS in splits:
+        splits = None
+    elif splits is not None:
+        splits = list(dict.fromkeys(splits))  # a split named twice is read once
+    if splits is None:
+        ids = ds.ids()
+    else:
+        missing = [s for s in splits if s not in ds.spec.splits]
+        if missing:
+            raise PairforgeError(
+                f"{Path(path) / 'dataset.yaml'}: no split named {missing[0]!r}; its splits are "
+                f"{sorted(ds.spec.splits)}; pass one of them (comma-separated for several) or "
+                f"{ALL_SPLITS!r} for every sample"
+            )
+        ids = [i for s in splits for i in ds.ids(s)]
     if not ids:
-        raise PairforgeError(f"{path}: no samples (split={split!r}); check dataset.yaml splits")
+        label = ALL_SPLITS if splits is None else ",".join(splits)
+        raise PairforgeError(f"{path}: no samples (split {label!r}); check dataset.yaml splits")
     labeled_ids = [i for i in ids if ds.has_mask(i)]
     unlabeled_ids = [i for i in ids if not ds.has_mask(i)]
 
@@ -143,6 +170,7 @@ def load_eval_set(
         channel_names=list(ds.spec.channel_names),
         class_names=[c.name for c in ds.spec.classes],
         class_colors=np.asarray(ds.spec.class_colors, dtype=np.uint8).reshape(-1, 3),
+        splits=splits,
     )
 
 
