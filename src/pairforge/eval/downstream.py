@@ -82,6 +82,32 @@ class DownstreamConfig:
             raise PairforgeError(f"--steps {self.steps}, --batch-size {self.batch_size}: >= 1")
 
 
+def check_disjoint_splits(roles: dict[tuple[str, str], list[str]], real_dir) -> None:
+    """PairforgeError when two of train / val / test share a sample.
+
+    Args:
+        roles: {(role, split name): sample ids}, role one of train, val, test.
+    A training sample in val makes model selection reward memorization; any sample in test and
+    another role makes the test score optimistic. dataset.yaml splits are disjoint, so overlaps
+    come from flags naming one split twice (e.g. --val-split train).
+    """
+    items = list(roles.items())
+    for first in range(len(items)):
+        for second in range(first + 1, len(items)):
+            (role_a, split_a), ids_a = items[first]
+            (role_b, split_b), ids_b = items[second]
+            shared = sorted(set(ids_a) & set(ids_b))
+            if shared:
+                shown = ", ".join(shared[:8]) + (
+                    f" (+{len(shared) - 8} more)" if len(shared) > 8 else ""
+                )
+                raise PairforgeError(
+                    f"{real_dir}: samples {shown} are in both the {role_a} split {split_a!r} and "
+                    f"the {role_b} split {split_b!r}; pass disjoint splits (--train-split, "
+                    "--val-split, --test-split name different splits of dataset.yaml)"
+                )
+
+
 def _labeled_tiles(ds, split: str, crop_size: int, resolution: int, normalizer) -> dict:
     """Tiles of a split's labeled measurements, with pixels covered twice set to ignore.
 
@@ -171,7 +197,8 @@ def run_downstream(
     Returns:
         {"metric": "downstream", "settings": {...}, "data": {...}, "runs": [{"condition",
         "budget" (None for synthetic-only), "seed", "n_real", "n_synthetic", "epochs",
-        "best_epoch", "best_val_miou", "test_miou", "test_per_class_iou", "seconds"}],
+        "best_epoch", "best_val_miou", "selection", "val_miou_per_epoch", "test_miou",
+        "test_per_class_iou", "seconds"}],
         "summary": [{"condition", "budget", "n_seeds", "test_miou_mean", "test_miou_std",
         "val_miou_mean"}], "notes": [...]}.
     """
@@ -212,11 +239,17 @@ def run_downstream(
             f"{real_dir}: split {config.train_split!r} has no labeled samples; label some or "
             "choose another --train-split"
         )
+    # Before any tile is read: a shared sample makes selection or test scores meaningless.
+    check_disjoint_splits(
+        {
+            ("train", config.train_split): train_ids,
+            ("val", config.val_split): real.ids(config.val_split),
+            ("test", config.test_split): real.ids(config.test_split),
+        },
+        real_dir,
+    )
     val = _labeled_tiles(real, config.val_split, crop_size, resolution, normalizer)
     test = _labeled_tiles(real, config.test_split, crop_size, resolution, normalizer)
-    overlap = set(val["ids"]) & set(test["ids"]) | (set(train_ids) & set(test["ids"]))
-    if overlap:
-        raise PairforgeError(f"samples {sorted(overlap)[:5]} are in the test split and another one")
 
     synthetic_images = synthetic_masks = None
     if needs_synthetic:
@@ -308,6 +341,8 @@ def run_downstream(
             "best_epoch": history["best_epoch"],
             "best_val_miou": history["best_val_miou"],
             "selection": history.get("selection"),
+            # The whole selection record: val mIoU after each epoch (test is never looked at).
+            "val_miou_per_epoch": [e.get("val_miou") for e in history.get("epochs", [])],
             "test_miou": test_miou,
             "test_per_class_iou": [None if math.isnan(v) else float(v) for v in per_class],
             "seconds": time.perf_counter() - run_start,
