@@ -98,6 +98,7 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
         append_jsonl,
         atomic_write_text,
         ensure_writable_dir,
+        iter_tmp_files,
         read_jsonl,
         write_error,
         write_jsonl,
@@ -141,6 +142,9 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
     if previous is not None:
         _check_same_run(previous[0], config, run_dir)
     accelerator.wait_for_everyone()
+    if is_main:
+        for stray in iter_tmp_files(run_dir):  # left by a process killed mid-write
+            stray.unlink(missing_ok=True)
     if is_main and (previous is None or previous[1] != config.to_yaml()):
         try:
             atomic_write_text(config_path, config.to_yaml())
