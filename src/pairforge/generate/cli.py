@@ -38,7 +38,11 @@ def generate(
     ),
     sr: Path | None = typer.Option(None, "--sr", help="super-resolution run (task sr), optional"),
     n: int | None = typer.Option(
-        None, "--n", min=1, help="number of pairs (default: 16; paint: one per labeled mask)"
+        None,
+        "--n",
+        min=1,
+        help="number of pairs (default: 16; paint: one per labeled mask); an existing --out is "
+        "resumed or extended to N pairs, and refused if it already holds more than N",
     ),
     seed: int = typer.Option(0, "--seed", min=0, help="seed of pair 0; pair i uses seed + i"),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="pairs per batch and process"),

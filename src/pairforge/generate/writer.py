@@ -316,6 +316,10 @@ def write_generated_dataset(
 ) -> dict[str, Any] | None:
     """Generate plan.num_samples pairs into `out` (this process's share); resumable.
 
+    An existing `out` with the same settings is resumed: finished samples are kept, temporary
+    files of killed processes removed; a larger num_samples extends it, a smaller one than the
+    samples on disk is refused (PairforgeError) rather than silently keeping the extra ones.
+
     Every process calls this with its index; `barrier` waits for all of them (e.g.
     accelerator.wait_for_everyone). The main process (index 0) then lists every finished sample
     in dataset.yaml and writes manifest.json and grid.png; it returns the manifest, others None.
