@@ -1,10 +1,14 @@
 """`pairforge demo`: the whole pipeline on the built-in grain measurements, ending in a report.
 
 The demo is a list of ordinary `pairforge` commands, printed before each runs so they can be
-copied and rerun by hand: data -> joint, mask and SDM training -> pair generation (joint and
-two-stage) -> diffusion-feature segmentation head vs a supervised baseline -> FID, mask
-statistics and the downstream experiment -> report.html. Every step resumes: rerunning the
+copied and rerun by hand: data -> image-only, joint, mask and SDM training -> pair generation
+(joint and two-stage) -> diffusion-feature segmentation head vs a supervised baseline -> FID,
+mask statistics and the downstream experiment -> report.html. Every step resumes: rerunning the
 demo into the same folder skips finished work.
+
+The image-only DDPM (`runs/image`) is the neutral network of the demo: the few-label head reads
+its features (a DDPM trained on masks would leak its labels into them) and the domain-feature
+FID row of both pipelines uses it (the joint model's own features would favour joint samples).
 """
 
 from __future__ import annotations
@@ -24,16 +28,23 @@ from pairforge.errors import PairforgeError
 
 @dataclass
 class DemoPlan:
-    """Sizes of one demo run. `full()` targets ~15 minutes on 2 CPU cores; `quick()` ~1-2 minutes
-    with tiny models (for smoke tests: the numbers it produces mean nothing)."""
+    """Sizes of one demo run. `full()` targets ~15 minutes on 2 CPU cores (9.5 of them training:
+    image 2.5, joint 3, mask 1.25, SDM 2.75); `quick()` ~1-2 minutes with tiny models (for smoke
+    tests: the numbers it produces mean nothing)."""
 
     grain_preset: str = "demo"
+    # The image-only DDPM trains first: the segmentation head and the domain FID row read it.
     train_minutes: dict[str, float] = field(
-        default_factory=lambda: {"joint": 3.0, "mask": 1.25, "sdm": 2.75}
+        default_factory=lambda: {"image": 2.5, "joint": 3.0, "mask": 1.25, "sdm": 2.75}
     )
     train_overrides: list[str] = field(default_factory=list)
     configs: dict[str, str] = field(
-        default_factory=lambda: {"joint": "demo-joint", "mask": "demo-mask", "sdm": "demo-sdm"}
+        default_factory=lambda: {
+            "image": "demo-image",
+            "joint": "demo-joint",
+            "mask": "demo-mask",
+            "sdm": "demo-sdm",
+        }
     )
     num_pairs: int = 96
     labeled_tiles: int = 8
@@ -63,7 +74,7 @@ class DemoPlan:
     def quick(cls) -> DemoPlan:
         return cls(
             grain_preset="tiny",
-            train_minutes={"joint": 1.0, "mask": 1.0, "sdm": 1.0},
+            train_minutes={"image": 1.0, "joint": 1.0, "mask": 1.0, "sdm": 1.0},
             train_overrides=[
                 "model.preset=tiny",
                 "model.block_out_channels=null",
@@ -126,7 +137,7 @@ def run_demo(out: Path, plan: DemoPlan, seed: int = 0) -> Path:
             "data",
             ["data", "grains", str(data), "--preset", plan.grain_preset, "--seed", str(seed)],
         )
-    for role in ("joint", "mask", "sdm"):
+    for role in ("image", "joint", "mask", "sdm"):
         sets = [
             f"data.path={data}",
             f"optim.max_minutes={plan.train_minutes[role]}",
@@ -150,9 +161,11 @@ def run_demo(out: Path, plan: DemoPlan, seed: int = 0) -> Path:
     )  # fmt: skip
     head = out / "seg" / "head"
     budget = str(plan.labeled_tiles)
+    # Features of the image-only DDPM: it saw every training image and no mask, so the head's
+    # labels are the only ones its chain touched.
     stage(
         "segmentation head",
-        ["seg", "fit", "--run", str(runs / "joint"), "--data", str(data), "--max-images", budget,
+        ["seg", "fit", "--run", str(runs / "image"), "--data", str(data), "--max-images", budget,
          "--out", str(head), "--seed", str(seed), *plan.seg_options],
     )  # fmt: skip
     stage(
@@ -162,15 +175,17 @@ def run_demo(out: Path, plan: DemoPlan, seed: int = 0) -> Path:
     )  # fmt: skip
     stage(
         "supervised baseline",
-        ["seg", "baseline", "--run", str(runs / "joint"), "--data", str(data), "--max-images", budget,
+        ["seg", "baseline", "--run", str(runs / "image"), "--data", str(data), "--max-images", budget,
          "--epochs", str(plan.baseline_epochs), "--seed", str(seed), "--json"],
         capture=ev / "seg" / "seg_baseline.json",
     )  # fmt: skip
     for pipeline in ("joint", "two-stage"):
+        # Real reference: the train split only; domain features: the neutral image-only DDPM,
+        # the same network for both pipelines.
         stage(
             f"FID {pipeline}",
             ["eval", "fid", str(data), str(syn / pipeline), "--out", str(ev / pipeline),
-             "--domain-run", str(runs / "joint"), *plan.fid_options],
+             "--real-split", "train", "--domain-run", str(runs / "image"), *plan.fid_options],
         )  # fmt: skip
         stage(
             f"mask statistics {pipeline}",
