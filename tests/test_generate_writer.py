@@ -46,8 +46,11 @@ def test_joint_dataset_reads_back_and_passes_check(tmp_path):
     assert report["ok"], report["problems"]
     # Images are in physical units and equal the pipeline's output for the recorded seed.
     expected = generate_joint(plan.runs["joint"].run, [101], FAST)
+    # Batch 2 on disk vs batch 1 here: equal up to round-off of batched kernels, which the
+    # untrained model's far-out-of-range samples (values ~455) carry through the solver steps
+    # to ~1e-4 relative; another seed differs by O(1).
     np.testing.assert_allclose(
-        ds.read_image("gen000001"), expected.physical_images()[0], rtol=0, atol=2e-3
+        ds.read_image("gen000001"), expected.physical_images()[0], rtol=3e-4, atol=2e-3
     )
     assert np.array_equal(ds.read_mask("gen000001"), expected.masks_numpy()[0])
 
@@ -98,7 +101,7 @@ def test_shards_partition_the_indices(tmp_path):
     for i in range(3):
         a, b = load_dataset(out), load_dataset(single)
         np.testing.assert_allclose(
-            a.read_image(sample_id(i)), b.read_image(sample_id(i)), atol=2e-3, rtol=0
+            a.read_image(sample_id(i)), b.read_image(sample_id(i)), atol=2e-3, rtol=3e-4
         )
 
 
