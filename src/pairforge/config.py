@@ -116,7 +116,10 @@ class TrainConfig(_Section):
     diffusion: DiffusionConfig = DiffusionConfig()
     optim: OptimConfig = OptimConfig()
     ema: EMAConfig = EMAConfig()
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "fp32",
+        description="auto = bf16 where the device has native bf16 (AMX CPUs, GPUs), else fp32",
+    )
     channels_last: bool = False
     compile: bool = Field(
         False, description="torch.compile the U-Net: ~1.3x faster steps, minutes to start on CPU"

@@ -151,13 +151,13 @@ def run_demo(out: Path, plan: DemoPlan, seed: int = 0) -> Path:
     n = str(plan.num_pairs)
     stage(
         "generate joint",
-        ["generate", "--pipeline", "joint", "--run", str(runs / "joint"), "--n", n, "--bf16",
+        ["generate", "--pipeline", "joint", "--run", str(runs / "joint"), "--n", n, "--precision", "auto",
          "--seed", str(seed), "--out", str(syn / "joint")],
     )  # fmt: skip
     stage(
         "generate two-stage",
         ["generate", "--pipeline", "two-stage", "--mask-run", str(runs / "mask"), "--sdm-run",
-         str(runs / "sdm"), "--n", n, "--bf16", "--seed", str(seed), "--out", str(syn / "two-stage")],
+         str(runs / "sdm"), "--n", n, "--precision", "auto", "--seed", str(seed), "--out", str(syn / "two-stage")],
     )  # fmt: skip
     head = out / "seg" / "head"
     budget = str(plan.labeled_tiles)

@@ -63,7 +63,12 @@ def generate(
         max=1.0,
         help="fixed low-res noise augmentation level (default: the SR run's, else 0.2)",
     ),
-    bf16: bool = typer.Option(False, "--bf16", help="run the denoisers under bf16 autocast"),
+    bf16: bool = typer.Option(
+        False, "--bf16", help="bf16 autocast (same as --precision bf16; slow without AMX / GPU)"
+    ),
+    precision: str = typer.Option(
+        "fp32", "--precision", help="auto (bf16 where native: AMX CPUs, GPUs) | fp32 | bf16"
+    ),
     device: str | None = typer.Option(None, "--device", help="(default: accelerate's device)"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     dry_run: bool = typer.Option(
@@ -87,6 +92,7 @@ def generate(
         generation_settings,
         write_generated_dataset,
     )
+    from pairforge.precision import resolve_precision
     from pairforge.train.run import load_run
 
     if sampler not in SAMPLERS:
@@ -150,7 +156,9 @@ def generate(
             sampler=sampler,
             steps=steps or DEFAULT_STEPS[sampler],
             device=target,
-            dtype=torch.bfloat16 if bf16 else torch.float32,
+            dtype=torch.bfloat16
+            if resolve_precision("bf16" if bf16 else precision, target.type) == "bf16"
+            else torch.float32,
             progress=False,
         ),
     )

@@ -12,6 +12,7 @@ import torch
 
 from pairforge.config import TrainConfig
 from pairforge.errors import PairforgeError
+from pairforge.precision import resolve_precision
 
 # Keys that may change when an existing run is continued (everything else must match).
 RESUMABLE_CHANGES = (
@@ -131,7 +132,7 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
     accelerator = Accelerator(cpu=multi_process_cpu, mixed_precision="no")
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     is_main = accelerator.is_main_process
-    bf16 = config.precision == "bf16"
+    bf16 = resolve_precision(config.precision, device.type) == "bf16"
     show_progress = log.progress if progress is None else progress
 
     # Run directory: the resolved config; an existing run must have the same settings.
@@ -275,7 +276,7 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
 
     def diverged(step: int, what: str) -> PairforgeError:
         kept = f"step {last_saved}" if last_saved else "none yet"
-        precision = " or use precision=fp32" if config.precision != "fp32" else ""
+        precision = " or use precision=fp32" if bf16 else ""
         return PairforgeError(
             f"{run_dir}: training stopped at step {step}: {what}. The last finite checkpoint "
             f"({kept}) is kept; nothing non-finite was saved. Fix: lower optim.lr (now "
@@ -325,7 +326,7 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
     model.train()
     bar = tqdm(
         total=opt.max_steps, initial=start_step, disable=not (is_main and show_progress),
-        desc=f"train {config.task}", unit="step", dynamic_ncols=True,
+        desc=f"train {config.task} {'bf16' if bf16 else 'fp32'}", unit="step", dynamic_ncols=True,
     )  # fmt: skip
     started = time.perf_counter()
     tensorboard = _open_tensorboard(run_dir) if is_main and log.tensorboard else None
