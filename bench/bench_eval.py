@@ -105,7 +105,9 @@ def main() -> None:
     extractor(batch)
     figures["inception_seconds_per_image_64px_batch16"] = (time.perf_counter() - start) / 16
 
-    real = load_eval_set(real_dir, crop_size=256, resolution=64, max_items=args.fid_items)
+    real = load_eval_set(
+        real_dir, split="train", crop_size=256, resolution=64, max_items=args.fid_items
+    )  # the reference is the training split, never test (as `eval fid` does)
     results = {}
     for name, folder in (("good", good_dir), ("bad", bad_dir)):
         fake = load_eval_set(folder, normalizer=real.normalizer, max_items=args.fid_items)

@@ -274,6 +274,18 @@ def grains(path, tmp):
     return ["data", "grains", path, "--preset", "tiny"]
 
 
+def eval_fid(path, tmp):
+    """`eval fid` with a valid real set and the broken dataset as the generated one."""
+    real = write_good(tmp / "real")
+    return ["eval", "fid", real, path, "--out", tmp / "fid"]
+
+
+def one_pixel_image(root):
+    """m0 shrunk to 1 x 1 px (image and mask): smaller than any tile."""
+    set_image(root, good_image()[:, :1, :1])
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(root / "masks" / "m0.png")
+
+
 @dataclass
 class Case:
     build: object
@@ -355,6 +367,9 @@ CASES = {
     "unknown-class-id-seg-fit": Case(unknown_class_id, seg_fit, 2, ["unknown class ids 9"]),
     "unknown-color-check": Case(unknown_color, check, 1, ["m0.png", "unknown mask colors (1, 2, 3)"]),
     "unknown-color-train": Case(unknown_color, train, 2, ["unknown mask colors (1, 2, 3)"]),
+    "nan-eval-fid": Case(nan_pixels, eval_fid, 2, ["m0.tif", NONFINITE]),
+    "one-pixel-image-seg-fit": Case(one_pixel_image, seg_fit, 2,
+                                    ["sample 'm0'", "1 x 1 px", "32 px tiles", "remove it"]),
     # output folders of `data grains`
     "grains-out-is-file": Case(out_is_file, grains, 2, ["taken", "exists as a file",
                                                         "choose another folder"]),

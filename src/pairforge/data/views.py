@@ -148,6 +148,12 @@ def load_tiles(
     for sample_id in ids:
         image, mask = ds.read_pair(sample_id)
         sizes[sample_id] = tuple(image.shape[1:])
+        if min(image.shape[1:]) < crop_size:
+            raise PairforgeError(
+                f"{ds.root}: sample {sample_id!r} is {image.shape[1]} x {image.shape[2]} px, "
+                f"smaller than the {crop_size} px tiles (crop_size); remove it from the split or "
+                "use a model / crop_size that fits it"
+            )
         tiles, coords = tile_image(image, crop_size, overlap)
         tiles_t = torch.from_numpy(normalizer.encode(tiles))
         images.append(downsample_image(tiles_t, factor))
