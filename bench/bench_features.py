@@ -5,7 +5,8 @@ DDPM run's scale. For each feature setting (a noise-level set, and for a joint r
 mask fill) and each seed s: choose `--max-images` labeled training tiles at random (seed s, the
 same tiles for every setting), fit the pixel-MLP head on them with early stopping on a held-out
 part of THOSE tiles (`--holdout`, whole tiles, seeded by s; val and test are never used for
-selection), and report mIoU on every tile of the held-out test measurements, for mean-softmax
+selection), and score every tile of the val measurement (the default is CHOSEN on val) and of
+the held-out test measurements (REPORTED only), for mean-softmax
 and majority-vote combining of the same ensemble. Summary: mean and std over seeds per setting,
 and the paired per-seed difference to the first setting of the same run (and mask fill), with
 a 95 % t confidence interval.
@@ -70,11 +71,28 @@ def paired_difference(values: list[float], reference: list[float]) -> dict:
     return {"mean": mean, "ci95": [mean - half, mean + half]}
 
 
-def run_setting(source, data, test, names, spec, mask_fill, seeds, args) -> list[dict]:
-    """Fit and test one feature setting for every seed; one row per seed."""
+def score(head, tiles, num_classes: int) -> dict:
+    """mIoU (and per-class IoU) of the head on `tiles`, for mean-softmax and majority vote."""
     import torch
 
     from pairforge.eval.miou import confusion_matrix, miou_from_confusion
+
+    labels = {"mean": [], "vote": []}
+    for first in range(0, len(tiles.source), 16):
+        features = head.extractor.extract(tiles.images[first : first + 16], torch.float16)
+        for combine in labels:
+            labels[combine].append(head.ensemble.segment(features.float(), combine).labels)
+    result = {}
+    for combine, parts in labels.items():
+        mean, per_class = miou_from_confusion(
+            confusion_matrix(torch.cat(parts), tiles.masks, num_classes)
+        )
+        result[combine] = (mean, per_class.tolist())
+    return result
+
+
+def run_setting(source, data, val, test, names, spec, mask_fill, seeds, args) -> list[dict]:
+    """Fit one feature setting for every seed; score it on val (to choose) and test (to report)."""
     from pairforge.seg.data import labeled_tiles
     from pairforge.seg.head import fit_head
 
@@ -92,11 +110,6 @@ def run_setting(source, data, test, names, spec, mask_fill, seeds, args) -> list
             device=args.device, progress=False,
         )  # fmt: skip
         fit_seconds = time.perf_counter() - start
-        labels = {"mean": [], "vote": []}
-        for first in range(0, len(test.source), 16):
-            features = head.extractor.extract(test.images[first : first + 16], torch.float16)
-            for combine in labels:
-                labels[combine].append(head.ensemble.segment(features.float(), combine).labels)
         row = {
             "run": source.task,
             "set": spec,
@@ -111,15 +124,16 @@ def run_setting(source, data, test, names, spec, mask_fill, seeds, args) -> list
             "best_epochs": [m["best_epoch"] for m in history["members"]],
             "fit_seconds": fit_seconds,
         }
-        for combine, parts in labels.items():
-            confusion = confusion_matrix(torch.cat(parts), test.masks, len(names))
-            mean, per_class = miou_from_confusion(confusion)
-            row[f"miou_{combine}"] = mean
-            row[f"per_class_{combine}"] = per_class.tolist()
+        for split, tiles in (("val", val), ("test", test)):
+            for combine, (mean, per_class) in score(head, tiles, len(names)).items():
+                prefix = "" if split == "test" else "val_"
+                row[f"{prefix}miou_{combine}"] = mean
+                row[f"{prefix}per_class_{combine}"] = per_class
         rows.append(row)
         print(
             f"{source.task:5s} {spec:24s} fill {row['mask_fill'] or '-':5s} seed {seed}: "
-            f"t {row['timesteps']} mIoU mean {row['miou_mean']:.4f} vote {row['miou_vote']:.4f} "
+            f"t {row['timesteps']} val mIoU {row['val_miou_mean']:.4f}, test mIoU mean "
+            f"{row['miou_mean']:.4f} vote {row['miou_vote']:.4f} "
             f"(held-out tiles {row['holdout_tiles']}, {fit_seconds:.1f} s)",
             flush=True,
         )
@@ -137,6 +151,7 @@ def summarize(rows: list[dict], seeds: list[int]) -> list[dict]:
         by_seed = {r["seed"]: r for r in group}
         mean_values = [by_seed[s]["miou_mean"] for s in seeds]
         vote_values = [by_seed[s]["miou_vote"] for s in seeds]
+        val_values = [by_seed[s]["val_miou_mean"] for s in seeds]
         # Reference: the first set of this run; for joint fills, the first set with fill zeros
         # compares fills, the same fill's first set compares sets.
         set_key = (run, fill)
@@ -147,6 +162,8 @@ def summarize(rows: list[dict], seeds: list[int]) -> list[dict]:
             "mask_fill": fill,
             "timesteps": group[0]["timesteps"],
             "abar": [round(a, 4) for a in group[0]["abar"]],
+            "val_miou_mean": statistics.mean(val_values),
+            "val_miou_mean_std": statistics.stdev(val_values) if len(seeds) > 1 else None,
             "miou_mean": statistics.mean(mean_values),
             "miou_mean_std": statistics.stdev(mean_values) if len(seeds) > 1 else None,
             "miou_vote": statistics.mean(vote_values),
@@ -175,14 +192,16 @@ def _diff_text(diff: dict | None) -> str:
 
 def print_table(summary: list[dict]) -> None:
     header = (
-        f"{'run':5s} {'set':24s} {'fill':5s} {'timesteps':16s} {'mIoU mean-softmax':19s} "
+        f"{'run':5s} {'set':24s} {'fill':5s} {'timesteps':16s} {'val mIoU':8s} "
+        f"{'test mIoU mean-softmax':22s} "
         f"{'vote - mean':28s} {'- first set':28s} {'- first fill':28s}"
     )
     print("\n" + header + "\n" + "-" * len(header))
     for e in summary:
         print(
             f"{e['run']:5s} {e['set']:24s} {e['mask_fill'] or '-':5s} "
-            f"{','.join(map(str, e['timesteps'])):16s} {e['miou_mean_text']:19s} "
+            f"{','.join(map(str, e['timesteps'])):16s} {e['val_miou_mean']:8.4f} "
+            f"{e['miou_mean_text']:22s} "
             f"{_diff_text(e['vote_minus_mean']):28s} {_diff_text(e['minus_first_set']):28s} "
             f"{_diff_text(e.get('minus_first_fill')):28s}"
         )
@@ -229,6 +248,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for source, fills in runs:
         crop, res = source.extra["crop_size"], source.extra["resolution"]
+        val = labeled_tiles(args.data, "val", crop, res, source.normalizer)
         test = labeled_tiles(args.data, "test", crop, res, source.normalizer)
         print(
             f"{source.task} run {source.path}: {crop} px crops -> {res} px, test "
@@ -239,10 +259,18 @@ def main(argv: list[str] | None = None) -> dict:
         for fill in fills:
             for spec in args.sets:
                 rows += run_setting(
-                    source, args.data, test, names, spec, fill or "zeros", args.seeds, args
+                    source, args.data, val, test, names, spec, fill or "zeros", args.seeds, args
                 )
     summary = summarize(rows, args.seeds)
     print_table(summary)
+    # Settings are chosen on the val measurement, never on test (test is reported only).
+    image_rows = [e for e in summary if e["run"] != "joint"]
+    best = max(image_rows, key=lambda e: e["val_miou_mean"])
+    print(f"chosen on val (image run): {best['set']} (t {best['timesteps']})")
+    if args.joint_run is not None:
+        joint_rows = [e for e in summary if e["run"] == "joint"]
+        best_joint = max(joint_rows, key=lambda e: e["val_miou_mean"])
+        print(f"chosen on val (joint run): {best_joint['set']} fill {best_joint['mask_fill']}")
     if args.joint_run is not None:
         print("note: the joint run was trained on masks; its rows are not few-label results")
     result = {"args": {k: str(v) for k, v in vars(args).items()}, "classes": names,
