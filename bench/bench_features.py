@@ -212,6 +212,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", type=Path, required=True, help="demo grains dataset")
     parser.add_argument("--run", type=Path, required=True, help="image-only DDPM run")
     parser.add_argument("--joint-run", type=Path, default=None, help="joint run: compare fills")
+    parser.add_argument(
+        "--joint-only", action="store_true", help="skip the image run's rows (with --joint-run)"
+    )
     parser.add_argument("--train-minutes", type=float, default=5.0, help="for missing runs")
     parser.add_argument("--sets", nargs="+", default=DEFAULT_SETS, help="noise-level sets")
     parser.add_argument("--mask-fills", nargs="+", default=MASK_FILLS, choices=MASK_FILLS)
@@ -242,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
     from pairforge.seg.features import load_feature_source
 
     names = class_names(args.data)
-    runs = [(load_feature_source(args.run), [None])]
+    runs = [] if args.joint_only else [(load_feature_source(args.run), [None])]
     if args.joint_run is not None:
         runs.append((load_feature_source(args.joint_run), args.mask_fills))
     rows = []
@@ -265,8 +268,9 @@ def main(argv: list[str] | None = None) -> dict:
     print_table(summary)
     # Settings are chosen on the val measurement, never on test (test is reported only).
     image_rows = [e for e in summary if e["run"] != "joint"]
-    best = max(image_rows, key=lambda e: e["val_miou_mean"])
-    print(f"chosen on val (image run): {best['set']} (t {best['timesteps']})")
+    if image_rows:
+        best = max(image_rows, key=lambda e: e["val_miou_mean"])
+        print(f"chosen on val (image run): {best['set']} (t {best['timesteps']})")
     if args.joint_run is not None:
         joint_rows = [e for e in summary if e["run"] == "joint"]
         best_joint = max(joint_rows, key=lambda e: e["val_miou_mean"])
