@@ -375,7 +375,10 @@ def test_feature_config_dict_roundtrip_and_old_heads():
     # A head.json "features" entry written before noise levels existed.
     old = {"timesteps": [50, 150], "blocks": None, "noise_seed": 0, "mask_fill": "zeros"}
     loaded = FeatureConfig.from_dict(old)
-    assert loaded == FeatureConfig(timesteps=(50, 150))
+    assert loaded == FeatureConfig(timesteps=(50, 150), mask_fill="zeros")
+    # One written before mask_fill existed was fitted with zeros, whatever today's default.
+    del old["mask_fill"]
+    assert FeatureConfig.from_dict(old).mask_fill == "zeros" != FeatureConfig().mask_fill
     assert loaded.abar is None and loaded.logsnr is None and loaded.noise_levels is None
 
 

@@ -110,10 +110,10 @@ def fit_command(
     ),
     noise_seed: int = typer.Option(0, "--noise-seed", help="Seed of the one fixed noise tensor."),
     mask_fill: str = typer.Option(
-        "zeros",
+        "mean",
         "--mask-fill",
-        help="Joint models: mask channels of x0 = zeros | noise | mean (mean code of the "
-        "training masks' class fractions).",
+        help="Joint models: mask channels of x0 = mean (mean code of the training masks' class "
+        "fractions; measured best) | zeros | noise.",
     ),
     num_models: int = typer.Option(10, "--num-models", min=1, help="Ensemble size."),
     max_epochs: int = typer.Option(20, "--epochs", min=1, help="Max epochs per MLP."),
