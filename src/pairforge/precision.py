@@ -3,7 +3,8 @@
 bf16 autocast is the main speed lever on CPUs with AMX or AVX512-BF16 (~6x the fp32 matmul rate
 on the Xeon machines pairforge was first measured on) and on recent GPUs. On a CPU without
 native bf16 (AVX2 only, e.g. AMD EPYC Zen 3) oneDNN emulates it: a 1024^2 bf16 matmul measured
-0.66 GFLOP/s against 53 GFLOP/s in fp32 on one such core, i.e. training ran ~15x slower. So the
+0.66 GFLOP/s against 53 GFLOP/s in fp32 on one such core, and demo-image training
+ran at 1.6 img/s against 17-23 in fp32 (both beside one other busy process). So the
 presets say `precision: auto` and explicit bf16 on such a CPU warns.
 """
 
