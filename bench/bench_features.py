@@ -75,7 +75,7 @@ def score(head, tiles, num_classes: int) -> dict:
     """mIoU (and per-class IoU) of the head on `tiles`, for mean-softmax and majority vote."""
     import torch
 
-    from pairforge.eval.miou import confusion_matrix, miou_from_confusion
+    from pairforge.core.metrics import confusion_matrix, miou_from_confusion
 
     labels = {"mean": [], "vote": []}
     for first in range(0, len(tiles.source), 16):

@@ -141,7 +141,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     prepare(args.data, args.run, args.train_minutes, args.config)
 
-    from pairforge.eval.miou import confusion_matrix, miou_from_confusion
+    from pairforge.core.metrics import confusion_matrix, miou_from_confusion
+    from pairforge.core.supervised import predict_supervised, train_supervised
     from pairforge.seg.data import class_names, labeled_tiles
     from pairforge.seg.ensemble import train_ensemble
     from pairforge.seg.features import (
@@ -149,7 +150,6 @@ def main() -> None:
         extract_pixel_features,
         load_feature_source,
     )
-    from pairforge.seg.supervised import predict_supervised, train_supervised
 
     source = load_feature_source(args.run)
     crop, res = source.extra["crop_size"], source.extra["resolution"]

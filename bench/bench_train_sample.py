@@ -47,12 +47,12 @@ def make_model(run_dir):
     from pairforge.models.factory import build_model
 
     if run_dir:
-        from pairforge.train.run import load_run
+        from pairforge.core.run import load_run
 
         run = load_run(run_dir)
         return run.model, run.scheduler_config, run.resolution, run.sample_shape[0]
     overrides = {"block_out_channels": (32, 64, 128), "attention_levels": (False, False, True)}
-    model = build_model("image", "small", 2, 2, 32, overrides=overrides)
+    model = build_model("UNet2DModel", "small", 2, 2, 32, overrides=overrides)
     return model, make_scheduler_config("cosine", "v"), 32, 2
 
 

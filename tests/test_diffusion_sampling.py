@@ -30,7 +30,7 @@ def _single_thread():
 @pytest.fixture(scope="module")
 def tiny_unet():
     torch.manual_seed(0)
-    return build_model("image", "tiny", 2, 2, 8).eval()
+    return build_model("UNet2DModel", "tiny", 2, 2, 8).eval()
 
 
 @pytest.mark.parametrize(

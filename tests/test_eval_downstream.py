@@ -163,7 +163,7 @@ def test_test_masks_change_test_scores_only_never_the_selection(datasets, tmp_pa
 
 def test_test_miou_of_a_constant_prediction_is_the_known_value(datasets, monkeypatch):
     """Predicting binder everywhere scores IoU(binder) = its pixel share, IoU(grain) = 0."""
-    import pairforge.seg.supervised as supervised
+    import pairforge.core.supervised as supervised
 
     real, _ = datasets
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pairforge.eval.miou import confusion_matrix, mean_iou, miou_from_confusion
+from pairforge.core.metrics import confusion_matrix, mean_iou, miou_from_confusion
 
 
 def test_confusion_matrix_hand_computed():

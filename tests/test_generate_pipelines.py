@@ -9,6 +9,8 @@ import pytest
 import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
+from pairforge.core.seeds import stage_seed
+from pairforge.core.tasks import guided_denoiser
 from pairforge.data.codec import MaskCodec
 from pairforge.data.normalize import ChannelNormalizer
 from pairforge.data.spec import DatasetSpec
@@ -18,10 +20,8 @@ from pairforge.generate.pipelines import (
     generate_joint,
     generate_masks,
     generate_two_stage,
-    guided_denoiser,
     mask_agreement,
     paint_images,
-    stage_seed,
     super_resolve,
 )
 from pairforge.models.sdm import SemanticUNet

@@ -31,7 +31,7 @@ def _tiny_run(run_dir):
     from pairforge.train.run import write_inference_model
 
     torch.manual_seed(0)
-    model = build_model("image", "tiny", 2, 2, 16)
+    model = build_model("UNet2DModel", "tiny", 2, 2, 16)
     spec = DatasetSpec(
         name="toy",
         channels=[{"name": "intensity"}, {"name": "depth", "unit": "um"}],

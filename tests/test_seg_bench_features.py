@@ -29,7 +29,7 @@ def _tiny_joint_run(run_dir):
 
     torch.manual_seed(1)
     codec = MaskCodec(2, "onehot")
-    model = build_model("joint", "tiny", 4, 4, 16)
+    model = build_model("UNet2DModel", "tiny", 4, 4, 16)
     info = {
         "model_class": "UNet2DModel",
         "task": "joint",

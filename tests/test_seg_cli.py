@@ -26,7 +26,7 @@ def _tiny_run(run_dir):
     from pairforge.train.run import write_inference_model
 
     torch.manual_seed(0)
-    model = build_model("image", "tiny", 2, 2, 16)
+    model = build_model("UNet2DModel", "tiny", 2, 2, 16)
     info = {
         "model_class": "UNet2DModel",
         "task": "image",
@@ -129,7 +129,7 @@ def test_fit_eval_predict_autolabel_and_baseline(setup):
     )
     assert baseline["num_images"] == report["num_images"]  # same test tiles as the head
     assert baseline["best_epoch"] in (1, 2)
-    from pairforge.seg.supervised import load_supervised
+    from pairforge.core.supervised import load_supervised
 
     model, config = load_supervised(tmp / "sup")
     assert config["num_classes"] == 2 and config["crop_size"] == 32

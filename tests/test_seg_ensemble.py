@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from pairforge.core.metrics import mean_iou
 from pairforge.errors import PairforgeError
-from pairforge.eval.miou import mean_iou
 from pairforge.seg.ensemble import (
     EnsembleConfig,
     PixelEnsemble,

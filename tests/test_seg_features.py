@@ -29,7 +29,7 @@ from pairforge.seg.features import (
 def _tiny_unet(in_channels: int = 2, widths=(16, 32), seed: int = 0):
     torch.manual_seed(seed)
     overrides = {"block_out_channels": widths, "attention_levels": [False] * len(widths)}
-    return build_model("image", "tiny", in_channels, in_channels, 16, overrides=overrides)
+    return build_model("UNet2DModel", "tiny", in_channels, in_channels, 16, overrides=overrides)
 
 
 @pytest.mark.parametrize(
@@ -243,7 +243,7 @@ def test_memory_cache_on_disk_and_budget_error(tmp_path):
 
 def test_hundred_labeled_64px_images_fit_well_inside_24_gib():
     # Widest preset ("base"), three timesteps, every pixel; widths read from the model config.
-    base = build_model("image", "base", 2, 2, 64)
+    base = build_model("UNet2DModel", "base", 2, 2, 64)
     feature_dim = 3 * sum(w for n, w in block_widths(base.config).items() if n != "mid_block")
     estimate = estimate_feature_memory([64 * 64] * 100, feature_dim, (64, 64), batch_size=8)
     assert estimate.ram_bytes < 4 * 2**30

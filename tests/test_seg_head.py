@@ -5,10 +5,10 @@ import json
 import pytest
 import torch
 
+from pairforge.core.metrics import mean_iou
 from pairforge.data.codec import MaskCodec
 from pairforge.diffusion.schedule import alphas_cumprod, make_scheduler_config
 from pairforge.errors import PairforgeError
-from pairforge.eval.miou import mean_iou
 from pairforge.models.factory import build_model
 from pairforge.seg.features import (
     FeatureConfig,
@@ -21,7 +21,7 @@ from pairforge.seg.head import SegmentationHead, fit_head
 
 def _model_dir(tmp_path):
     torch.manual_seed(0)
-    model = build_model("image", "tiny", 2, 2, 16)
+    model = build_model("UNet2DModel", "tiny", 2, 2, 16)
     model.save_pretrained(tmp_path / "unet")
     (tmp_path / "unet" / "scheduler_config.json").write_text(json.dumps(make_scheduler_config()))
     return tmp_path / "unet"
@@ -88,7 +88,7 @@ def test_load_rejects_a_model_with_other_widths(tmp_path):
         source, images, masks, num_classes=2, num_models=1, max_epochs=1, progress=False
     )
     head.save(tmp_path / "head")
-    other = build_model("image", "tiny", 2, 2, 16, overrides={"block_out_channels": (8, 16)})
+    other = build_model("UNet2DModel", "tiny", 2, 2, 16, overrides={"block_out_channels": (8, 16)})
     other.save_pretrained(tmp_path / "other")
     with pytest.raises(PairforgeError, match="expects"):
         SegmentationHead.load(tmp_path / "head", source=tmp_path / "other")
@@ -123,7 +123,7 @@ def _joint_source(num_classes=3, image_channels=2):
     torch.manual_seed(0)
     codec = MaskCodec(num_classes, "onehot")
     channels = image_channels + codec.channels
-    model = build_model("joint", "tiny", channels, channels, 16)
+    model = build_model("UNet2DModel", "tiny", channels, channels, 16)
     return FeatureSource(model, make_scheduler_config(), image_channels, extra={"codec": codec})
 
 

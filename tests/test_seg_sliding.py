@@ -15,7 +15,7 @@ from pairforge.seg.sliding import segment_measurement, segment_sliding
 
 def _head(resolution=16, crop_size=None, normalizer=None):
     torch.manual_seed(0)
-    model = build_model("image", "tiny", 2, 2, 16)
+    model = build_model("UNet2DModel", "tiny", 2, 2, 16)
     extractor = DiffusionFeatureExtractor(
         model, make_scheduler_config(), config=FeatureConfig(timesteps=(50, 250))
     )

@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from pairforge.errors import PairforgeError
-from pairforge.seg.supervised import (
+from pairforge.core.supervised import (
     build_supervised_model,
     evaluate_supervised,
     predict_supervised,
     train_supervised,
 )
+from pairforge.errors import PairforgeError
 
 
 def _toy(num_images: int, size: int, seed: int):

@@ -127,7 +127,7 @@ def test_accelerate_launch_two_cpu_processes(data_path, tmp_path):
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2, 3]
     assert all(m["processes"] == 2 for m in metrics)
-    from pairforge.train.run import load_run
+    from pairforge.core.run import load_run
 
     run = load_run(run_dir)
     x = torch.zeros(1, 5, 16, 16)

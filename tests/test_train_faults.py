@@ -15,10 +15,11 @@ from safetensors.torch import load_file
 from test_train_helpers import one_thread, tiny_config, write_tiny_dataset
 
 from pairforge import io
+from pairforge.core.run import load_run
 from pairforge.errors import PairforgeError
 from pairforge.train.checkpoint import list_checkpoints, save_checkpoint
 from pairforge.train.loop import train
-from pairforge.train.run import load_run, write_inference_model
+from pairforge.train.run import write_inference_model
 
 pytestmark = pytest.mark.filterwarnings("error::UserWarning")  # warnings are asserted, not lost
 

@@ -6,14 +6,14 @@ import math
 import pytest
 import torch
 
-from pairforge.models.sr import noise_augment
-from pairforge.train.ema import EMA
-from pairforge.train.tasks import (
+from pairforge.core.tasks import (
     low_res_condition,
     make_layout,
     segmap_from_mask,
     training_inputs,
 )
+from pairforge.models.sr import noise_augment
+from pairforge.train.ema import EMA
 
 
 def labeled_batch(generator: torch.Generator, batch: int = 64, size: int = 8, classes: int = 3):

@@ -9,13 +9,13 @@ import torch
 from safetensors.torch import load_file
 from test_train_helpers import one_thread, tiny_config, write_tiny_dataset
 
+from pairforge.core.run import load_run
 from pairforge.diffusion.objectives import diffusion_loss, q_sample
 from pairforge.diffusion.schedule import alphas_cumprod, make_scheduler_config
 from pairforge.errors import PairforgeError
 from pairforge.models.factory import build_model
 from pairforge.train.checkpoint import latest_checkpoint, list_checkpoints
 from pairforge.train.loop import train
-from pairforge.train.run import load_run
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -31,7 +31,7 @@ def data_path(tmp_path_factory):
 @pytest.mark.parametrize("prediction", ["eps", "v"])
 def test_a_few_steps_reduce_the_loss_on_a_fixed_batch(prediction):
     torch.manual_seed(0)
-    model = build_model("image", "tiny", 2, 2, 16)
+    model = build_model("UNet2DModel", "tiny", 2, 2, 16)
     config = make_scheduler_config("cosine", prediction)
     abar = alphas_cumprod(config)
     g = torch.Generator().manual_seed(1)
@@ -91,7 +91,7 @@ def test_save_load_gives_identical_outputs(data_path, tmp_path):
     run = load_run(run_dir)
     # The inference weights are the EMA weights of the last checkpoint, bit for bit.
     ema = load_file(latest_checkpoint(run_dir) / "ema.safetensors")
-    fresh = build_model("image", "tiny", 2, 2, 16)
+    fresh = build_model("UNet2DModel", "tiny", 2, 2, 16)
     fresh.load_state_dict(ema)
     fresh.eval()
     x = torch.randn(3, 2, 16, 16, generator=torch.Generator().manual_seed(0))

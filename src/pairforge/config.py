@@ -137,11 +137,9 @@ class TrainConfig(_Section):
                 f"data.crop_size {self.data.crop_size} is smaller than data.resolution "
                 f"{self.data.resolution}; crops are downsampled, so crop_size >= resolution"
             )
-        if self.task == "sr" and self.data.resolution % self.sr.scale_factor:
-            raise ValueError(
-                f"data.resolution {self.data.resolution} is not divisible by sr.scale_factor "
-                f"{self.sr.scale_factor}"
-            )
+        from pairforge.core.tasks import get_task
+
+        get_task(self.task).check_config(self)
         return self
 
     def to_yaml(self) -> str:

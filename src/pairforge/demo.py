@@ -21,9 +21,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import click
 import typer
 
 from pairforge.errors import PairforgeError
+from pairforge.io import atomic_write_text
 
 
 @dataclass
@@ -98,14 +100,9 @@ class DemoPlan:
         )
 
 
-def _invoke(args: list[str], capture: Path | None = None) -> None:
-    """Run one `pairforge` command in this process, echoing it first."""
-    from typer.main import get_command
-
-    from pairforge.cli import app
-
+def _invoke(command: click.Command, args: list[str], capture: Path | None = None) -> None:
+    """Run one `pairforge` command (`command`: the root CLI group) in this process, echoing it."""
     typer.secho("$ pairforge " + shlex.join(args), fg=typer.colors.CYAN, err=True)
-    command = get_command(app)
     if capture is None:
         command.main(args, prog_name="pairforge", standalone_mode=False)
         return
@@ -113,12 +110,13 @@ def _invoke(args: list[str], capture: Path | None = None) -> None:
     with contextlib.redirect_stdout(buffer):
         command.main(args, prog_name="pairforge", standalone_mode=False)
     capture.parent.mkdir(parents=True, exist_ok=True)
-    capture.write_text(buffer.getvalue())
+    atomic_write_text(capture, buffer.getvalue())
     typer.echo(buffer.getvalue().rstrip())
 
 
-def run_demo(out: Path, plan: DemoPlan, seed: int = 0) -> Path:
-    """Run every stage into `out`; returns the report path. Timings go to out/demo.json."""
+def run_demo(out: Path, plan: DemoPlan, cli: click.Command, seed: int = 0) -> Path:
+    """Run every stage into `out` with the `pairforge` root command `cli`; returns the report
+    path. Timings go to out/demo.json."""
     out.mkdir(parents=True, exist_ok=True)
     data, runs, syn, ev = out / "data", out / "runs", out / "synthetic", out / "eval"
     timings: dict[str, float] = {}
@@ -129,7 +127,7 @@ def run_demo(out: Path, plan: DemoPlan, seed: int = 0) -> Path:
         elapsed = (t0 - start) / 60
         typer.secho(f"\n== {name}  (demo time so far {elapsed:.1f} min)", bold=True, err=True)
         for args in commands:
-            _invoke(args, capture=capture)
+            _invoke(cli, args, capture=capture)
         timings[name] = round(time.perf_counter() - t0, 1)
 
     if not (data / "dataset.yaml").exists():
@@ -199,11 +197,12 @@ def run_demo(out: Path, plan: DemoPlan, seed: int = 0) -> Path:
         )  # fmt: skip
     report = out / "report.html"
     total = round(time.perf_counter() - start, 1)
-    (out / "demo.json").write_text(
+    atomic_write_text(
+        out / "demo.json",
         json.dumps(
             {"plan": asdict(plan), "seed": seed, "seconds": timings, "total_seconds": total},
             indent=2,
-        )
+        ),
     )
     stage("report", ["report", str(out), "--out", str(report), "--title", "pairforge demo"])
     typer.secho(f"\ndemo finished in {total / 60:.1f} min: open {report}", bold=True, err=True)
@@ -211,6 +210,7 @@ def run_demo(out: Path, plan: DemoPlan, seed: int = 0) -> Path:
 
 
 def demo_command(
+    ctx: typer.Context,
     out: Path = typer.Option(
         Path("runs/demo"), "--out", help="Folder for data, runs, samples, eval and report."
     ),
@@ -233,4 +233,4 @@ def demo_command(
         return
     if out.exists() and not out.is_dir():
         raise PairforgeError(f"--out {out}: is a file; pass a folder")
-    run_demo(out, plan, seed=seed)
+    run_demo(out, plan, ctx.find_root().command, seed=seed)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from pairforge.data.dataset import (
-    IGNORE,
+    IGNORE_INDEX,
     IMAGE_DIR,
     IMAGE_SUFFIXES,
     MASK_DIR,
@@ -76,7 +76,7 @@ def check_dataset(path: str | Path) -> dict:
             per_channel[c].append(flat[c])
         if mask is not None:
             labeled += 1
-            valid = mask[mask != IGNORE]
+            valid = mask[mask != IGNORE_INDEX]
             ignored += int(mask.size - valid.size)
             if ds.num_classes:
                 class_counts += np.bincount(valid, minlength=ds.num_classes)[: ds.num_classes]

@@ -7,6 +7,9 @@ from typing import Any
 
 from pairforge.errors import PairforgeError
 
+# The class index of unlabeled pixels in every loaded or generated mask (never a real class).
+IGNORE_INDEX = 255
+
 CODEC_KINDS = ("onehot", "bits", "auto")
 # "auto" uses one-hot up to this many classes and analog bits above (SatSynth-style).
 AUTO_ONEHOT_MAX_CLASSES = 8

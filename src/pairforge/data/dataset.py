@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pairforge.data.codec import IGNORE_INDEX
 from pairforge.data.normalize import ChannelNormalizer
 from pairforge.data.spec import SPEC_FILE, DatasetSpec, check_sample_id, read_spec
 from pairforge.errors import PairforgeError
@@ -21,7 +22,6 @@ IMAGE_DIR = "images"
 MASK_DIR = "masks"
 IMAGE_SUFFIXES = (".tif", ".tiff", ".npy", ".png")
 MASK_SUFFIXES = (".png", ".tif", ".tiff", ".npy")
-IGNORE = 255  # class index used in loaded masks for unlabeled pixels
 
 
 CORRUPT_FIX = (
@@ -262,7 +262,7 @@ class Dataset:
                 )
         else:
             self._ids = sorted(_discover_ids(root / IMAGE_DIR, spec))
-        # class id -> class index; everything else is unknown (ignore_index -> IGNORE).
+        # class id -> class index; everything else is unknown (ignore_index -> IGNORE_INDEX).
         self._id_to_index = {c.id: i for i, c in enumerate(spec.classes)}
         self._files = {i: self._image_files(i) for i in self._ids}
 
@@ -409,7 +409,7 @@ class Dataset:
         values, counts = np.unique(raw, return_counts=True)
         lut_keys = dict(self._id_to_index)
         if self.spec.ignore_index is not None:
-            lut_keys[self.spec.ignore_index] = IGNORE
+            lut_keys[self.spec.ignore_index] = IGNORE_INDEX
         unknown = [(int(v), int(c)) for v, c in zip(values, counts) if int(v) not in lut_keys]
         if unknown:
             listing = ", ".join(f"{v} ({c} px)" for v, c in unknown[:10])
@@ -507,7 +507,7 @@ class DatasetWriter:
     (16-bit TIFF when an id exceeds 255).
     """
 
-    def __init__(self, path: str | Path, spec: DatasetSpec, flush_every: int = 32):
+    def __init__(self, path: str | Path, spec: DatasetSpec, flush_every: int | None = 32):
         self.root = Path(path)
         # An existing file, a read-only disk or a full one: a PairforgeError naming the folder.
         ensure_writable_dir(self.root, "dataset folder")
@@ -572,19 +572,19 @@ class DatasetWriter:
             self.spec.splits.setdefault(split, []).append(sample_id)
             self._done.add(sample_id)
         self._pending += 1
-        if self._pending >= self.flush_every:
+        if self.flush_every is not None and self._pending >= self.flush_every:
             self.flush()
 
     def _write_mask(self, sample_id: str, mask: np.ndarray) -> None:
         indices = mask.astype(np.int64)
         k = self.spec.num_classes
-        bad = np.unique(indices[(indices < 0) | ((indices >= k) & (indices != IGNORE))])
+        bad = np.unique(indices[(indices < 0) | ((indices >= k) & (indices != IGNORE_INDEX))])
         if bad.size:
             raise PairforgeError(
                 f"sample {sample_id!r}: mask has class indices {bad.tolist()} outside 0..{k - 1}"
             )
         lut = self._index_to_id.copy()
-        ids = np.where(indices == IGNORE, -1, lut[np.clip(indices, 0, k)])
+        ids = np.where(indices == IGNORE_INDEX, -1, lut[np.clip(indices, 0, k)])
         if (ids == -1).any():
             if self.spec.ignore_index is None:
                 self.spec.ignore_index = 255 if 255 not in lut[:k] else 65535

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pairforge.data.dataset import IGNORE, Dataset
+from pairforge.data.codec import IGNORE_INDEX
+from pairforge.data.dataset import Dataset
 from pairforge.data.normalize import ChannelNormalizer
 from pairforge.errors import PairforgeError
 
@@ -57,14 +58,14 @@ def downsample_mask(mask, factor: float, num_classes: int, min_labeled_fraction:
     lead = t.shape[:-2]
     m = t.reshape(-1, *t.shape[-2:]).long()
     size = (round(m.shape[-2] / factor), round(m.shape[-1] / factor))
-    valid = m != IGNORE
+    valid = m != IGNORE_INDEX
     onehot = F.one_hot(torch.where(valid, m, 0), num_classes).permute(0, 3, 1, 2).float()
     onehot = onehot * valid[:, None]
     votes = F.interpolate(onehot, size=size, mode="area")
     out = votes.argmax(dim=1)
     # votes sum to the labeled fraction of each block; the margin absorbs float rounding so that
     # exactly half labeled is "not more than half".
-    out[votes.sum(dim=1) <= min_labeled_fraction + 1e-6] = IGNORE
+    out[votes.sum(dim=1) <= min_labeled_fraction + 1e-6] = IGNORE_INDEX
     out = out.reshape(*lead, *size)
     return out.numpy() if was_np else out
 

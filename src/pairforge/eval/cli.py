@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from pairforge.errors import PairforgeError
+from pairforge.io import atomic_write_text
 
 app = typer.Typer(no_args_is_help=True, help="eval commands")
 
@@ -83,7 +84,7 @@ def _write_json(path: Path, payload: dict) -> None:
     import json
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2))
+    atomic_write_text(path, json.dumps(payload, indent=2))
 
 
 @app.command(
@@ -174,7 +175,7 @@ def fid(
     result["settings"].update(scale)
     if out is not None:
         _write_json(out / "fid.json", result)
-        (out / "fid.md").write_text(format_fid_table(result) + "\n")
+        atomic_write_text(out / "fid.md", format_fid_table(result) + "\n")
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:

@@ -1,6 +1,6 @@
 """Downstream experiment: does a segmenter get better when synthetic pairs join its training data?
 
-Protocol (DESIGN.md): one segmenter recipe (`pairforge.seg.supervised`) is trained on
+Protocol (DESIGN.md): one segmenter recipe (`pairforge.core.supervised`) is trained on
 real-only, synthetic-only and real + synthetic data, at several label budgets (numbers of
 labeled real training crops) and several seeds. Each training run selects its epoch by mIoU on
 tiles of the validation split, never the test split; the selected model is scored once on tiles
@@ -24,10 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
+from pairforge.core.seeds import downstream_order_seed, downstream_pick_seed
+from pairforge.data.codec import IGNORE_INDEX
 from pairforge.errors import PairforgeError
+from pairforge.io import atomic_write_text
 
 CONDITIONS = ("real", "synthetic", "mixed")
-IGNORE_INDEX = 255
 
 
 @dataclass
@@ -172,7 +174,7 @@ def _repeat_order(num_samples: int, length: int, seed: int):
     """Indices of `length` draws covering 0..num_samples-1 evenly (concatenated seeded permutations)."""
     import torch
 
-    generator = torch.Generator().manual_seed(20_000 + seed)
+    generator = torch.Generator().manual_seed(downstream_order_seed(seed))
     repeats = math.ceil(length / num_samples)
     order = torch.cat([torch.randperm(num_samples, generator=generator) for _ in range(repeats)])
     return order[:length]
@@ -204,10 +206,10 @@ def run_downstream(
     """
     import torch
 
+    from pairforge.core.metrics import confusion_matrix, miou_from_confusion
+    from pairforge.core.supervised import predict_supervised, train_supervised
     from pairforge.data.dataset import load_dataset
-    from pairforge.eval.miou import confusion_matrix, miou_from_confusion
     from pairforge.eval.sets import dataset_image_size, load_eval_set, synthetic_scale
-    from pairforge.seg.supervised import predict_supervised, train_supervised
 
     config.validate()
     start = time.perf_counter()
@@ -305,7 +307,7 @@ def run_downstream(
             parts_images.append(images)
             parts_masks.append(masks)
         if n_synthetic:
-            generator = torch.Generator().manual_seed(10_000 + seed)
+            generator = torch.Generator().manual_seed(downstream_pick_seed(seed))
             pick = torch.randperm(available, generator=generator)[:n_synthetic]
             parts_images.append(synthetic_images[pick])
             parts_masks.append(synthetic_masks[pick])
@@ -480,7 +482,7 @@ def write_downstream(result: dict, out_dir: str | Path) -> dict[str, Path]:
         "table": out_dir / "downstream.md",
         "plot": out_dir / "downstream.png",
     }
-    paths["json"].write_text(json.dumps(result, indent=2))
-    paths["table"].write_text(format_downstream_table(result) + "\n")
+    atomic_write_text(paths["json"], json.dumps(result, indent=2))
+    atomic_write_text(paths["table"], format_downstream_table(result) + "\n")
     plot_downstream(result, paths["plot"])
     return paths

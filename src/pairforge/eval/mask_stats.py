@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage, stats
 
+from pairforge.data.codec import IGNORE_INDEX
 from pairforge.errors import PairforgeError
 
-IGNORE_INDEX = 255
 # Pixels drawn per (class, channel) for value distances: enough for a stable W1, bounded memory.
 MAX_VALUE_SAMPLES = 200_000
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from pairforge.errors import PairforgeError
+from pairforge.io import atomic_write_text
 
 EVAL_FILES = {"fid": "fid.json", "mask_stats": "mask_stats.json", "downstream": "downstream.json"}
 SCAN_DEPTH = 3
@@ -479,5 +480,5 @@ def build_report(paths: list[str | Path], out: str | Path, title: str = "pairfor
     )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page)
+    atomic_write_text(out, page)
     return out

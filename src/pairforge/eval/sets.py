@@ -15,7 +15,6 @@ import numpy as np
 
 from pairforge.errors import PairforgeError
 
-IGNORE_INDEX = 255
 # Split name that selects every sample of a dataset (all splits, test included).
 ALL_SPLITS = "all"
 

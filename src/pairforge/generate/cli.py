@@ -80,6 +80,7 @@ def generate(
     import torch
     from accelerate import PartialState
 
+    from pairforge.core.run import load_run
     from pairforge.diffusion.sampling import DEFAULT_STEPS, SAMPLERS
     from pairforge.generate.pipelines import (
         DEFAULT_GUIDANCE_SCALE,
@@ -93,7 +94,6 @@ def generate(
         write_generated_dataset,
     )
     from pairforge.precision import resolve_precision
-    from pairforge.train.run import load_run
 
     if sampler not in SAMPLERS:
         raise PairforgeError(f"--sampler {sampler!r} is unknown; use one of {', '.join(SAMPLERS)}.")
@@ -130,10 +130,10 @@ def generate(
         runs[role] = RunRef(loaded, Path(path))
 
     if guidance is None:
-        sdm_config = getattr(runs.get("sdm", RunRef(None)).run, "config", None)
+        sdm_config = runs["sdm"].run.config if "sdm" in runs else None
         guidance = sdm_config.sdm.guidance_scale if sdm_config else DEFAULT_GUIDANCE_SCALE
     if sr_noise_level is None:
-        sr_config = getattr(runs.get("sr", RunRef(None)).run, "config", None)
+        sr_config = runs["sr"].run.config if "sr" in runs else None
         sr_noise_level = sr_config.sr.sample_noise_level if sr_config else DEFAULT_SR_NOISE_LEVEL
 
     if n is None:

@@ -8,52 +8,33 @@ masks); `GeneratedPairs.physical_images()` converts images to physical units.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from pairforge.core.run import layout_of, require_task
+from pairforge.core.seeds import seeded_normal, stage_seed
+from pairforge.core.tasks import DenoiseFn, SrTask, guided_denoiser, segmap_from_mask
+from pairforge.data.codec import IGNORE_INDEX
 from pairforge.data.normalize import ChannelNormalizer
 from pairforge.errors import PairforgeError
 
-# Fixed per-stage offsets: two stages of one sample never share noise.
-STAGE_IDS = {"joint": 0, "mask": 1, "image": 2, "sr": 3, "sr-augment": 4}
 DEFAULT_GUIDANCE_SCALE = 1.5
 DEFAULT_SR_NOISE_LEVEL = 0.2
-
-DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def stage_seed(seed: int, stage: str) -> int:
-    """Seed of one stage of one sample: a 32-bit hash of (seed, stage), independent across stages."""
-    if stage not in STAGE_IDS:
-        raise PairforgeError(f"stage {stage!r} is unknown; use one of {sorted(STAGE_IDS)}")
-    state = np.random.SeedSequence([int(seed), STAGE_IDS[stage]]).generate_state(1)
-    return int(state[0])
-
-
-def seeded_normal(seeds: Sequence[int], shape: tuple[int, ...], device, dtype) -> torch.Tensor:
-    """(len(seeds), *shape) standard normal noise, row i drawn on the CPU from seed i alone."""
-    rows = [torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
-    return torch.stack(rows).to(device=device, dtype=dtype)
 
 
 @dataclass
 class SamplingSettings:
-    """How to run the reverse process: sampler name, steps, device, dtype, progress bar.
-
-    `sample_fn` defaults to `pairforge.diffusion.sampling.sample`; pass another function with the
-    same signature to test pipelines without the diffusion package.
-    """
+    """How to run the reverse process: sampler name, steps, device, dtype, progress bar."""
 
     sampler: str = "dpm++"
     steps: int = 25
     device: str | torch.device | None = None  # None: the model's device
     dtype: torch.dtype = torch.float32
     progress: bool = False
-    sample_fn: Callable[..., torch.Tensor] | None = field(default=None, repr=False)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready summary for manifests."""
@@ -102,14 +83,6 @@ class MaskAgreement:
         }
 
 
-def _require_task(run, task: str, role: str) -> None:
-    if getattr(run, "task", None) != task:
-        raise PairforgeError(
-            f"{role}: the run has task {getattr(run, 'task', None)!r}, expected {task!r}; "
-            f"pass a run trained with task: {task}."
-        )
-
-
 def _model_device(run, settings: SamplingSettings) -> torch.device:
     if settings.device is not None:
         return torch.device(settings.device)
@@ -123,10 +96,9 @@ def _image_channels(run) -> int:
 def _run_sampler(
     run, denoise_fn: DenoiseFn, shape, seeds, settings: SamplingSettings, device
 ) -> torch.Tensor:
-    sample_fn = settings.sample_fn
-    if sample_fn is None:
-        from pairforge.diffusion.sampling import sample as sample_fn
-    return sample_fn(
+    from pairforge.diffusion.sampling import sample
+
+    return sample(
         denoise_fn,
         shape=tuple(shape),
         seeds=[int(s) for s in seeds],
@@ -139,11 +111,9 @@ def _run_sampler(
     )
 
 
-def _unet_denoiser(model) -> DenoiseFn:
-    return lambda x_t, t: model(x_t, t).sample
-
-
-def mask_to_segmap(masks: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+def mask_to_segmap(
+    masks: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
     """(B, H, W) class indices -> (B, K, H, W) one-hot in {0, 1}; ignore pixels get all zeros."""
     masks = masks.long()
     valid = masks != ignore_index
@@ -153,26 +123,8 @@ def mask_to_segmap(masks: torch.Tensor, num_classes: int, ignore_index: int = 25
             f"mask holds class index {int(bad[0])} outside 0..{num_classes - 1}; the SDM run "
             f"knows {num_classes} classes (use {ignore_index} for unlabeled pixels)."
         )
-    from pairforge.train.tasks import segmap_from_mask
-
     # The training conversion, so painting conditions exactly as training did; -1 = ignore.
     return segmap_from_mask(torch.where(valid, masks, -1), num_classes)
-
-
-def guided_denoiser(model, segmap: torch.Tensor, guidance_scale: float) -> DenoiseFn:
-    """Classifier-free guidance for a SemanticUNet: out_u + s (out_c - out_u), one batched pass.
-
-    segmap (B, K, H, W) one-hot; the unconditional prediction uses an all-zero segmap.
-    s = 0 gives the unconditional, s = 1 the conditional prediction.
-    """
-    from pairforge.diffusion.guidance import classifier_free_batched
-
-    return classifier_free_batched(
-        lambda x_t, t, condition: model(x_t, t, condition).sample,
-        segmap,
-        torch.zeros_like(segmap),
-        guidance_scale,
-    )
 
 
 def generate_joint(
@@ -180,15 +132,16 @@ def generate_joint(
 ) -> GeneratedPairs:
     """One DDPM over image + mask codec channels (task "joint"); masks decoded with the run's codec."""
     settings = settings or SamplingSettings()
-    _require_task(run, "joint", "joint pipeline")
+    require_task(run, "joint", "joint pipeline")
     device = _model_device(run, settings)
-    channels = _image_channels(run)
-    shape = (channels + run.codec.channels, run.resolution, run.resolution)
+    layout = layout_of(run)
+    shape = (layout.sample_channels, run.resolution, run.resolution)
     seeds = [stage_seed(s, "joint") for s in seeds]
-    x0 = _run_sampler(run, _unet_denoiser(run.model), shape, seeds, settings, device)
+    x0 = _run_sampler(run, layout.spec.denoiser(layout, run.model), shape, seeds, settings, device)
+    images, masks = layout.spec.split_sample(layout, x0.float())
     return GeneratedPairs(
-        images=x0[:, :channels].float(),
-        masks=run.codec.decode(x0[:, channels:].float()),
+        images=images,
+        masks=masks,
         normalizer=run.normalizer,
         num_classes=run.codec.num_classes,
     )
@@ -199,12 +152,14 @@ def generate_masks(
 ) -> torch.Tensor:
     """Stage 1 of two-stage: (B, H, W) int64 class indices from an unconditional mask DDPM."""
     settings = settings or SamplingSettings()
-    _require_task(mask_run, "mask", "two-stage mask stage")
+    require_task(mask_run, "mask", "two-stage mask stage")
     device = _model_device(mask_run, settings)
-    shape = (mask_run.codec.channels, mask_run.resolution, mask_run.resolution)
+    layout = layout_of(mask_run)
+    shape = (layout.sample_channels, mask_run.resolution, mask_run.resolution)
     seeds = [stage_seed(s, "mask") for s in seeds]
-    x0 = _run_sampler(mask_run, _unet_denoiser(mask_run.model), shape, seeds, settings, device)
-    return mask_run.codec.decode(x0.float())
+    denoise = layout.spec.denoiser(layout, mask_run.model)
+    x0 = _run_sampler(mask_run, denoise, shape, seeds, settings, device)
+    return layout.spec.split_sample(layout, x0.float())[1]
 
 
 def paint_images(
@@ -221,7 +176,7 @@ def paint_images(
     pixel scale. One seed per mask. Returns the pairs with the masks as given.
     """
     settings = settings or SamplingSettings()
-    _require_task(sdm_run, "sdm", "two-stage image stage")
+    require_task(sdm_run, "sdm", "two-stage image stage")
     masks = torch.as_tensor(masks).long()
     # The U-Net is convolutional: any size divisible by its total downsampling factor works, at
     # the pixel scale the run was trained on (crop_size / resolution source pixels per pixel).
@@ -284,7 +239,7 @@ def super_resolve(
     from pairforge.models.sr import noise_augment
 
     settings = settings or SamplingSettings()
-    _require_task(sr_run, "sr", "super-resolution stage")
+    require_task(sr_run, "sr", "super-resolution stage")
     if not 0 <= noise_level <= 1:
         raise PairforgeError(f"--sr-noise-level {noise_level} is outside [0, 1]; 0.1-0.3 is usual.")
     if sr_run.codec.num_classes != pairs.num_classes:
@@ -292,7 +247,7 @@ def super_resolve(
             f"super-resolution: the SR run knows {sr_run.codec.num_classes} classes but the pairs "
             f"have {pairs.num_classes}; train the SR run on the same dataset."
         )
-    config = getattr(sr_run, "config", None)
+    config = sr_run.config
     if config is not None and pairs.images.shape[-1] * config.sr.scale_factor != sr_run.resolution:
         raise PairforgeError(
             f"super-resolution: the SR run turns {sr_run.resolution // config.sr.scale_factor} px "
@@ -316,17 +271,16 @@ def super_resolve(
     low_res = noise_augment(low_res, noise_level, noise)
     levels = torch.full((len(seeds),), float(noise_level), device=device)
 
-    def denoise(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return sr_run.model(x_t, t, low_res, levels).sample
-
-    channels = _image_channels(sr_run)
-    shape = (channels + sr_run.codec.channels, sr_run.resolution, sr_run.resolution)
+    denoise = SrTask.low_res_denoiser(sr_run.model, low_res, levels)
+    layout = layout_of(sr_run)
+    shape = (layout.sample_channels, sr_run.resolution, sr_run.resolution)
     x0 = _run_sampler(
         sr_run, denoise, shape, [stage_seed(s, "sr") for s in seeds], settings, device
     )
+    images, masks = layout.spec.split_sample(layout, x0.float())
     return GeneratedPairs(
-        images=x0[:, :channels].float(),
-        masks=sr_run.codec.decode(x0[:, channels:].float()),
+        images=images,
+        masks=masks,
         normalizer=sr_run.normalizer,
         num_classes=sr_run.codec.num_classes,
     )
@@ -338,8 +292,8 @@ def mask_agreement(
     num_classes: int,
 ) -> MaskAgreement:
     """Majority-downsample (B, H, W) high-res masks to the (B, h, w) low-res size and compare."""
+    from pairforge.core.metrics import confusion_matrix, present_class_miou
     from pairforge.data.views import downsample_mask
-    from pairforge.eval.miou import confusion_matrix
 
     high = torch.as_tensor(np.asarray(high_res_masks)).long()
     low = torch.as_tensor(np.asarray(low_res_masks)).long()
@@ -351,11 +305,7 @@ def mask_agreement(
             f"low-res shape {tuple(low.shape)}; sizes must differ by an integer factor."
         )
     per_sample = (down == low).float().flatten(1).mean(dim=1)
-    confusion = confusion_matrix(down, low, num_classes, ignore_index=None)
-    intersection = np.diag(confusion).astype(np.float64)
-    union = confusion.sum(0) + confusion.sum(1) - intersection
-    present = union > 0
-    miou = float((intersection[present] / union[present]).mean()) if present.any() else 1.0
+    miou = present_class_miou(confusion_matrix(down, low, num_classes, ignore_index=None))
     return MaskAgreement(
         pixel_agreement=float(per_sample.mean()),
         miou=miou,

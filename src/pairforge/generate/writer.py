@@ -347,7 +347,7 @@ def write_generated_dataset(
     spec = output_spec(plan)
     # Only the main process flushes dataset.yaml while running; the others write files only and
     # the main process lists their samples at the end (records tell which are finished).
-    writer = DatasetWriter(out, spec, flush_every=32 if is_main else 1 << 62)
+    writer = DatasetWriter(out, spec, flush_every=32 if is_main else None)
     started = time.perf_counter()
     bar = tqdm(
         total=len(todo), desc=f"generate [{process_index}]", position=process_index,

@@ -1,4 +1,4 @@
-"""Model factory: named U-Net presets (tiny / small / base) for any channel count and task."""
+"""Model factory: named U-Net presets (tiny / small / base) for any channel count and model class."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from pairforge.errors import PairforgeError
-
-TASKS = ("image", "joint", "mask", "sdm", "sr")
 
 
 @dataclass(frozen=True)
@@ -37,14 +35,8 @@ PRESETS: dict[str, ModelPreset] = {
     "base": ModelPreset((128, 256, 256, 256), 2, (False, True, False, False), norm_num_groups=32),
 }
 
-# Class names stored in pairforge.json so that a run knows which class loads its weights.
-MODEL_CLASS_FOR_TASK = {
-    "image": "UNet2DModel",
-    "joint": "UNet2DModel",
-    "mask": "UNet2DModel",
-    "sdm": "SemanticUNet",
-    "sr": "SuperResUNet",
-}
+# The denoiser classes a run's pairforge.json may name (model_class).
+MODEL_CLASSES = ("SemanticUNet", "SuperResUNet", "UNet2DModel")
 
 
 def resolve_preset(preset: str, overrides: dict[str, Any] | None = None) -> ModelPreset:
@@ -90,27 +82,28 @@ def _check_preset(spec: ModelPreset) -> None:
 
 
 def build_model(
-    task: str,
+    model_class: str,
     preset: str,
     in_channels: int,
     out_channels: int,
     sample_size: int,
-    num_classes: int | None = None,
-    low_res_channels: int | None = None,
-    low_res_image_channels: int | None = None,
     overrides: dict[str, Any] | None = None,
+    **class_kwargs: Any,
 ):
-    """A freshly initialized denoiser for `task`, sized by the named preset.
+    """A freshly initialized denoiser of class `model_class`, sized by the named preset.
 
-    image / joint / mask -> diffusers UNet2DModel(sample, timestep).sample
-    sdm                  -> SemanticUNet(sample, timestep, segmap).sample; needs num_classes
-    sr                   -> SuperResUNet(sample, timestep, low_res, noise_level).sample; needs
-                            low_res_channels and low_res_image_channels
+    UNet2DModel   -> diffusers UNet2DModel(sample, timestep).sample
+    SemanticUNet  -> SemanticUNet(sample, timestep, segmap).sample; class_kwargs: num_classes
+    SuperResUNet  -> SuperResUNet(sample, timestep, low_res, noise_level).sample; class_kwargs:
+                     low_res_channels, low_res_image_channels
+    (`pairforge.core.tasks` says which class and arguments each task uses.)
     in_channels / out_channels: channels of the noisy sample / of the prediction (eps or v).
     sample_size: training resolution in pixels (the models are convolutional; other sizes work).
     """
-    if task not in TASKS:
-        raise PairforgeError(f"task={task!r} is unknown; use one of {', '.join(TASKS)}.")
+    if model_class not in MODEL_CLASSES:
+        raise PairforgeError(
+            f"model class {model_class!r} is unknown; use one of {', '.join(MODEL_CLASSES)}."
+        )
     spec = resolve_preset(preset, overrides)
     levels = len(spec.block_out_channels)
     if sample_size % 2 ** (levels - 1):
@@ -118,34 +111,19 @@ def build_model(
             f"resolution {sample_size} px is not divisible by 2^{levels - 1} (the U-Net has "
             f"{levels} levels); pick a multiple of {2 ** (levels - 1)} or a shallower model."
         )
-    common = {
-        "sample_size": sample_size,
-        "in_channels": in_channels,
-        "out_channels": out_channels,
-        "block_out_channels": spec.block_out_channels,
-        "layers_per_block": spec.layers_per_block,
-        "attention_levels": spec.attention_levels,
-        "norm_num_groups": spec.norm_num_groups,
-        "dropout": spec.dropout,
-    }
-    if task == "sdm":
-        if not num_classes:
-            raise PairforgeError("task 'sdm' needs num_classes (the mask classes).")
-        semantic_unet = load_model_class("SemanticUNet")
-        return semantic_unet(num_classes=num_classes, **common)
-    if task == "sr":
-        if not low_res_channels or not low_res_image_channels:
-            raise PairforgeError(
-                "task 'sr' needs low_res_channels and low_res_image_channels (image + mask codec "
-                "channels of the low-resolution condition)."
-            )
-        super_res_unet = load_model_class("SuperResUNet")
-        return super_res_unet(
-            low_res_channels=low_res_channels,
-            low_res_image_channels=low_res_image_channels,
-            **common,
-        )
-    return _unet2d(spec, sample_size, in_channels, out_channels)
+    if model_class == "UNet2DModel":
+        return _unet2d(spec, sample_size, in_channels, out_channels)
+    return load_model_class(model_class)(
+        sample_size=sample_size,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        block_out_channels=spec.block_out_channels,
+        layers_per_block=spec.layers_per_block,
+        attention_levels=spec.attention_levels,
+        norm_num_groups=spec.norm_num_groups,
+        dropout=spec.dropout,
+        **class_kwargs,
+    )
 
 
 def _unet2d(spec: ModelPreset, sample_size: int, in_channels: int, out_channels: int):
@@ -169,27 +147,19 @@ def _unet2d(spec: ModelPreset, sample_size: int, in_channels: int, out_channels:
 
 def load_model_class(name: str):
     """The denoiser class called `name` (UNet2DModel, SemanticUNet, SuperResUNet), imported lazily."""
-    try:
-        if name == "UNet2DModel":
-            from diffusers import UNet2DModel
+    if name == "UNet2DModel":
+        from diffusers import UNet2DModel
 
-            return UNet2DModel
-        if name == "SemanticUNet":
-            from pairforge.models.sdm import SemanticUNet
+        return UNet2DModel
+    if name == "SemanticUNet":
+        from pairforge.models.sdm import SemanticUNet
 
-            return SemanticUNet
-        if name == "SuperResUNet":
-            from pairforge.models.sr import SuperResUNet
+        return SemanticUNet
+    if name == "SuperResUNet":
+        from pairforge.models.sr import SuperResUNet
 
-            return SuperResUNet
-    except ImportError as err:
-        raise PairforgeError(
-            f"model class {name} is not available in this installation ({err}); the sdm / sr "
-            "tasks need pairforge.models.sdm / pairforge.models.sr."
-        ) from err
-    raise PairforgeError(
-        f"model class {name!r} is unknown; expected one of {sorted(set(MODEL_CLASS_FOR_TASK.values()))}."
-    )
+        return SuperResUNet
+    raise PairforgeError(f"model class {name!r} is unknown; expected one of {list(MODEL_CLASSES)}.")
 
 
 def load_pretrained(model_class, directory):

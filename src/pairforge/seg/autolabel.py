@@ -11,7 +11,6 @@ H(mean softmax) - mean H(softmax) ("js"); "entropy" and "disagreement" are optio
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from pairforge.errors import PairforgeError
+from pairforge.io import atomic_write_text
 from pairforge.seg.ensemble import DEFAULT_UNCERTAINTY, check_uncertainty_kind, image_scores
 
 MANIFEST_FILE = "manifest.json"
@@ -88,10 +88,10 @@ def autolabel(
     Returns the manifest (also written to OUT/manifest.json); OUT is a standard dataset with
     the kept samples in split "train", images in physical units, masks = head labels.
     """
+    from pairforge.core.run import load_run
     from pairforge.data.dataset import DatasetWriter
     from pairforge.data.spec import NormalizationSpec
     from pairforge.diffusion.sampling import model_denoiser, sample
-    from pairforge.train.run import load_run
 
     if num_samples < 1:
         raise PairforgeError(f"--n {num_samples} must be >= 1")
@@ -103,7 +103,7 @@ def autolabel(
             f"autolabel samples from a pairforge run; {run_path!r} is not one (pass --run RUN)"
         )
     run = load_run(run_path, device=device)
-    if run.task not in ("image", "joint"):
+    if not run.task_spec.feature_source:
         raise PairforgeError(f"run {run_path} has task {run.task!r}; use an image or joint run")
     if run.spec.num_classes != head.num_classes:
         raise PairforgeError(
@@ -173,7 +173,5 @@ def autolabel(
         "base_seed": seed,
         "samples": records,
     }
-    tmp = out / (MANIFEST_FILE + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, out / MANIFEST_FILE)
+    atomic_write_text(out / MANIFEST_FILE, json.dumps(manifest, indent=2))
     return manifest

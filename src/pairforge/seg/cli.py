@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from pairforge.errors import PairforgeError
+from pairforge.io import atomic_write_text
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -55,7 +56,7 @@ def _scale(source, crop_size: int | None, resolution: int | None) -> tuple[int, 
 def _iou_report(confusion, names: list[str], split: str, num_images: int) -> dict:
     import math
 
-    from pairforge.eval.miou import miou_from_confusion
+    from pairforge.core.metrics import miou_from_confusion
 
     mean, per_class = miou_from_confusion(confusion)
     return {
@@ -272,7 +273,9 @@ def predict_command(
         tifffile.imwrite(out / "uncertainty" / f"{sample_id}.tif", maps.numpy().astype(np.float32))
         scores[sample_id] = float(image_scores(maps[None])[0])
         typer.echo(f"{sample_id}: {tuple(result.mask.shape)} score {scores[sample_id]:.4f}")
-    (out / "scores.json").write_text(json.dumps({"uncertainty": uncertainty, "scores": scores}))
+    atomic_write_text(
+        out / "scores.json", json.dumps({"uncertainty": uncertainty, "scores": scores})
+    )
 
 
 def _read_image_file(path: Path):
@@ -302,8 +305,8 @@ def eval_command(
     device: str = _DEVICE,
 ) -> None:
     """Mean and per-class IoU of a head on the tiles of a labeled split (model scale)."""
+    from pairforge.core.metrics import confusion_matrix
     from pairforge.data.normalize import ChannelNormalizer
-    from pairforge.eval.miou import confusion_matrix
     from pairforge.seg.data import class_names, labeled_tiles
     from pairforge.seg.ensemble import check_combine
     from pairforge.seg.head import SegmentationHead
@@ -393,9 +396,9 @@ def baseline_command(
 
       pairforge seg baseline --run runs/demo-image --data data/grains --max-images 8 --json
     """
-    from pairforge.eval.miou import confusion_matrix
+    from pairforge.core.metrics import confusion_matrix
+    from pairforge.core.supervised import predict_supervised, save_supervised, train_supervised
     from pairforge.seg.data import class_names, labeled_tiles
-    from pairforge.seg.supervised import predict_supervised, save_supervised, train_supervised
 
     normalizer = None
     if run is not None:

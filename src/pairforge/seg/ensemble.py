@@ -36,8 +36,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pairforge.core.metrics import confusion_matrix, miou_from_confusion
+from pairforge.core.seeds import ensemble_member_seed
 from pairforge.errors import PairforgeError
-from pairforge.eval.miou import confusion_matrix, miou_from_confusion
+from pairforge.io import atomic_write, atomic_write_text
 from pairforge.seg.features import PixelFeatures
 
 WEIGHTS_FILE = "ensemble.safetensors"
@@ -236,10 +238,10 @@ class PixelEnsemble(torch.nn.Module):
         tensors = {
             name: tensor.detach().cpu().contiguous() for name, tensor in self.state_dict().items()
         }
-        save_file(tensors, str(directory / WEIGHTS_FILE))
+        atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp)))
         meta = {"format": "pairforge-pixel-ensemble/1", "ensemble": self.config.to_dict()}
         meta.update(extra or {})
-        (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        atomic_write_text(directory / CONFIG_FILE, json.dumps(meta, indent=2))
         return directory
 
     @classmethod
@@ -341,7 +343,7 @@ def train_ensemble(
         max_epochs / patience: an epoch is one pass over the training pixels; training stops
             after `patience` epochs without a better validation mIoU and keeps the best epoch.
         class_balance: weight the loss by inverse class frequency.
-        seed: member m uses seed * 1000 + m for its initialization and shuffling.
+        seed: member m uses `core.seeds.ensemble_member_seed(seed, m)` (seed * 1000 + m) for its initialization and shuffling.
 
     Returns:
         (ensemble in eval mode, history) with history["members"][m] = {"best_epoch",
@@ -382,7 +384,7 @@ def train_ensemble(
 
         members = tqdm(members, desc="pixel MLPs", unit="model")
     for m in members:
-        member_seed = seed * 1000 + m
+        member_seed = ensemble_member_seed(seed, m)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(member_seed)
             ensemble.members[m] = pixel_mlp(config.feature_dim, config.hidden_widths, num_classes)

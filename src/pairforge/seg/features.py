@@ -53,11 +53,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pairforge.data.codec import IGNORE_INDEX
 from pairforge.errors import PairforgeError
 
 DEFAULT_TIMESTEPS = (50, 150, 250)
 DEFAULT_MEMORY_BUDGET_BYTES = 8 * 2**30
-IGNORE_INDEX = 255
 MASK_FILLS = ("zeros", "noise", "mean")
 NOISE_LEVEL_KINDS = ("abar", "logsnr")
 # Baranchuk et al.'s timesteps and schedule (guided-diffusion "linear": betas 1e-4..0.02, T=1000).
@@ -466,7 +466,7 @@ def load_feature_source(path: str | Path, image_channels: int | None = None) -> 
     """Load RUN (pairforge run directory) or DIR (diffusers UNet2DModel save_pretrained folder).
 
     A pairforge run is recognised by RUN/model/pairforge.json and loaded with
-    `pairforge.train.run.load_run` (EMA weights). A diffusers directory needs config.json +
+    `pairforge.core.run.load_run` (EMA weights). A diffusers directory needs config.json +
     weights (also accepted in a `unet/` subfolder); its scheduler is `scheduler_config.json`
     next to it (or in `scheduler/`), else a linear 1000-step DDPMScheduler.
     """
@@ -506,21 +506,17 @@ def load_feature_source(path: str | Path, image_channels: int | None = None) -> 
 
 
 def _load_pairforge_run(root: Path) -> FeatureSource:
-    try:
-        from pairforge.train.run import load_run
-    except ImportError as err:
-        raise PairforgeError(
-            f"{root} is a pairforge run but pairforge.train.run is not available ({err})"
-        ) from err
+    from pairforge.core.run import load_run
+
     run = load_run(root)
-    if run.task not in ("image", "joint"):
+    if not run.task_spec.feature_source:
         raise PairforgeError(
             f"run {root} has task {run.task!r}; features need an unconditional image or joint "
             "DDPM (task image or joint)"
         )
     in_channels = int(run.model.config.in_channels)
-    # x0 = cat(image, codec(mask)): image channels come first (train.tasks.TaskLayout).
-    image_channels = int(run.info.get("image_channels", in_channels))
+    # x0 = cat(image, codec(mask)): image channels come first (core.tasks.TaskLayout).
+    image_channels = int(run.record.image_channels or in_channels)
     return FeatureSource(
         model=run.model,
         scheduler_config=dict(run.scheduler_config),
@@ -534,7 +530,7 @@ def _load_pairforge_run(root: Path) -> FeatureSource:
             "spec": run.spec,
             "codec": run.codec,
             # Class fractions of the run's training masks, if the run recorded them.
-            "class_fractions": run.info.get("class_fractions"),
+            "class_fractions": run.record.class_fractions,
         },
     )
 

@@ -11,11 +11,10 @@ from typing import Any
 
 import torch
 
+from pairforge.core.run import CHECKPOINT_DIR, STATE_FILE, list_checkpoints
 from pairforge.errors import PairforgeError
 from pairforge.io import fault_point, write_error
 
-CHECKPOINT_DIR = "checkpoints"
-STATE_FILE = "state.json"
 FORMAT_VERSION = 1
 
 
@@ -110,24 +109,6 @@ def save_checkpoint(
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old[1], ignore_errors=True)
     return final
-
-
-def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints as (step, folder), oldest first; the step is read from state.json."""
-    root = Path(run_dir) / CHECKPOINT_DIR
-    if not root.is_dir():
-        return []
-    found = []
-    for folder in root.iterdir():
-        state_file = folder / STATE_FILE
-        if folder.name.startswith(".") or not state_file.is_file():
-            continue  # a temporary or interrupted write
-        try:
-            step = int(json.loads(state_file.read_text())["step"])
-        except (ValueError, KeyError, TypeError, OSError, json.JSONDecodeError):
-            continue
-        found.append((step, folder))
-    return sorted(found)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

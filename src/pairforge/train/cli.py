@@ -90,7 +90,7 @@ def sample_command(
 
       pairforge sample runs/demo-joint --n 500 --out synth/joint --sampler ddim --steps 50 --bf16
     """
-    from pairforge.train.sampling import sample_run_to_dataset
+    from pairforge.train.sample_dataset import sample_run_to_dataset
 
     if not run.is_dir():
         raise PairforgeError(f"RUN {run}: no such run directory; pass the --out of a training run.")

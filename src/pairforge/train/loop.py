@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from pairforge.config import TrainConfig
+from pairforge.core.seeds import dropout_seed, step_seed
 from pairforge.errors import PairforgeError
 from pairforge.precision import resolve_precision
 
@@ -22,13 +23,6 @@ RESUMABLE_CHANGES = (
     "data.num_workers",
     "data.path",
 )
-
-
-def step_seed(seed: int, step: int, micro: int, rank: int) -> int:
-    """A 63-bit seed for one micro-batch of one process: steps are reproducible on resume."""
-    return int(
-        np.random.SeedSequence([seed, step, micro, rank]).generate_state(2, np.uint64)[0] >> 1
-    )
 
 
 class StepBatchSampler(torch.utils.data.Sampler):
@@ -91,6 +85,9 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
+    from pairforge.core.record import RunRecord
+    from pairforge.core.run import CONFIG_FILE, METRICS_FILE, SAMPLES_DIR, read_run_config
+    from pairforge.core.tasks import TrainingSettings, get_task
     from pairforge.data.dataset import load_dataset
     from pairforge.data.views import RandomCropDataset
     from pairforge.diffusion.objectives import diffusion_loss, q_sample
@@ -104,7 +101,7 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
         write_error,
         write_jsonl,
     )
-    from pairforge.models.factory import MODEL_CLASS_FOR_TASK, build_model
+    from pairforge.models.factory import build_model
     from pairforge.train.checkpoint import (
         load_latest_checkpoint,
         non_finite_tensors,
@@ -112,18 +109,11 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
     )
     from pairforge.train.ema import EMA
     from pairforge.train.preview import write_preview
-    from pairforge.train.run import (
-        CONFIG_FILE,
-        METRICS_FILE,
-        SAMPLES_DIR,
-        model_is_current,
-        read_run_config,
-        write_inference_model,
-    )
-    from pairforge.train.tasks import TASKS_NEEDING_MASKS, make_layout, training_inputs
+    from pairforge.train.run import model_is_current, write_inference_model
 
     run_dir = Path(run_dir)
     opt, log = config.optim, config.log
+    task = get_task(config.task)
 
     # Processes, devices and precision.
     # Launched as several processes without CUDA: accelerate needs cpu=True to pick gloo DDP.
@@ -155,7 +145,7 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
     # Data: random crops; items indexed by (step, micro-batch, rank) for exact resumption.
     ds = load_dataset(config.data.path)
     ids = ds.ids(config.data.split)
-    if config.task in TASKS_NEEDING_MASKS:
+    if task.needs_masks:
         if ds.num_classes < 2:
             raise PairforgeError(
                 f"task={config.task!r} needs mask classes but {config.data.path} declares "
@@ -165,7 +155,7 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
     if not ids:
         raise PairforgeError(
             f"data.split={config.data.split!r} of {config.data.path} has no "
-            f"{'labeled ' if config.task in TASKS_NEEDING_MASKS else ''}samples; "
+            f"{'labeled ' if task.needs_masks else ''}samples; "
             f"available splits: {sorted(ds.spec.splits)}."
         )
     items_needed = opt.max_steps * opt.grad_accumulation * world * opt.batch_size
@@ -176,10 +166,13 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
         resolution=config.data.resolution,
         augment=config.data.augment,
         length=items_needed + log.num_samples,  # the last num_samples are preview conditions
-        require_mask=config.task in TASKS_NEEDING_MASKS,
+        require_mask=task.needs_masks,
         seed=config.seed,
     )
-    layout = make_layout(config.task, ds.num_channels, ds.num_classes, config.mask_codec)
+    layout = task.make_layout(ds.num_channels, ds.num_classes, config.mask_codec)
+    task_settings = TrainingSettings(
+        config.sdm.cond_drop_prob, config.sr.noise_aug_max, config.sr.scale_factor
+    )
 
     # Diffusion constants and the model.
     scheduler_config = make_scheduler_config(
@@ -188,15 +181,13 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
     abar = alphas_cumprod(scheduler_config).to(device)
     torch.manual_seed(config.seed)  # identical initial weights in every process
     model = build_model(
-        config.task,
+        task.model_class,
         config.model.preset,
         in_channels=layout.sample_channels,
         out_channels=layout.sample_channels,
         sample_size=config.data.resolution,
-        num_classes=layout.num_classes or None,
-        low_res_channels=layout.low_res_channels if config.task == "sr" else None,
-        low_res_image_channels=layout.image_channels if config.task == "sr" else None,
         overrides=config.model.overrides(),
+        **task.model_kwargs(layout),
     ).to(device)
     ema = (
         EMA(model, config.ema.decay, config.ema.power, config.ema.inv_gamma)
@@ -244,28 +235,27 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
     )
     batches = iter(loader)
     preview_batch = None
-    if config.task in ("sdm", "sr") and is_main:
+    if not task.unconditional and is_main:
         items = [crops[items_needed + i] for i in range(log.num_samples)]
         preview_batch = {k: torch.stack([item[k] for item in items]) for k in ("image", "mask")}
 
-    def inference_info(step: int) -> dict:
-        return {
-            "task": config.task,
-            "model_class": MODEL_CLASS_FOR_TASK[config.task],
-            "channels": ds.spec.channel_names,
-            "image_channels": layout.image_channels,
-            "num_classes": layout.num_classes,
-            "sample_channels": layout.sample_channels,
-            "codec": layout.codec.to_dict() if layout.codec else None,
-            "normalizer": crops.normalizer.to_dict(),
-            "spec": ds.spec.model_dump(mode="json"),
-            "resolution": config.data.resolution,
-            "crop_size": config.data.crop_size,
-            "prediction": config.diffusion.prediction,
-            "step": step,
-            "sdm": config.sdm.model_dump() if config.task == "sdm" else None,
-            "sr": config.sr.model_dump() if config.task == "sr" else None,
-        }
+    def inference_info(step: int) -> RunRecord:
+        return RunRecord(
+            task=task.name,
+            model_class=task.model_class,
+            channels=ds.spec.channel_names,
+            image_channels=layout.image_channels,
+            num_classes=layout.num_classes,
+            sample_channels=layout.sample_channels,
+            codec=layout.codec.to_dict() if layout.codec else None,
+            normalizer=crops.normalizer.to_dict(),
+            spec=ds.spec.model_dump(mode="json"),
+            resolution=config.data.resolution,
+            crop_size=config.data.crop_size,
+            prediction=config.diffusion.prediction,
+            step=step,
+            **task.record_settings(config),
+        )
 
     def check_finite(step: int, what: str) -> None:
         """Stop before a checkpoint or model/ could hold NaN / Inf weights."""
@@ -348,15 +338,8 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
         for micro in range(opt.grad_accumulation):
             batch = next(batches)
             generator = torch.Generator().manual_seed(step_seed(config.seed, step, micro, rank))
-            torch.manual_seed(step_seed(config.seed, step, micro, rank) + 1)  # dropout
-            x0, condition = training_inputs(
-                layout,
-                batch,
-                generator,
-                config.sdm.cond_drop_prob,
-                config.sr.noise_aug_max,
-                config.sr.scale_factor,
-            )
+            torch.manual_seed(dropout_seed(config.seed, step, micro, rank))
+            x0, condition = task.training_inputs(layout, batch, generator, task_settings)
             t = torch.randint(0, len(abar), (x0.shape[0],), generator=generator)
             eps = torch.randn(x0.shape, generator=generator)
             x0, eps, t = x0.to(device), eps.to(device), t.to(device)

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pairforge.core.metrics import confusion_matrix, miou_from_confusion
+from pairforge.data.codec import IGNORE_INDEX
 from pairforge.errors import PairforgeError
-from pairforge.eval.miou import confusion_matrix, miou_from_confusion
-
-IGNORE_INDEX = 255
+from pairforge.io import atomic_write, atomic_write_text
 
 # Encoder depth and decoder widths per architecture; depth 3 keeps 64 px training fast on CPU.
 DEFAULT_ENCODER_DEPTH = 3
@@ -313,8 +313,8 @@ def save_supervised(
         **(extra or {}),
     }
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / SUPERVISED_WEIGHTS))
-    (directory / SUPERVISED_CONFIG).write_text(json.dumps(config, indent=2))
+    atomic_write(directory / SUPERVISED_WEIGHTS, lambda tmp: save_file(state, str(tmp)))
+    atomic_write_text(directory / SUPERVISED_CONFIG, json.dumps(config, indent=2))
     return directory
 
 

@@ -10,8 +10,6 @@ import torch
 from pairforge.errors import PairforgeError
 from pairforge.io import atomic_write, ensure_writable_dir
 
-SAMPLE_TASKS = ("image", "joint", "mask")
-
 
 def sample_run_to_dataset(
     run_dir: Path,
@@ -34,10 +32,8 @@ def sample_run_to_dataset(
     """
     from tqdm.auto import tqdm
 
+    from pairforge.core.run import load_run
     from pairforge.diffusion.sampling import sample
-    from pairforge.train.preview import task_denoiser
-    from pairforge.train.run import load_run
-    from pairforge.train.tasks import split_sample
     from pairforge.viz import save_grid
 
     if n < 1:
@@ -46,13 +42,13 @@ def sample_run_to_dataset(
         raise PairforgeError(f"--batch-size {batch_size}: must be >= 1.")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     run = load_run(run_dir, device=device)
-    if run.task not in SAMPLE_TASKS:
+    if not run.task_spec.unconditional:
         raise PairforgeError(
             f"{run_dir} is a {run.task!r} run, which needs a condition (mask or low-res image); "
             "use `pairforge generate` for sdm / sr runs."
         )
-    layout = run.layout
-    denoise = task_denoiser(layout, run.model)
+    layout, task = run.layout, run.task_spec
+    denoise = task.denoiser(layout, run.model)
     out = ensure_writable_dir(out, "sample folder")
     seeds = [seed + i for i in range(n)]
     writer = _open_writer(run, out)
@@ -65,7 +61,7 @@ def sample_run_to_dataset(
             denoise, run.sample_shape, chunk, sampler, steps, run.scheduler_config,
             device=device, dtype=torch.bfloat16 if bf16 else torch.float32, progress=False,
         )  # fmt: skip
-        images, masks = split_sample(layout, x0.cpu())
+        images, masks = task.split_sample(layout, x0.cpu())
         for i, s in enumerate(chunk):
             physical = run.normalizer.decode(images[i].numpy()) if images is not None else None
             mask = masks[i].numpy() if masks is not None else None
@@ -84,7 +80,7 @@ def sample_run_to_dataset(
 
 
 def _open_writer(run, out: Path):
-    if run.task == "mask":
+    if not run.task_spec.has_image_part:  # a mask-only model makes no image
         return _MaskFolderWriter(out, [c.id for c in run.spec.classes])
     from pairforge.data.dataset import DatasetWriter
     from pairforge.data.spec import NormalizationSpec

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pairforge.data.codec import IGNORE_INDEX
+
 
 def _as_int64_numpy(array) -> np.ndarray:
     """Return a flat int64 numpy copy of a numpy array or torch tensor (any device)."""
@@ -12,7 +14,9 @@ def _as_int64_numpy(array) -> np.ndarray:
     return np.asarray(array).astype(np.int64, copy=False).reshape(-1)
 
 
-def confusion_matrix(pred, target, num_classes: int, ignore_index: int | None = 255) -> np.ndarray:
+def confusion_matrix(
+    pred, target, num_classes: int, ignore_index: int | None = IGNORE_INDEX
+) -> np.ndarray:
     """Count pixels by (true class, predicted class).
 
     Args:
@@ -69,6 +73,12 @@ def miou_from_confusion(confusion: np.ndarray) -> tuple[float, np.ndarray]:
     return mean_iou, per_class
 
 
-def mean_iou(pred, target, num_classes: int, ignore_index: int | None = 255) -> float:
+def mean_iou(pred, target, num_classes: int, ignore_index: int | None = IGNORE_INDEX) -> float:
     """Shortcut: mIoU of one prediction/target pair (see `confusion_matrix`)."""
     return miou_from_confusion(confusion_matrix(pred, target, num_classes, ignore_index))[0]
+
+
+def present_class_miou(confusion: np.ndarray) -> float:
+    """Mean IoU over the classes present in prediction or target (1.0 when none is)."""
+    mean, _ = miou_from_confusion(confusion)
+    return 1.0 if np.isnan(mean) else mean

@@ -1,0 +1,1 @@
+"""The shared core under train / generate / seg / eval: tasks, run records, seeds, metrics."""
