@@ -2,7 +2,7 @@
 
 Training (images/s, same UNet2DModel config, same batch of data, no data loading in either):
   baseline  plain diffusers loop: fp32, AdamW, DDPMScheduler.add_noise, MSE on eps
-  pairforge the step of pairforge.train.loop: q_sample, v-prediction with min-SNR weights,
+  pairforge pairforge.train.step.train_step (the loop's step): q_sample, v-prediction with min-SNR weights,
             grad clipping and EMA update, with bf16 autocast + channels_last (and once in fp32,
             to show what the options buy)
 Sampling (seconds/image, same weights, same initial noise per seed):
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import statistics
 import time
@@ -68,27 +69,39 @@ def baseline_train_step(model, optimizer, scheduler, x0):
     return loss.item()
 
 
-def pairforge_train_step(model, optimizer, ema, abar, x0, prediction, bf16, channels_last):
-    """The body of pairforge.train.loop.train for one optimizer step (no accumulation)."""
-    from pairforge.diffusion.objectives import diffusion_loss, q_sample
+def pairforge_step_model(model, optimizer, ema, abar, prediction, bf16, channels_last, accelerator):
+    """The training loop's step state (pairforge.train.step.StepModel) for an image model."""
+    from pairforge.core.tasks import TrainingSettings, get_task
+    from pairforge.train.step import StepModel
 
-    eps = torch.randn_like(x0)
-    t = torch.randint(0, len(abar), (x0.shape[0],))
-    x_t = q_sample(x0, eps, t, abar).float()
-    if channels_last:
-        x_t = x_t.contiguous(memory_format=torch.channels_last)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        output = model(x_t, t).sample
-    loss = diffusion_loss(output, x0, eps, t, abar, prediction, 5.0).mean()
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    ema.update(model)
-    return loss.item()
+    task = get_task("image")
+    return StepModel(
+        model=model,
+        raw_model=model,
+        optimizer=optimizer,
+        ema=ema,
+        accelerator=accelerator,
+        task=task,
+        layout=task.make_layout(model.config.in_channels, 0, "auto"),
+        task_settings=TrainingSettings(),
+        abar=abar,
+        prediction=prediction,
+        min_snr_gamma=5.0,
+        grad_clip=1.0,
+        bf16=bf16,
+        channels_last=channels_last,
+    )
+
+
+def pairforge_train_step(state, x0, seed):
+    """pairforge.train.step.train_step, the loop's own step, on one micro-batch."""
+    from pairforge.train.step import train_step
+
+    return train_step(state, [{"image": x0}], [(seed, seed + 1)], lr=1e-4).loss
 
 
 def bench_training(args, model, scheduler_config, resolution, channels):
+    from accelerate import Accelerator
     from diffusers import DDPMScheduler, UNet2DModel
 
     from pairforge.diffusion.schedule import alphas_cumprod, prediction_of
@@ -105,6 +118,7 @@ def bench_training(args, model, scheduler_config, resolution, channels):
     base_opt = torch.optim.AdamW(base.parameters(), lr=1e-4)
     ddpm = DDPMScheduler.from_config(scheduler_config)
     variants["baseline fp32"] = lambda: baseline_train_step(base, base_opt, ddpm, x0)
+    accelerator = Accelerator(cpu=True)
     for name, bf16, channels_last in [
         ("pairforge fp32", False, False),
         ("pairforge bf16+channels_last", True, True),
@@ -114,8 +128,12 @@ def bench_training(args, model, scheduler_config, resolution, channels):
         if channels_last:
             m = m.to(memory_format=torch.channels_last)
         opt = torch.optim.AdamW(m.parameters(), lr=1e-4, fused=True)  # as pairforge's loop
-        variants[name] = lambda m=m, opt=opt, ema=ema, bf16=bf16, cl=channels_last: (
-            pairforge_train_step(m, opt, ema, abar, x0, prediction, bf16, cl)
+        state = pairforge_step_model(
+            m, opt, ema, abar, prediction, bf16, channels_last, accelerator
+        )
+        calls = itertools.count()
+        variants[name] = lambda state=state, calls=calls: pairforge_train_step(
+            state, x0, next(calls)
         )
     for step in variants.values():  # warm-up (allocator, oneDNN primitive caches)
         step()

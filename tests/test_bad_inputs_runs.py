@@ -19,16 +19,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_helpers import one_thread, tiny_config, write_tiny_dataset
+from test_train_helpers import tiny_config, write_tiny_dataset
 
 from pairforge.train.loop import train
 
+pytestmark = pytest.mark.usefixtures("single_thread_module")
+
+
 GENERATE_FAST = ["--sampler", "ddim", "--steps", "2", "--no-progress", "--device", "cpu"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    yield from one_thread()
 
 
 @pytest.fixture(scope="module")

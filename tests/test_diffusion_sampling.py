@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from test_train_helpers import one_thread
 
 from pairforge.diffusion.guidance import classifier_free, classifier_free_batched
 from pairforge.diffusion.objectives import eps_from_v, q_sample, v_from_eps
@@ -21,10 +20,7 @@ from pairforge.diffusion.schedule import alphas_cumprod, make_scheduler_config
 from pairforge.errors import PairforgeError
 from pairforge.models.factory import build_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    yield from one_thread()
+pytestmark = pytest.mark.usefixtures("single_thread_module")
 
 
 @pytest.fixture(scope="module")

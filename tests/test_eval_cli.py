@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_eval_fixtures import single_thread, write_dataset  # noqa: F401 (autouse fixture)
+from test_eval_fixtures import write_dataset
 from typer.testing import CliRunner
 
 from pairforge.cli import app
 from pairforge.errors import PairforgeError
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_eval_fixtures import single_thread, write_dataset  # noqa: F401 (autouse fixture)
+from test_eval_fixtures import write_dataset
 
 from pairforge.data.dataset import load_dataset
 from pairforge.data.views import downsample_mask
@@ -23,6 +23,8 @@ from pairforge.eval.downstream import (
     summarize_runs,
     write_downstream,
 )
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

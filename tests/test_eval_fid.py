@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-from test_eval_fixtures import single_thread, write_dataset  # noqa: F401 (autouse fixture)
+from test_eval_fixtures import write_dataset
 
 from pairforge.errors import PairforgeError
 from pairforge.eval.fid import (
@@ -32,6 +32,8 @@ from pairforge.eval.fid import (
     resize_bilinear_tf_legacy,
 )
 from pairforge.eval.sets import load_eval_set
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -5,22 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 from scipy import ndimage
-from test_train_helpers import one_thread
 
 from pairforge.data.dataset import DatasetWriter, load_dataset
 from pairforge.data.spec import DatasetSpec
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One torch thread per test: on the shared 2-core machine, 2 threads per process with
-    several busy processes oversubscribe the cores and run ~8x slower (measured: smp U-Net
-    step 0.37 s with 1 thread vs ~3 s with 2). Import this fixture into a test module to use it.
-    """
-    yield from one_thread()
-
 
 CHANNELS = [{"name": "intensity", "unit": "a.u."}, {"name": "depth", "unit": "um"}]
 CLASSES = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_eval_fixtures import single_thread, write_dataset  # noqa: F401 (autouse fixture)
+from test_eval_fixtures import write_dataset
 
 from pairforge.errors import PairforgeError
 from pairforge.eval.mask_stats import (
@@ -15,6 +15,8 @@ from pairforge.eval.mask_stats import (
     plot_mask_stats,
 )
 from pairforge.eval.sets import EvalSet, load_eval_set
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def hand_made_masks() -> np.ndarray:

@@ -8,7 +8,7 @@ import re
 import pytest
 import typer
 from test_eval_fid import MeanColorFeatures
-from test_eval_fixtures import single_thread, write_dataset  # noqa: F401 (autouse fixture)
+from test_eval_fixtures import write_dataset
 from typer.testing import CliRunner
 
 from pairforge.errors import PairforgeError
@@ -18,6 +18,8 @@ from pairforge.eval.fid import MEAN_ROW_LABEL, evaluate_fid
 from pairforge.eval.mask_stats import compare_mask_stats, plot_mask_stats
 from pairforge.eval.report import build_report, collect_results
 from pairforge.eval.sets import load_eval_set
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture

@@ -19,18 +19,13 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from test_train_helpers import one_thread, tiny_config, write_tiny_dataset
+from test_train_helpers import tiny_config, write_tiny_dataset
 
 from pairforge.io import read_jsonl
 from pairforge.train.checkpoint import latest_checkpoint, list_checkpoints
 from pairforge.train.loop import train
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    yield from one_thread()
+pytestmark = [pytest.mark.usefixtures("single_thread_module"), pytest.mark.slow]
 
 
 def pairforge_train(data, run_dir, max_steps, fault=None):

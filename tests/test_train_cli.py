@@ -10,16 +10,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-from test_train_helpers import one_thread, write_tiny_dataset
+from test_train_helpers import write_tiny_dataset
 from typer.testing import CliRunner
 
 from pairforge.cli import app
 from pairforge.errors import PairforgeError
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    yield from one_thread()
+pytestmark = pytest.mark.usefixtures("single_thread_module")
 
 
 @pytest.fixture(scope="module")

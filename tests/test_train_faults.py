@@ -12,7 +12,7 @@ import warnings
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train_helpers import one_thread, tiny_config, write_tiny_dataset
+from test_train_helpers import tiny_config, write_tiny_dataset
 
 from pairforge import io
 from pairforge.core.run import load_run
@@ -21,12 +21,10 @@ from pairforge.train.checkpoint import list_checkpoints, save_checkpoint
 from pairforge.train.loop import train
 from pairforge.train.run import write_inference_model
 
-pytestmark = pytest.mark.filterwarnings("error::UserWarning")  # warnings are asserted, not lost
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    yield from one_thread()
+pytestmark = [
+    pytest.mark.usefixtures("single_thread_module"),
+    pytest.mark.filterwarnings("error::UserWarning"),  # warnings are asserted, not lost
+]
 
 
 @pytest.fixture(scope="module")

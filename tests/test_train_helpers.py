@@ -40,14 +40,3 @@ def write_tiny_dataset(root: Path, num_samples: int = 3, size: int = 40, seed: i
 
 def tiny_config(data_path: Path, *overrides: str):
     return load_config("tiny", [f"data.path={data_path}", *overrides])
-
-
-def one_thread():
-    """Generator for an autouse fixture: tiny models run far faster on one thread when the
-    shared test machine is oversubscribed (2-thread OpenMP barriers stall on busy cores)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train_helpers import one_thread, tiny_config, write_tiny_dataset
+from test_train_helpers import tiny_config, write_tiny_dataset
 
 from pairforge.core.run import load_run
 from pairforge.diffusion.objectives import diffusion_loss, q_sample
@@ -17,10 +17,7 @@ from pairforge.models.factory import build_model
 from pairforge.train.checkpoint import latest_checkpoint, list_checkpoints
 from pairforge.train.loop import train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    yield from one_thread()
+pytestmark = pytest.mark.usefixtures("single_thread_module")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pairforge.errors import PairforgeError
 app = typer.Typer(no_args_is_help=True, help="Built-in data, importers and checks.")
 
 
-class GrainPreset(str, Enum):
+class GrainPresetName(str, Enum):
     tiny = "tiny"
     demo = "demo"
     full = "full"
@@ -28,8 +28,8 @@ class ImportFormat(str, Enum):
 @app.command("grains")
 def grains(
     out: Path = typer.Argument(..., help="Folder to write the dataset into."),
-    preset: GrainPreset = typer.Option(
-        GrainPreset.demo,
+    preset: GrainPresetName = typer.Option(
+        GrainPresetName.demo,
         help="tiny: smoke tests; demo: small, for CPU; full: the real study's layout.",
     ),
     seed: int = typer.Option(0, help="Seed; the same seed gives the same measurements."),

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_2d import UNet2DModel, UNet2DOutput
-from torch import nn
 
 from pairforge.errors import PairforgeError
 
@@ -133,8 +132,3 @@ class SuperResUNet(ModelMixin, ConfigMixin):
         if not return_dict:
             return (out,)
         return UNet2DOutput(sample=out)
-
-    @property
-    def inner_unet(self) -> nn.Module:
-        """The wrapped diffusers UNet2DModel (e.g. for feature hooks)."""
-        return self.unet

@@ -259,12 +259,15 @@ class PixelEnsemble(torch.nn.Module):
         meta = json.loads(config_path.read_text())
         ensemble = cls(EnsembleConfig.from_dict(meta["ensemble"]))
         state = load_file(str(weights_path))
-        missing, unexpected = ensemble.load_state_dict(state, strict=False)
+        expected = ensemble.state_dict()
+        missing = [key for key in expected if key not in state]
+        unexpected = [key for key in state if key not in expected]
         if missing or unexpected:
             raise PairforgeError(
                 f"{weights_path}: weights do not match {config_path} (missing {missing[:3]}, "
                 f"unexpected {unexpected[:3]}); the two files come from different heads"
             )
+        ensemble.load_state_dict(state)
         return ensemble.eval(), meta
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from pathlib import Path
@@ -90,7 +89,6 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
     from pairforge.core.tasks import TrainingSettings, get_task
     from pairforge.data.dataset import load_dataset
     from pairforge.data.views import RandomCropDataset
-    from pairforge.diffusion.objectives import diffusion_loss, q_sample
     from pairforge.diffusion.schedule import alphas_cumprod, make_scheduler_config
     from pairforge.io import (
         append_jsonl,
@@ -110,6 +108,7 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
     from pairforge.train.ema import EMA
     from pairforge.train.preview import write_preview
     from pairforge.train.run import model_is_current, write_inference_model
+    from pairforge.train.step import NonFiniteStep, StepModel, train_step
 
     run_dir = Path(run_dir)
     opt, log = config.optim, config.log
@@ -225,6 +224,22 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
                 raise write_error(metrics_path, "training metrics", err) from None
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)
+    step_model = StepModel(
+        model=model,
+        raw_model=raw_model,
+        optimizer=optimizer,
+        ema=ema,
+        accelerator=accelerator,
+        task=task,
+        layout=layout,
+        task_settings=task_settings,
+        abar=abar,
+        prediction=config.diffusion.prediction,
+        min_snr_gamma=config.diffusion.min_snr_gamma,
+        grad_clip=opt.grad_clip,
+        bf16=bf16,
+        channels_last=config.channels_last,
+    )
 
     loader = torch.utils.data.DataLoader(
         crops,
@@ -328,58 +343,22 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
     budget_s = None if opt.max_minutes is None else 60 * opt.max_minutes
     already_spent = budget_s is not None and seconds_before >= budget_s
     while step < opt.max_steps and not already_spent:
-        # Learning rate: linear warm-up, then constant.
+        # One optimizer step (train.step.train_step): forward and backward over the
+        # micro-batches, clipping, optimizer, EMA; a non-finite loss or gradient stops the run.
         lr = opt.lr * min(1.0, (step + 1) / opt.warmup_steps) if opt.warmup_steps else opt.lr
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-
-        # Forward and backward over the micro-batches; DDP syncs gradients on the last one.
-        step_loss = torch.zeros((), device=device)
-        for micro in range(opt.grad_accumulation):
-            batch = next(batches)
-            generator = torch.Generator().manual_seed(step_seed(config.seed, step, micro, rank))
-            torch.manual_seed(dropout_seed(config.seed, step, micro, rank))
-            x0, condition = task.training_inputs(layout, batch, generator, task_settings)
-            t = torch.randint(0, len(abar), (x0.shape[0],), generator=generator)
-            eps = torch.randn(x0.shape, generator=generator)
-            x0, eps, t = x0.to(device), eps.to(device), t.to(device)
-            condition = {k: v.to(device) for k, v in condition.items()}
-            x_t = q_sample(x0, eps, t, abar).float()
-            if config.channels_last:
-                x_t = x_t.contiguous(memory_format=torch.channels_last)
-            last_micro = micro == opt.grad_accumulation - 1
-            with accelerator.no_sync(model) if not last_micro else contextlib.nullcontext():
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    prediction = model(x_t, t, **condition).sample
-                loss = diffusion_loss(
-                    prediction,
-                    x0,
-                    eps,
-                    t,
-                    abar,
-                    config.diffusion.prediction,
-                    config.diffusion.min_snr_gamma,
-                ).mean()
-                accelerator.backward(loss / opt.grad_accumulation)
-            step_loss += loss.detach() / opt.grad_accumulation
-
-        # Stop on a non-finite loss before it reaches the weights (every process sees the
-        # same mean, so all stop together).
-        mean_loss = accelerator.reduce(step_loss, reduction="mean").item()
-        if not np.isfinite(mean_loss):
-            raise diverged(step + 1, f"the loss is {mean_loss} (not finite)")
-
-        # Optimizer step with gradient clipping, then the EMA.
-        grad_norm = (
-            accelerator.clip_grad_norm_(model.parameters(), opt.grad_clip)
-            if opt.grad_clip
-            else None
-        )
-        if grad_norm is not None and not bool(torch.isfinite(grad_norm)):
-            raise diverged(step + 1, f"the gradient norm is {float(grad_norm)} (not finite)")
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        ema_decay = ema.update(raw_model) if ema else 0.0
+        micro_batches = [next(batches) for _ in range(opt.grad_accumulation)]
+        seeds = [
+            (
+                step_seed(config.seed, step, micro, rank),
+                dropout_seed(config.seed, step, micro, rank),
+            )
+            for micro in range(opt.grad_accumulation)
+        ]
+        try:
+            result = train_step(step_model, micro_batches, seeds, lr)
+        except NonFiniteStep as err:
+            raise diverged(step + 1, str(err)) from None
+        mean_loss, grad_norm, ema_decay = result.loss, result.grad_norm, result.ema_decay
         step += 1
 
         # Metrics: mean loss over processes, throughput, progress bar.

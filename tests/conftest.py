@@ -1,0 +1,29 @@
+"""Fixtures shared by the test modules (use them with pytest.mark.usefixtures)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def _one_thread():
+    """One torch thread while a test runs: tiny models run far faster on one thread when the
+    shared test machine is oversubscribed (2-thread OpenMP barriers stall on busy cores; an smp
+    U-Net step took 0.37 s with 1 thread vs ~3 s with 2)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def single_thread():
+    """One torch thread for one test."""
+    yield from _one_thread()
+
+
+@pytest.fixture(scope="module")
+def single_thread_module():
+    """One torch thread for a whole test module."""
+    yield from _one_thread()
