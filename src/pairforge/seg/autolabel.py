@@ -97,7 +97,7 @@ def autolabel(
         raise PairforgeError(f"--n {num_samples} must be >= 1")
     select_confident(np.zeros(1), drop_fraction)  # validate before the expensive sampling
     check_uncertainty_kind(uncertainty, "--uncertainty")
-    run_path = run_path or head.info.get("source")
+    run_path = run_path or head.info.source
     if not run_path or not (Path(run_path) / "model" / "pairforge.json").exists():
         raise PairforgeError(
             f"autolabel samples from a pairforge run; {run_path!r} is not one (pass --run RUN)"

@@ -313,11 +313,11 @@ def eval_command(
 
     check_combine(combine, "--combine")
     head = SegmentationHead.load(head_dir, device=device)
-    normalizer = ChannelNormalizer.from_dict(head.info["normalizer"])
-    tiles = labeled_tiles(data, split, head.info["crop_size"], head.info["resolution"], normalizer)
+    normalizer = ChannelNormalizer.from_dict(head.info.normalizer)
+    tiles = labeled_tiles(data, split, head.info.crop_size, head.info.resolution, normalizer)
     prediction = head.segment(tiles.images, combine=combine)
     confusion = confusion_matrix(prediction.labels, tiles.masks, head.num_classes)
-    names = head.info.get("class_names") or class_names(data)
+    names = head.info.class_names or class_names(data)
     report = _iou_report(confusion, names, split, len(tiles.source))
     report["combine"] = combine
     _print_report(report, as_json, "head")

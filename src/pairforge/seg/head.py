@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict
 
 from pairforge.errors import PairforgeError
 from pairforge.seg.ensemble import PixelEnsemble, PixelPrediction, train_ensemble
@@ -32,18 +33,45 @@ from pairforge.seg.features import (
 )
 
 
+class HeadInfo(BaseModel):
+    """What head.json records beside the ensemble and the feature settings.
+
+    source: the diffusion model's path; image_channels / num_classes / class_names;
+    resolution / crop_size: model px per source px scale (None if unknown); normalizer:
+    ChannelNormalizer.to_dict() or None. Further keys given to `fit_head(info=...)` (e.g. the
+    training tiles) are written too; loading keeps the fields above only.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    # In the order fit_head writes them, so head.json keeps its key order.
+    source: str | None = None
+    image_channels: int | None = None
+    num_classes: int | None = None
+    normalizer: dict[str, Any] | None = None
+    resolution: int | None = None
+    crop_size: int | None = None
+    class_names: list[str] | None = None
+
+    @classmethod
+    def from_head_json(cls, meta: dict[str, Any]) -> HeadInfo:
+        return cls.model_validate({k: meta[k] for k in cls.model_fields if k in meta})
+
+
 @dataclass
 class SegmentationHead:
     """Extractor + ensemble (+ the normalizer that maps physical units to model units).
 
-    info keys: "source" (model path), "image_channels", "num_classes", "class_names",
-    "resolution" / "crop_size" (model px per source px scale; None if unknown), "normalizer"
-    (ChannelNormalizer.to_dict() or None).
+    info: HeadInfo (a dict of its fields is accepted and validated).
     """
 
     extractor: DiffusionFeatureExtractor
     ensemble: PixelEnsemble
-    info: dict[str, Any] = field(default_factory=dict)
+    info: HeadInfo = field(default_factory=HeadInfo)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.info, dict):
+            self.info = HeadInfo.model_validate(self.info)
 
     @property
     def num_classes(self) -> int:
@@ -52,16 +80,16 @@ class SegmentationHead:
     @property
     def normalizer(self):
         """ChannelNormalizer stored with the head, or None (images must come normalized)."""
-        if not self.info.get("normalizer"):
+        if not self.info.normalizer:
             return None
         from pairforge.data.normalize import ChannelNormalizer
 
-        return ChannelNormalizer.from_dict(self.info["normalizer"])
+        return ChannelNormalizer.from_dict(self.info.normalizer)
 
     @property
     def scale(self) -> float:
         """Source px per model px (crop_size / resolution); 1 when unknown."""
-        crop, resolution = self.info.get("crop_size"), self.info.get("resolution")
+        crop, resolution = self.info.crop_size, self.info.resolution
         return float(crop) / float(resolution) if crop and resolution else 1.0
 
     @torch.no_grad()
@@ -91,7 +119,10 @@ class SegmentationHead:
         )
 
     def save(self, directory: str | Path) -> Path:
-        extra = {"features": self.extractor.config.to_dict(), **self.info}
+        extra = {
+            "features": self.extractor.config.to_dict(),
+            **self.info.model_dump(mode="json", exclude_unset=True),
+        }
         extra["feature_dim"] = self.extractor.feature_dim
         extra["feature_names"] = self.extractor.feature_names
         return self.ensemble.save(directory, extra=extra)
@@ -121,8 +152,7 @@ class SegmentationHead:
             )
         _check_same_noise_levels(FeatureConfig.from_dict(meta["features"]), extractor.config,
                                  directory, source_path)  # fmt: skip
-        info = {key: meta[key] for key in _INFO_KEYS if key in meta}
-        return cls(extractor, ensemble.to(device), info)
+        return cls(extractor, ensemble.to(device), HeadInfo.from_head_json(meta))
 
 
 def _check_same_noise_levels(saved: FeatureConfig, now: FeatureConfig, directory, source) -> None:
@@ -146,17 +176,6 @@ def _check_same_noise_levels(saved: FeatureConfig, now: FeatureConfig, directory
 
 def _rounded(values) -> list[float] | None:
     return None if values is None else [round(v, 4) for v in values]
-
-
-_INFO_KEYS = (
-    "source",
-    "image_channels",
-    "num_classes",
-    "class_names",
-    "resolution",
-    "crop_size",
-    "normalizer",
-)
 
 
 def fit_head(
@@ -258,7 +277,7 @@ def fit_head(
     if source.extra.get("spec") is not None:
         head_info["class_names"] = [c.name for c in source.extra["spec"].classes]
     head_info.update(info or {})
-    return SegmentationHead(extractor, ensemble, head_info), history
+    return SegmentationHead(extractor, ensemble, HeadInfo.model_validate(head_info)), history
 
 
 def _with_mask_mean(

@@ -63,14 +63,14 @@ def segment_sliding(
     """Segment one normalized image (C, H, W) at model scale with overlapping windows.
 
     head: a SegmentationHead (anything with `.segment(images, keep_probs=True)` and
-    `.num_classes`). window: side in px (default head.info["resolution"], else 64);
+    `.num_classes`). window: side in px (default head.info.resolution, else 64);
     overlap: px shared by neighbours (default window // 2). Images smaller than the window
     are padded by reflection and cropped back.
     """
     image = torch.as_tensor(image, dtype=torch.float32)
     if image.ndim != 3:
         raise PairforgeError(f"segment_sliding takes one (C, H, W) image; got {tuple(image.shape)}")
-    window = int(window or head.info.get("resolution") or 64)
+    window = int(window or head.info.resolution or 64)
     overlap = window // 2 if overlap is None else int(overlap)
     _, height, width = image.shape
     padded = _pad_to_window(image, window)
