@@ -249,3 +249,28 @@ def test_cli_paint_defaults_to_one_pair_per_drawn_mask(tmp_path):
     )
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "3 pairs (3 new" in result.output
+
+
+def test_sample_and_generate_joint_give_the_same_pair_for_a_seed(tmp_path):
+    """One sampling path: `pairforge sample` sample seed s == `generate --pipeline joint`
+    sample with seed s (ids differ: sample-<seed> / gen<index>)."""
+    run = save_run(tmp_path / "joint", "joint")
+    result = invoke("--pipeline", "joint", "--run", run, "--n", "2", "--seed", "5",
+                    "--out", tmp_path / "gen", *FAST_FLAGS)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    sampled = CliRunner().invoke(
+        app, ["sample", str(run), "--n", "2", "--seed", "5", "--sampler", "ddim", "--steps", "2",
+              "--device", "cpu", "--out", str(tmp_path / "sample")],
+    )  # fmt: skip
+    assert sampled.exit_code == 0, sampled.output
+    generated, samples = load_dataset(tmp_path / "gen"), load_dataset(tmp_path / "sample")
+    for index, seed in enumerate((5, 6)):
+        np.testing.assert_allclose(
+            samples.read_image(f"sample-{seed:06d}"),
+            generated.read_image(f"gen{index:06d}"),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+        np.testing.assert_array_equal(
+            samples.read_mask(f"sample-{seed:06d}"), generated.read_mask(f"gen{index:06d}")
+        )

@@ -134,6 +134,7 @@ class Task:
     unconditional:   samples need no condition (`pairforge sample` works).
     feature_source:  usable as the frozen DDPM of the few-label head (image / joint).
     domain_features: usable by the domain-feature FID row.
+    stage:           the seed stream its samples' noise comes from (`core.seeds.stage_seed`).
     """
 
     name: ClassVar[str]
@@ -144,6 +145,7 @@ class Task:
     unconditional: ClassVar[bool] = True
     feature_source: ClassVar[bool] = False
     domain_features: ClassVar[bool] = True
+    stage: ClassVar[str]
 
     def make_layout(self, image_channels: int, num_classes: int, codec_kind: str) -> TaskLayout:
         """The layout; the codec exists whenever the dataset declares >= 2 classes."""
@@ -218,6 +220,7 @@ class Task:
 
 class ImageTask(Task):
     name = "image"
+    stage = "image"
     needs_masks = False
     has_mask_part = False
     feature_source = True
@@ -225,11 +228,13 @@ class ImageTask(Task):
 
 class JointTask(Task):
     name = "joint"
+    stage = "joint"
     feature_source = True
 
 
 class MaskTask(Task):
     name = "mask"
+    stage = "mask"
     has_image_part = False
 
 
@@ -237,6 +242,7 @@ class SdmTask(Task):
     """Mask-conditioned image model (SemanticUNet), classifier-free guidance."""
 
     name = "sdm"
+    stage = "image"  # two-stage: the image stage, painted on the mask stage's masks
     model_class = "SemanticUNet"
     has_mask_part = False
     unconditional = False
@@ -273,6 +279,7 @@ class SrTask(Task):
     """4x super-resolution conditioned on the noise-augmented low-res pair."""
 
     name = "sr"
+    stage = "sr"
     model_class = "SuperResUNet"
     unconditional = False
     domain_features = False

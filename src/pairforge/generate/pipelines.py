@@ -18,27 +18,13 @@ import torch
 from pairforge.core.run import layout_of, require_task
 from pairforge.core.seeds import seeded_normal, stage_seed
 from pairforge.core.tasks import DenoiseFn, SrTask, guided_denoiser, segmap_from_mask
+from pairforge.core.unconditional import SamplingSettings, draw_unconditional
 from pairforge.data.codec import IGNORE_INDEX
 from pairforge.data.normalize import ChannelNormalizer
 from pairforge.errors import PairforgeError
 
 DEFAULT_GUIDANCE_SCALE = 1.5
 DEFAULT_SR_NOISE_LEVEL = 0.2
-
-
-@dataclass
-class SamplingSettings:
-    """How to run the reverse process: sampler name, steps, device, dtype, progress bar."""
-
-    sampler: str = "dpm++"
-    steps: int = 25
-    device: str | torch.device | None = None  # None: the model's device
-    dtype: torch.dtype = torch.float32
-    progress: bool = False
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready summary for manifests."""
-        return {"sampler": self.sampler, "steps": self.steps, "dtype": str(self.dtype)}
 
 
 @dataclass
@@ -81,12 +67,6 @@ class MaskAgreement:
             "miou": self.miou,
             "per_sample_agreement": self.per_sample_agreement,
         }
-
-
-def _model_device(run, settings: SamplingSettings) -> torch.device:
-    if settings.device is not None:
-        return torch.device(settings.device)
-    return next(run.model.parameters()).device
 
 
 def _image_channels(run) -> int:
@@ -133,15 +113,10 @@ def generate_joint(
     """One DDPM over image + mask codec channels (task "joint"); masks decoded with the run's codec."""
     settings = settings or SamplingSettings()
     require_task(run, "joint", "joint pipeline")
-    device = _model_device(run, settings)
-    layout = layout_of(run)
-    shape = (layout.sample_channels, run.resolution, run.resolution)
-    seeds = [stage_seed(s, "joint") for s in seeds]
-    x0 = _run_sampler(run, layout.spec.denoiser(layout, run.model), shape, seeds, settings, device)
-    images, masks = layout.spec.split_sample(layout, x0.float())
+    drawn = draw_unconditional(run, seeds, settings)
     return GeneratedPairs(
-        images=images,
-        masks=masks,
+        images=drawn.images,
+        masks=drawn.masks,
         normalizer=run.normalizer,
         num_classes=run.codec.num_classes,
     )
@@ -153,13 +128,7 @@ def generate_masks(
     """Stage 1 of two-stage: (B, H, W) int64 class indices from an unconditional mask DDPM."""
     settings = settings or SamplingSettings()
     require_task(mask_run, "mask", "two-stage mask stage")
-    device = _model_device(mask_run, settings)
-    layout = layout_of(mask_run)
-    shape = (layout.sample_channels, mask_run.resolution, mask_run.resolution)
-    seeds = [stage_seed(s, "mask") for s in seeds]
-    denoise = layout.spec.denoiser(layout, mask_run.model)
-    x0 = _run_sampler(mask_run, denoise, shape, seeds, settings, device)
-    return layout.spec.split_sample(layout, x0.float())[1]
+    return draw_unconditional(mask_run, seeds, settings).masks
 
 
 def paint_images(
@@ -193,7 +162,7 @@ def paint_images(
             f"{sdm_run.resolution} px) and one seed per mask; crop or pad the masks."
         )
     num_classes = sdm_run.model.config.num_classes
-    device = _model_device(sdm_run, settings)
+    device = settings.device_for(sdm_run)
     segmap = mask_to_segmap(masks, num_classes).to(device)
     shape = (_image_channels(sdm_run), masks.shape[1], masks.shape[2])
     image_seeds = [stage_seed(s, "image") for s in seeds]
@@ -254,7 +223,7 @@ def super_resolve(
             f"into {sr_run.resolution} px, but the pairs are {pairs.images.shape[-1]} px; train the "
             "SR run with data.resolution = scale_factor x the first stage's resolution."
         )
-    device = _model_device(sr_run, settings)
+    device = settings.device_for(sr_run)
     physical = pairs.normalizer.decode(pairs.images.float())
     low_res = torch.cat(
         [sr_run.normalizer.encode(physical), sr_run.codec.encode(pairs.masks.cpu()).to(physical)],

@@ -84,14 +84,15 @@ def autolabel(
 
     run_path: the DDPM run to sample from (default: the run the head's features come from;
     it must be a pairforge run with task image or joint, so that its normalizer and dataset
-    spec describe the samples). Sample i uses seed `seed + i` (batch-size independent).
+    spec describe the samples). Sample i uses seed `seed + i` (batch-size independent), drawn
+    by `core.unconditional.draw_unconditional` as in `pairforge sample` and `generate`.
     Returns the manifest (also written to OUT/manifest.json); OUT is a standard dataset with
     the kept samples in split "train", images in physical units, masks = head labels.
     """
     from pairforge.core.run import load_run
+    from pairforge.core.unconditional import SamplingSettings, draw_unconditional
     from pairforge.data.dataset import DatasetWriter
     from pairforge.data.spec import NormalizationSpec
-    from pairforge.diffusion.sampling import model_denoiser, sample
 
     if num_samples < 1:
         raise PairforgeError(f"--n {num_samples} must be >= 1")
@@ -110,8 +111,7 @@ def autolabel(
             f"run {run_path} declares {run.spec.num_classes} classes but the head predicts "
             f"{head.num_classes}; use the run the head was fitted for"
         )
-    image_channels = head.extractor.image_channels
-    denoise = model_denoiser(run.model)
+    settings = SamplingSettings(sampler, steps, device)
     spec = run.spec.model_copy(
         update={"name": f"{run.spec.name}-autolabel", "splits": {}, "ignore_index": None}
     )
@@ -127,17 +127,7 @@ def autolabel(
     generated_images, generated_labels = [], []
     for first in indices:
         seeds = [seed + i for i in range(first, min(first + batch_size, num_samples))]
-        x0 = sample(
-            denoise,
-            shape=run.sample_shape,
-            seeds=seeds,
-            sampler=sampler,
-            steps=steps,
-            scheduler_config=run.scheduler_config,
-            device=device,
-            progress=False,
-        ).cpu()
-        images = x0[:, :image_channels]
+        images = draw_unconditional(run, seeds, settings).images.cpu()
         labeled = label_images(head, images, uncertainty, top_fraction, batch_size)
         for row, sample_seed in enumerate(seeds):
             records.append({"seed": sample_seed, "score": float(labeled.scores[row])})

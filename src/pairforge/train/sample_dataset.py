@@ -25,6 +25,9 @@ def sample_run_to_dataset(
 ) -> Path:
     """Sample n items with seeds seed..seed+n-1 from RUN into OUT; returns OUT.
 
+    Sample seed s is drawn by `core.unconditional.draw_unconditional`, the same as sample s of
+    `pairforge generate --pipeline joint --seed 0` (joint runs) or `seg autolabel` (any run).
+
     image / joint runs: OUT is a standard dataset (dataset.yaml, images/<id>.tif in physical
     units, masks/<id>.png decoded by the codec for joint runs), ids `sample-<seed>`; already
     written ids are skipped, so an interrupted call can be repeated. mask runs: OUT/masks/<id>.png
@@ -33,7 +36,7 @@ def sample_run_to_dataset(
     from tqdm.auto import tqdm
 
     from pairforge.core.run import load_run
-    from pairforge.diffusion.sampling import sample
+    from pairforge.core.unconditional import SamplingSettings, draw_unconditional
     from pairforge.viz import save_grid
 
     if n < 1:
@@ -47,8 +50,9 @@ def sample_run_to_dataset(
             f"{run_dir} is a {run.task!r} run, which needs a condition (mask or low-res image); "
             "use `pairforge generate` for sdm / sr runs."
         )
-    layout, task = run.layout, run.task_spec
-    denoise = task.denoiser(layout, run.model)
+    settings = SamplingSettings(
+        sampler, steps, device, torch.bfloat16 if bf16 else torch.float32, progress=False
+    )
     out = ensure_writable_dir(out, "sample folder")
     seeds = [seed + i for i in range(n)]
     writer = _open_writer(run, out)
@@ -57,11 +61,9 @@ def sample_run_to_dataset(
     bar = tqdm(total=len(todo), desc=f"sample {run.task}", disable=not progress, unit="img")
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
-        x0 = sample(
-            denoise, run.sample_shape, chunk, sampler, steps, run.scheduler_config,
-            device=device, dtype=torch.bfloat16 if bf16 else torch.float32, progress=False,
-        )  # fmt: skip
-        images, masks = task.split_sample(layout, x0.cpu())
+        drawn = draw_unconditional(run, chunk, settings)
+        images = drawn.images.cpu() if drawn.images is not None else None
+        masks = drawn.masks.cpu() if drawn.masks is not None else None
         for i, s in enumerate(chunk):
             physical = run.normalizer.decode(images[i].numpy()) if images is not None else None
             mask = masks[i].numpy() if masks is not None else None
