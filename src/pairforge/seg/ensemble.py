@@ -30,11 +30,12 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict
 
 from pairforge.core.metrics import confusion_matrix, miou_from_confusion
 from pairforge.core.seeds import ensemble_member_seed
@@ -379,6 +380,10 @@ def train_ensemble(
     val_y = val_labels[np.sort(val_rows)] if has_val else None
     ensemble.to(device)
 
+    data = MemberData(pixels.features, labels_all, train_rows, val_x, val_y, num_classes, weights)
+    training = MemberTraining(
+        max_epochs=max_epochs, patience=patience, batch_size=batch_size, lr=lr
+    )
     history: dict[str, Any] = {"members": [], "val_images": val_images}
     start_all = time.perf_counter()
     members = range(num_models)
@@ -392,21 +397,49 @@ def train_ensemble(
             torch.manual_seed(member_seed)
             ensemble.members[m] = pixel_mlp(config.feature_dim, config.hidden_widths, num_classes)
         member = ensemble.members[m].to(device)
-        record = _train_member(
-            member, pixels.features, labels_all, train_rows, val_x, val_y, num_classes,
-            max_epochs=max_epochs, patience=patience, batch_size=batch_size, lr=lr,
-            weights=weights, rng=np.random.default_rng(member_seed), device=device,
-        )  # fmt: skip
+        record = _train_member(member, data, training, np.random.default_rng(member_seed), device)
         history["members"].append(record)
     history["seconds"] = time.perf_counter() - start_all
     return ensemble.eval(), history
 
 
+class MemberData(NamedTuple):
+    """What every ensemble member trains on: pixel features (P, D) float16 and labels (P,),
+    the training rows, the validation pixels (val_x (V, D) on the device, val_y (V,); None: no
+    early stopping), the class count and the class weights of the loss (None: unweighted)."""
+
+    features: Any
+    labels: np.ndarray
+    train_rows: np.ndarray
+    val_x: torch.Tensor | None
+    val_y: np.ndarray | None
+    num_classes: int
+    weights: torch.Tensor | None
+
+
+class MemberTraining(BaseModel):
+    """How one member trains: epochs over the training pixels, early-stopping patience (epochs
+    without a better validation mIoU), pixel batch size and Adam learning rate."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_epochs: int
+    patience: int
+    batch_size: int
+    lr: float
+
+
 def _train_member(
-    member, features, labels, train_rows, val_x, val_y, num_classes, *, max_epochs, patience,
-    batch_size, lr, weights, rng, device,
-) -> dict[str, Any]:  # fmt: skip
+    member: torch.nn.Module,
+    data: MemberData,
+    training: MemberTraining,
+    rng: np.random.Generator,
+    device: str,
+) -> dict[str, Any]:
     """One MLP: Adam on shuffled pixel batches; keep the best validation-mIoU epoch."""
+    features, labels, train_rows, val_x, val_y, num_classes, weights = data
+    max_epochs, patience = training.max_epochs, training.patience
+    batch_size, lr = training.batch_size, training.lr
     optimizer = torch.optim.Adam(member.parameters(), lr=lr)
     start = time.perf_counter()
     best = {"best_epoch": 0, "best_val_miou": None, "state": None}
