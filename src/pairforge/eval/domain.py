@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pairforge.core.features import block_features, fixed_noise, pool
 from pairforge.core.tasks import TaskLayout, get_task
 from pairforge.errors import PairforgeError
 
@@ -23,10 +24,6 @@ NEUTRAL_DOMAIN_TASK = "image"
 
 # Output of the middle of the U-Net, by model class: diffusers UNet2DModel, pairforge SemanticUNet.
 MIDDLE_BLOCKS = ("mid_block", "mid_block2")
-
-
-class _StopForward(Exception):
-    """Raised by the feature hook: nothing after the hooked block needs to run."""
 
 
 class DomainFeatureExtractor(torch.nn.Module):
@@ -84,27 +81,17 @@ class DomainFeatureExtractor(torch.nn.Module):
     @torch.no_grad()
     def forward(self, x0: torch.Tensor, segmap: torch.Tensor | None = None) -> torch.Tensor:
         x0 = x0.float()
-        generator = torch.Generator().manual_seed(self.seed)
-        noise = torch.randn((1, *x0.shape[1:]), generator=generator).expand_as(x0)
+        noise = fixed_noise(self.seed, (1, *x0.shape[1:])).expand_as(x0)
         timesteps = torch.full((x0.shape[0],), self.timestep, dtype=torch.long)
         noisy = self.scheduler.add_noise(x0, noise, timesteps)
-        captured = {}
-
-        def hook(_module, _inputs, output):
-            captured["value"] = output[0] if isinstance(output, tuple) else output
-            raise _StopForward
-
-        handle = getattr(self.model, self.block).register_forward_hook(hook)
+        extra = {} if segmap is None else {"segmap": segmap}  # sdm: the mask condition
         try:
-            extra = {} if segmap is None else {"segmap": segmap}  # sdm: the mask condition
-            self.model(noisy, timesteps, **extra)
-        except _StopForward:
-            pass
-        finally:
-            handle.remove()
-        if "value" not in captured:
-            raise PairforgeError(f"domain features: block {self.block!r} was never run")
-        return captured["value"].float().mean(dim=(-2, -1))
+            outputs = block_features(
+                self.model, noisy, timesteps, [self.block], stop_early=True, model_kwargs=extra
+            )
+        except PairforgeError:
+            raise PairforgeError(f"domain features: block {self.block!r} was never run") from None
+        return pool(outputs[self.block], "mean")
 
     @classmethod
     def from_run(

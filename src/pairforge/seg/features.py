@@ -51,8 +51,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from pairforge.core.features import block_features, fixed_noise, pool
 from pairforge.data.codec import IGNORE_INDEX
 from pairforge.errors import PairforgeError
 
@@ -364,9 +364,8 @@ class DiffusionFeatureExtractor:
         """The fixed noise eps (in_channels, H, W) for this image size, from `noise_seed`."""
         key = (height, width)
         if key not in self._noise_cache:
-            generator = torch.Generator().manual_seed(self.config.noise_seed)
-            self._noise_cache[key] = torch.randn(
-                (self.in_channels, height, width), generator=generator
+            self._noise_cache[key] = fixed_noise(
+                self.config.noise_seed, (self.in_channels, height, width)
             )
         return self._noise_cache[key]
 
@@ -401,41 +400,19 @@ class DiffusionFeatureExtractor:
         eps = self.noise(height, width).expand(batch, -1, -1, -1)
         x0, eps = x0.to(self.device), eps.to(self.device)
 
-        captured: dict[str, torch.Tensor] = {}
-        modules = dict(self.model.named_modules())
-        hooks = [
-            modules[name].register_forward_hook(_capture(captured, name)) for name in self.blocks
-        ]
         parts = []
-        try:
-            for t in self.config.timesteps:
-                timesteps = torch.full((batch,), t, dtype=torch.long, device=self.device)
-                # Eq. (4) of DDPM: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps.
-                x_t = self.scheduler.add_noise(x0, eps, timesteps)
-                if self.config.mask_fill == "noise":
-                    x_t[:, self.image_channels :] = eps[:, self.image_channels :]
-                with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast_bf16):
-                    self.model(x_t, timesteps)
-                for name in self.blocks:
-                    block_out = captured.pop(name).float()
-                    parts.append(
-                        F.interpolate(
-                            block_out, size=(height, width), mode="bilinear", align_corners=False
-                        )
-                        .to(out_dtype)
-                        .cpu()
-                    )
-        finally:
-            for hook in hooks:
-                hook.remove()
+        for t in self.config.timesteps:
+            timesteps = torch.full((batch,), t, dtype=torch.long, device=self.device)
+            # Eq. (4) of DDPM: x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps.
+            x_t = self.scheduler.add_noise(x0, eps, timesteps)
+            if self.config.mask_fill == "noise":
+                x_t[:, self.image_channels :] = eps[:, self.image_channels :]
+            with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast_bf16):
+                outputs = block_features(self.model, x_t, timesteps, self.blocks)
+            for name in self.blocks:
+                pooled = pool(outputs[name], "upsample", (height, width))
+                parts.append(pooled.to(out_dtype).cpu())
         return torch.cat(parts, dim=1)
-
-
-def _capture(store: dict[str, torch.Tensor], name: str):
-    def hook(_module, _inputs, output):
-        store[name] = output[0] if isinstance(output, tuple) else output
-
-    return hook
 
 
 # ---------------------------------------------------------------------------------------------
