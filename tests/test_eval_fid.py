@@ -390,7 +390,7 @@ def test_evaluate_fid_reports_domain_row_next_to_inception(real_and_fake):
     real, fake = real_and_fake
     model, scheduler_config = tiny_run()
     run = types.SimpleNamespace(
-        task="image", normalizer=real.normalizer, codec=None, resolution=16, root="RUN"
+        task="image", normalizer=real.normalizer, codec=None, resolution=16, path="RUN"
     )
     domain = DomainFeatureExtractor(model, scheduler_config, timestep=100)
     result = evaluate_fid(

@@ -150,7 +150,7 @@ def evaluate_fid(
         missing = [s.source for s in (real, fake) if s.masks is None]
         warnings.append(f"no mask FID: no labeled samples in {', '.join(missing)}")
 
-    real_split = getattr(real, "split_label", ALL_SPLITS)
+    real_split = real.split_label
     if real_split == ALL_SPLITS:
         warnings.append(
             f"real reference: every sample of {real.source}, test split included if it has one; "
@@ -222,7 +222,7 @@ def evaluate_fid(
         label = f"domain:{domain_extractor.block}@t={domain_extractor.timestep}"
         rows.append(_row("sample", "domain", label, real_stats, fake_stats, kid, False))
         domain_settings = {
-            "run": str(getattr(run, "root", getattr(run, "path", ""))),
+            "run": str(run.path),
             "task": run.task,
             "neutral": not get_task(run.task).needs_masks,
             "timestep": domain_extractor.timestep,

@@ -172,7 +172,7 @@ def compare_mask_stats(real, fake, *, connectivity: int = 8, bins: int = 64, see
         "metric": "mask_stats",
         "real": {
             "source": real.source,
-            "split": getattr(real, "split_label", "all"),
+            "split": real.split_label,
             "n_masks": real.num_masks,
         },
         "fake": {"source": fake.source, "n_masks": fake.num_masks},

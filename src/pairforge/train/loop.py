@@ -85,19 +85,12 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
     from tqdm.auto import tqdm
 
     from pairforge.core.record import RunRecord
-    from pairforge.core.run import CONFIG_FILE, METRICS_FILE, SAMPLES_DIR, read_run_config
+    from pairforge.core.run import METRICS_FILE, SAMPLES_DIR
     from pairforge.core.tasks import TrainingSettings, get_task
-    from pairforge.data.dataset import load_dataset
-    from pairforge.data.views import RandomCropDataset
     from pairforge.diffusion.schedule import alphas_cumprod, make_scheduler_config
     from pairforge.io import (
         append_jsonl,
-        atomic_write_text,
-        ensure_writable_dir,
-        iter_tmp_files,
-        read_jsonl,
         write_error,
-        write_jsonl,
     )
     from pairforge.models.factory import build_model
     from pairforge.train.checkpoint import (
@@ -125,49 +118,11 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
     show_progress = log.progress if progress is None else progress
 
     # Run directory: the resolved config; an existing run must have the same settings.
-    # Written atomically: a kill leaves the old or the new file, never an empty one.
-    config_path = run_dir / CONFIG_FILE
-    ensure_writable_dir(run_dir, "run folder")
-    previous = read_run_config(run_dir)
-    if previous is not None:
-        _check_same_run(previous[0], config, run_dir)
-    accelerator.wait_for_everyone()
-    if is_main:
-        for stray in iter_tmp_files(run_dir):  # left by a process killed mid-write
-            stray.unlink(missing_ok=True)
-    if is_main and (previous is None or previous[1] != config.to_yaml()):
-        try:
-            atomic_write_text(config_path, config.to_yaml())
-        except OSError as err:
-            raise write_error(config_path, "run config", err) from None
+    _prepare_run_dir(config, run_dir, accelerator)
 
     # Data: random crops; items indexed by (step, micro-batch, rank) for exact resumption.
-    ds = load_dataset(config.data.path)
-    ids = ds.ids(config.data.split)
-    if task.needs_masks:
-        if ds.num_classes < 2:
-            raise PairforgeError(
-                f"task={config.task!r} needs mask classes but {config.data.path} declares "
-                f"{ds.num_classes}; use task=image or a labeled dataset."
-            )
-        ids = [i for i in ids if ds.has_mask(i)]
-    if not ids:
-        raise PairforgeError(
-            f"data.split={config.data.split!r} of {config.data.path} has no "
-            f"{'labeled ' if task.needs_masks else ''}samples; "
-            f"available splits: {sorted(ds.spec.splits)}."
-        )
     items_needed = opt.max_steps * opt.grad_accumulation * world * opt.batch_size
-    crops = RandomCropDataset(
-        ds,
-        ids,
-        crop_size=config.data.crop_size,
-        resolution=config.data.resolution,
-        augment=config.data.augment,
-        length=items_needed + log.num_samples,  # the last num_samples are preview conditions
-        require_mask=task.needs_masks,
-        seed=config.seed,
-    )
+    ds, crops = _training_crops(config, task, items_needed)
     layout = task.make_layout(ds.num_channels, ds.num_classes, config.mask_codec)
     task_settings = TrainingSettings(
         config.sdm.cond_drop_prob, config.sr.noise_aug_max, config.sr.scale_factor
@@ -212,16 +167,7 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
     seconds_before = float(state.get("train_seconds", 0.0))
     metrics_path = run_dir / METRICS_FILE
     if is_main and metrics_path.is_file():
-        # Drop metrics logged after the checkpoint we resume from (they will be logged again)
-        # and a torn last line; an atomic rewrite, so a kill here loses no history.
-        text = metrics_path.read_bytes()
-        rows = read_jsonl(metrics_path)
-        kept = [row for row in rows if row["step"] <= start_step]
-        if len(kept) < len(rows) or (text and not text.endswith(b"\n")):
-            try:
-                write_jsonl(metrics_path, kept)
-            except OSError as err:
-                raise write_error(metrics_path, "training metrics", err) from None
+        _trim_metrics(metrics_path, start_step)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)
     step_model = StepModel(
@@ -451,3 +397,75 @@ def _adamw(model: torch.nn.Module, lr: float, betas, weight_decay: float) -> tor
         )
     except (RuntimeError, ValueError):
         return torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
+
+
+def _prepare_run_dir(config: TrainConfig, run_dir: Path, accelerator) -> None:
+    """Check an existing RUN/config.yaml against `config`, remove temporary files of killed
+    writes and write the resolved config (atomically: a kill leaves the old or the new file)."""
+    from pairforge.core.run import CONFIG_FILE, read_run_config
+    from pairforge.io import atomic_write_text, ensure_writable_dir, iter_tmp_files, write_error
+
+    is_main = accelerator.is_main_process
+    config_path = run_dir / CONFIG_FILE
+    ensure_writable_dir(run_dir, "run folder")
+    previous = read_run_config(run_dir)
+    if previous is not None:
+        _check_same_run(previous[0], config, run_dir)
+    accelerator.wait_for_everyone()
+    if is_main:
+        for stray in iter_tmp_files(run_dir):  # left by a process killed mid-write
+            stray.unlink(missing_ok=True)
+    if is_main and (previous is None or previous[1] != config.to_yaml()):
+        try:
+            atomic_write_text(config_path, config.to_yaml())
+        except OSError as err:
+            raise write_error(config_path, "run config", err) from None
+
+
+def _training_crops(config: TrainConfig, task, items_needed: int):
+    """(dataset, RandomCropDataset) of the training split: labeled samples only when the task
+    needs masks; items_needed training items plus log.num_samples preview conditions."""
+    from pairforge.data.dataset import load_dataset
+    from pairforge.data.views import RandomCropDataset
+
+    ds = load_dataset(config.data.path)
+    ids = ds.ids(config.data.split)
+    if task.needs_masks:
+        if ds.num_classes < 2:
+            raise PairforgeError(
+                f"task={config.task!r} needs mask classes but {config.data.path} declares "
+                f"{ds.num_classes}; use task=image or a labeled dataset."
+            )
+        ids = [i for i in ids if ds.has_mask(i)]
+    if not ids:
+        raise PairforgeError(
+            f"data.split={config.data.split!r} of {config.data.path} has no "
+            f"{'labeled ' if task.needs_masks else ''}samples; "
+            f"available splits: {sorted(ds.spec.splits)}."
+        )
+    crops = RandomCropDataset(
+        ds,
+        ids,
+        crop_size=config.data.crop_size,
+        resolution=config.data.resolution,
+        augment=config.data.augment,
+        length=items_needed + config.log.num_samples,  # the last ones are preview conditions
+        require_mask=task.needs_masks,
+        seed=config.seed,
+    )
+    return ds, crops
+
+
+def _trim_metrics(metrics_path: Path, start_step: int) -> None:
+    """Drop metrics logged after the checkpoint we resume from (they will be logged again) and
+    a torn last line; an atomic rewrite, so a kill here loses no history."""
+    from pairforge.io import read_jsonl, write_error, write_jsonl
+
+    text = metrics_path.read_bytes()
+    rows = read_jsonl(metrics_path)
+    kept = [row for row in rows if row["step"] <= start_step]
+    if len(kept) < len(rows) or (text and not text.endswith(b"\n")):
+        try:
+            write_jsonl(metrics_path, kept)
+        except OSError as err:
+            raise write_error(metrics_path, "training metrics", err) from None
