@@ -266,7 +266,6 @@ def downstream(
     dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved settings only"),
 ) -> None:
     import json
-    from dataclasses import asdict
 
     from pairforge.eval.downstream import (
         DownstreamConfig,
@@ -293,9 +292,8 @@ def downstream(
         test_split=test_split,
         device=device,
     )
-    config.validate()
     if dry_run:
-        typer.echo(json.dumps(asdict(config), indent=2))
+        typer.echo(json.dumps(config.model_dump(), indent=2))
         return
     result = run_downstream(real_dir, synthetic_dir, config, log=typer.echo)
     paths = write_downstream(result, out)

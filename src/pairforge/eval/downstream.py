@@ -19,11 +19,11 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from pairforge.core.seeds import downstream_order_seed, downstream_pick_seed
 from pairforge.data.codec import IGNORE_INDEX
@@ -33,8 +33,7 @@ from pairforge.io import atomic_write_text
 CONDITIONS = ("real", "synthetic", "mixed")
 
 
-@dataclass
-class DownstreamConfig:
+class DownstreamConfig(BaseModel):
     """Settings of one downstream experiment (all recorded in downstream.json).
 
     budgets: numbers of labeled real training crops; synthetic-only runs ignore them.
@@ -50,9 +49,11 @@ class DownstreamConfig:
         None: the synthetic data's scale (from its manifest), else its image size.
     """
 
-    budgets: list[int] = field(default_factory=lambda: [8, 32])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    conditions: list[str] = field(default_factory=lambda: list(CONDITIONS))
+    model_config = ConfigDict(extra="forbid")
+
+    budgets: list[int] = [8, 32]
+    seeds: list[int] = [0, 1, 2]
+    conditions: list[str] = list(CONDITIONS)
     synthetic_fraction: float = 0.5
     max_synthetic: int | None = None
     steps: int = 300
@@ -67,7 +68,9 @@ class DownstreamConfig:
     test_split: str = "test"
     device: str = "cpu"
 
-    def validate(self) -> None:
+    @model_validator(mode="after")
+    def _check(self) -> DownstreamConfig:
+        """PairforgeError (not a pydantic error) naming the CLI flag of a bad value."""
         bad = [c for c in self.conditions if c not in CONDITIONS]
         if bad or not self.conditions:
             raise PairforgeError(
@@ -83,6 +86,11 @@ class DownstreamConfig:
             )
         if self.steps < 1 or self.batch_size < 1:
             raise PairforgeError(f"--steps {self.steps}, --batch-size {self.batch_size}: >= 1")
+        return self
+
+    def validate(self) -> None:  # type: ignore[override]
+        """Check again after fields were changed in place (construction checks already)."""
+        self._check()
 
 
 class PlannedRun(NamedTuple):
@@ -223,7 +231,7 @@ def run_downstream(
     from pairforge.data.dataset import load_dataset
     from pairforge.eval.sets import dataset_image_size, load_eval_set, synthetic_scale
 
-    config.validate()
+    config.validate()  # fields may have been set after construction
     start = time.perf_counter()
     real = load_dataset(real_dir)
     num_classes = real.num_classes
@@ -374,7 +382,7 @@ def run_downstream(
 
     return {
         "metric": "downstream",
-        "settings": {**asdict(config), "crop_size": crop_size, "resolution": resolution},
+        "settings": {**config.model_dump(), "crop_size": crop_size, "resolution": resolution},
         "data": {
             "real": str(real_dir),
             "synthetic": None if synthetic_dir is None else str(synthetic_dir),

@@ -261,15 +261,10 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
                 layout,
                 ema.model if ema else raw_model,
                 scheduler_config,
-                list(range(log.num_samples)),
-                log.sampler,
-                log.sample_steps,
+                config,
                 ds.spec.class_colors,
                 condition_batch=preview_batch,
                 bf16=bf16,
-                guidance_scale=config.sdm.guidance_scale,
-                sr_noise_level=config.sr.sample_noise_level,
-                sr_scale_factor=config.sr.scale_factor,
             )
         accelerator.wait_for_everyone()
 

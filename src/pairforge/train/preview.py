@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from pairforge.config import TrainConfig
 from pairforge.core.tasks import SamplingCondition, TaskLayout
 
 
@@ -14,17 +15,14 @@ def write_preview(
     layout: TaskLayout,
     model: torch.nn.Module,
     scheduler_config: dict,
-    seeds: list[int],
-    sampler: str,
-    steps: int,
+    config: TrainConfig,
     class_colors,
     condition_batch: dict[str, torch.Tensor] | None = None,
     bf16: bool = False,
-    guidance_scale: float = 1.5,
-    sr_noise_level: float = 0.2,
-    sr_scale_factor: int = 4,
 ) -> Path:
-    """Sample len(seeds) x0 with `model` and save them as a grid PNG at `path`.
+    """Sample config.log.num_samples x0 (seeds 0, 1, ...) with `model` and save them as a grid
+    PNG at `path`; sampler and steps from config.log, guidance from config.sdm, the sr condition
+    from config.sr. condition_batch: {"image", "mask"} preview conditions of sdm / sr runs.
 
     The grid (`pairforge.viz.save_grid`) has one row per seed: the image channels in model range
     (each scaled to its 1..99th percentile), then mask and overlay; mask runs show masks only.
@@ -32,6 +30,7 @@ def write_preview(
     from pairforge.diffusion.sampling import sample
     from pairforge.viz import save_grid
 
+    seeds = list(range(config.log.num_samples))
     condition = None
     if condition_batch is not None:
         condition = SamplingCondition(
@@ -42,9 +41,9 @@ def write_preview(
         layout,
         model,
         condition,
-        guidance_scale=guidance_scale,
-        sr_noise_level=sr_noise_level,
-        sr_scale_factor=sr_scale_factor,
+        guidance_scale=config.sdm.guidance_scale,
+        sr_noise_level=config.sr.sample_noise_level,
+        sr_scale_factor=config.sr.scale_factor,
     )
     resolution = int(model.config.sample_size)
     was_training = model.training
@@ -53,8 +52,8 @@ def write_preview(
         denoise,
         (layout.sample_channels, resolution, resolution),
         seeds,
-        sampler,
-        steps,
+        config.log.sampler,
+        config.log.sample_steps,
         scheduler_config,
         device=next(model.parameters()).device,
         dtype=torch.bfloat16 if bf16 else torch.float32,
