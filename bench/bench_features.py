@@ -94,7 +94,7 @@ def score(head, tiles, num_classes: int) -> dict:
 def run_setting(source, data, val, test, names, spec, mask_fill, seeds, args) -> list[dict]:
     """Fit one feature setting for every seed; score it on val (to choose) and test (to report)."""
     from pairforge.seg.data import labeled_tiles
-    from pairforge.seg.head import fit_head
+    from pairforge.seg.head import HeadSettings, fit_head
 
     crop, res = source.extra["crop_size"], source.extra["resolution"]
     rows = []
@@ -105,8 +105,9 @@ def run_setting(source, data, val, test, names, spec, mask_fill, seeds, args) ->
         start = time.perf_counter()
         head, history = fit_head(
             source, train.images, train.masks, num_classes=len(names),
-            val_fraction=args.holdout, feature_config=feature_config(spec, mask_fill),
-            num_models=args.num_models, max_epochs=args.mlp_epochs, seed=seed,
+            settings=HeadSettings(val_fraction=args.holdout, num_models=args.num_models,
+                                  max_epochs=args.mlp_epochs, seed=seed),
+            feature_config=feature_config(spec, mask_fill),
             device=args.device, progress=False,
         )  # fmt: skip
         fit_seconds = time.perf_counter() - start

@@ -144,7 +144,7 @@ def main() -> None:
     from pairforge.core.metrics import confusion_matrix, miou_from_confusion
     from pairforge.core.supervised import predict_supervised, train_supervised
     from pairforge.seg.data import class_names, labeled_tiles
-    from pairforge.seg.ensemble import train_ensemble
+    from pairforge.seg.ensemble import EnsembleSettings, train_ensemble
     from pairforge.seg.features import (
         DiffusionFeatureExtractor,
         extract_pixel_features,
@@ -207,8 +207,9 @@ def main() -> None:
         row["feature_seconds"] = time.perf_counter() - start
         row["peak_rss_after_features_bytes"] = peak_rss()
         ensemble, history = train_ensemble(
-            train_pixels, len(names), val_pixels=val_pixels, num_models=args.num_models,
-            max_epochs=args.mlp_epochs, seed=seed, progress=False,
+            train_pixels, len(names),
+            EnsembleSettings(num_models=args.num_models, max_epochs=args.mlp_epochs, seed=seed),
+            val_pixels=val_pixels, progress=False,
         )  # fmt: skip
         row["peak_rss_after_mlp_bytes"] = peak_rss()
         start = time.perf_counter()

@@ -15,7 +15,7 @@ from pairforge.models.factory import build_model
 from pairforge.seg.autolabel import autolabel, label_images, select_confident
 from pairforge.seg.ensemble import image_scores
 from pairforge.seg.features import FeatureConfig, load_feature_source
-from pairforge.seg.head import fit_head
+from pairforge.seg.head import HeadSettings, fit_head
 
 
 def test_select_confident_drops_the_most_uncertain():
@@ -67,8 +67,7 @@ def test_autolabel_writes_kept_samples_and_scores(tmp_path):
         (images[:, 0] > 0).long(),
         num_classes=2,
         feature_config=FeatureConfig(timesteps=(50,)),
-        num_models=2,
-        max_epochs=2,
+        settings=HeadSettings(num_models=2, max_epochs=2),
         progress=False,
     )
     manifest = autolabel(

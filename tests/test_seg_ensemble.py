@@ -11,6 +11,7 @@ from pairforge.core.metrics import mean_iou
 from pairforge.errors import PairforgeError
 from pairforge.seg.ensemble import (
     EnsembleConfig,
+    EnsembleSettings,
     PixelEnsemble,
     image_scores,
     split_by_image,
@@ -34,7 +35,10 @@ def test_learns_separable_toy_problem_to_near_perfect_miou():
     train = _toy_pixels(seed=0)
     test = _toy_pixels(num_images=2, seed=1)
     ensemble, history = train_ensemble(
-        train, num_classes=3, num_models=3, max_epochs=10, batch_size=128, progress=False
+        train,
+        num_classes=3,
+        settings=EnsembleSettings(num_models=3, max_epochs=10, batch_size=128),
+        progress=False,
     )
     prediction = ensemble.predict(torch.from_numpy(test.features))
     assert mean_iou(prediction.labels, test.labels, 3) > 0.98
@@ -61,10 +65,7 @@ def test_early_stopping_keeps_best_epoch_and_respects_patience():
     _, history = train_ensemble(
         train,
         num_classes=3,
-        num_models=2,
-        max_epochs=30,
-        patience=2,
-        batch_size=256,
+        settings=EnsembleSettings(num_models=2, max_epochs=30, patience=2, batch_size=256),
         progress=False,
     )
     for record in history["members"]:
@@ -75,9 +76,10 @@ def test_early_stopping_keeps_best_epoch_and_respects_patience():
 
 def test_same_seed_same_ensemble():
     train = _toy_pixels(seed=3)
-    kwargs = dict(num_classes=3, num_models=2, max_epochs=2, progress=False)
-    first, _ = train_ensemble(train, seed=7, **kwargs)
-    second, _ = train_ensemble(train, seed=7, **kwargs)
+    kwargs = dict(num_classes=3, progress=False)
+    settings = EnsembleSettings(num_models=2, max_epochs=2, seed=7)
+    first, _ = train_ensemble(train, settings=settings, **kwargs)
+    second, _ = train_ensemble(train, settings=settings, **kwargs)
     for key, value in first.state_dict().items():
         assert torch.equal(value, second.state_dict()[key]), key
     # Members differ from each other (their own seeds).
@@ -141,7 +143,9 @@ def test_segment_reshapes_and_image_scores_use_top_ten_percent():
 
 def test_save_load_roundtrip_without_pickle(tmp_path):
     train = _toy_pixels(seed=5)
-    ensemble, _ = train_ensemble(train, num_classes=3, num_models=2, max_epochs=1, progress=False)
+    ensemble, _ = train_ensemble(
+        train, num_classes=3, settings=EnsembleSettings(num_models=2, max_epochs=1), progress=False
+    )
     ensemble.save(tmp_path / "head", extra={"features": {"timesteps": [50]}})
     loaded, meta = PixelEnsemble.load(tmp_path / "head")
     features = torch.from_numpy(train.features[:50])
@@ -164,10 +168,7 @@ def test_class_balance_and_bad_labels():
     ensemble, _ = train_ensemble(
         rare,
         num_classes=3,
-        num_models=1,
-        max_epochs=5,
-        batch_size=64,
-        class_balance=True,
+        settings=EnsembleSettings(num_models=1, max_epochs=5, batch_size=64, class_balance=True),
         progress=False,
     )
     test = _toy_pixels(num_images=1, seed=7)

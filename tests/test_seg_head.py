@@ -16,7 +16,7 @@ from pairforge.seg.features import (
     extract_pixel_features,
     load_feature_source,
 )
-from pairforge.seg.head import SegmentationHead, fit_head
+from pairforge.seg.head import HeadSettings, SegmentationHead, fit_head
 
 
 def _model_dir(tmp_path):
@@ -47,9 +47,7 @@ def test_fit_segment_save_load_roundtrip(tmp_path):
         val_masks=masks[6:],
         num_classes=2,
         feature_config=FeatureConfig(timesteps=(50, 150)),
-        num_models=2,
-        max_epochs=8,
-        batch_size=128,
+        settings=HeadSettings(num_models=2, max_epochs=8, batch_size=128),
         info={"class_names": ["background", "blob"]},
         progress=False,
     )
@@ -85,7 +83,12 @@ def test_load_rejects_a_model_with_other_widths(tmp_path):
     source = load_feature_source(_model_dir(tmp_path))
     images, masks = _blobs(4, 2)
     head, _ = fit_head(
-        source, images, masks, num_classes=2, num_models=1, max_epochs=1, progress=False
+        source,
+        images,
+        masks,
+        num_classes=2,
+        settings=HeadSettings(num_models=1, max_epochs=1),
+        progress=False,
     )
     head.save(tmp_path / "head")
     other = build_model("UNet2DModel", "tiny", 2, 2, 16, overrides={"block_out_channels": (8, 16)})
@@ -98,7 +101,12 @@ def test_head_fitted_on_one_schedule_refuses_another(tmp_path):
     source = load_feature_source(_model_dir(tmp_path))
     images, masks = _blobs(4, 3)
     head, _ = fit_head(
-        source, images, masks, num_classes=2, num_models=1, max_epochs=1, progress=False
+        source,
+        images,
+        masks,
+        num_classes=2,
+        settings=HeadSettings(num_models=1, max_epochs=1),
+        progress=False,
     )
     head.save(tmp_path / "head")
     # Same weights, same timesteps 50/150/250, but a cosine schedule: other noise levels.
@@ -133,7 +141,7 @@ def test_mean_fill_code_comes_from_the_head_training_masks(tmp_path):
     masks = blobs * 2  # classes 0 and 2; class 1 absent
     masks[0, :8] = 255  # ignored pixels do not count
     head, _ = fit_head(
-        source, images, masks, num_classes=3, num_models=1, max_epochs=1, progress=False,
+        source, images, masks, num_classes=3, settings=HeadSettings(num_models=1, max_epochs=1), progress=False,
         feature_config=FeatureConfig(timesteps=(50,), mask_fill="mean"),
     )  # fmt: skip
     labeled = masks[masks != 255]
@@ -151,7 +159,7 @@ def test_mean_fill_code_comes_from_the_head_training_masks(tmp_path):
     # The run's own recorded class fractions win over the head's labels.
     source.extra["class_fractions"] = [0.5, 0.25, 0.25]
     head, _ = fit_head(
-        source, images, masks, num_classes=3, num_models=1, max_epochs=1, progress=False,
+        source, images, masks, num_classes=3, settings=HeadSettings(num_models=1, max_epochs=1), progress=False,
         feature_config=FeatureConfig(timesteps=(50,), mask_fill="mean"),
     )  # fmt: skip
     assert head.extractor.config.mask_mean == pytest.approx([0.0, -0.5, -0.5])
@@ -159,6 +167,6 @@ def test_mean_fill_code_comes_from_the_head_training_masks(tmp_path):
     del source.extra["codec"]
     with pytest.raises(PairforgeError, match="no mask codec"):
         fit_head(
-            source, images, masks, num_classes=3, num_models=1, max_epochs=1, progress=False,
+            source, images, masks, num_classes=3, settings=HeadSettings(num_models=1, max_epochs=1), progress=False,
             feature_config=FeatureConfig(mask_fill="mean"),
         )  # fmt: skip

@@ -147,7 +147,7 @@ def fit_command(
         parse_blocks,
         parse_noise_levels,
     )
-    from pairforge.seg.head import fit_head
+    from pairforge.seg.head import HeadSettings, fit_head
 
     if timesteps is not None and noise_levels is not None:
         raise PairforgeError(
@@ -181,16 +181,18 @@ def fit_command(
         train.images,
         train.masks,
         num_classes=len(names),
+        settings=HeadSettings(
+            pixels_per_image=pixels_per_image,
+            memory_budget_bytes=int(memory_budget_gib * 2**30),
+            num_models=num_models,
+            max_epochs=max_epochs,
+            class_balance=class_balance,
+            seed=seed,
+        ),
         val_images=val.images if val else None,
         val_masks=val.masks if val else None,
         feature_config=feature_config,
-        pixels_per_image=pixels_per_image,
         cache_dir=cache,
-        memory_budget_bytes=int(memory_budget_gib * 2**30),
-        num_models=num_models,
-        max_epochs=max_epochs,
-        class_balance=class_balance,
-        seed=seed,
         device=device,
         info={
             "class_names": names,

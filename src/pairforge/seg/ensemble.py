@@ -320,20 +320,40 @@ def _rows(features: np.ndarray, index: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.asarray(features[np.sort(index)], dtype=np.float32))
 
 
+class EnsembleSettings(BaseModel):
+    """How the pixel-MLP ensemble is trained.
+
+    num_models: members M; hidden: MLP widths (None: 256/128 for >= 30 classes, else 128/32).
+    val_fraction: share of the training images held out for early stopping when no validation
+        pixels are given (split by image, seeded); with a single image or 0 there is no early
+        stopping and every member trains max_epochs.
+    max_epochs / patience: an epoch is one pass over the training pixels; training stops after
+        `patience` epochs without a better validation mIoU and keeps the best epoch.
+    batch_size / lr: pixels per Adam step, learning rate.
+    class_balance: weight the loss by inverse class frequency.
+    seed: member m uses `core.seeds.ensemble_member_seed(seed, m)` (seed * 1000 + m) for its
+        initialization and shuffling.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_models: int = 10
+    hidden: tuple[int, ...] | None = None
+    val_fraction: float = 0.2
+    max_epochs: int = 20
+    patience: int = 3
+    batch_size: int = 512
+    lr: float = 1e-3
+    class_balance: bool = False
+    seed: int = 0
+
+
 def train_ensemble(
     pixels: PixelFeatures,
     num_classes: int,
+    settings: EnsembleSettings | None = None,
     *,
     val_pixels: PixelFeatures | None = None,
-    val_fraction: float = 0.2,
-    num_models: int = 10,
-    hidden: tuple[int, ...] | None = None,
-    max_epochs: int = 20,
-    patience: int = 3,
-    batch_size: int = 512,
-    lr: float = 1e-3,
-    class_balance: bool = False,
-    seed: int = 0,
     device: str = "cpu",
     progress: bool = True,
 ) -> tuple[PixelEnsemble, dict[str, Any]]:
@@ -341,18 +361,16 @@ def train_ensemble(
 
     Args:
         pixels: training pixels (features (P, D) float16, labels, image_index).
-        val_pixels: held-out images' pixels for early stopping. None: `val_fraction` of the
-            images in `pixels` are held out (split by image, seeded); with a single image or
-            val_fraction 0 there is no early stopping and every member trains `max_epochs`.
-        max_epochs / patience: an epoch is one pass over the training pixels; training stops
-            after `patience` epochs without a better validation mIoU and keeps the best epoch.
-        class_balance: weight the loss by inverse class frequency.
-        seed: member m uses `core.seeds.ensemble_member_seed(seed, m)` (seed * 1000 + m) for its initialization and shuffling.
+        settings: EnsembleSettings (None: the defaults).
+        val_pixels: held-out images' pixels for early stopping. None: settings.val_fraction of
+            the images in `pixels` are held out.
 
     Returns:
         (ensemble in eval mode, history) with history["members"][m] = {"best_epoch",
         "best_val_miou", "epochs_run", "seconds"}, history["val_images"], history["seconds"].
     """
+    settings = settings or EnsembleSettings()
+    num_models, hidden, seed = settings.num_models, settings.hidden, settings.seed
     labels_all = np.asarray(pixels.labels)
     if labels_all.size == 0:
         raise PairforgeError("no labeled pixels to train on; check the masks (all ignore?)")
@@ -367,13 +385,15 @@ def train_ensemble(
         val_images = sorted(np.unique(val_pixels.image_index).tolist())
         val_rows = np.arange(val_labels.size)
     else:
-        train_rows, val_rows = split_by_image(pixels.image_index, val_fraction, seed)
+        train_rows, val_rows = split_by_image(pixels.image_index, settings.val_fraction, seed)
         val_features, val_labels = pixels.features, labels_all
         val_images = sorted(np.unique(pixels.image_index[val_rows]).tolist())
     has_val = val_rows.size > 0
     config = EnsembleConfig(pixels.features.shape[1], num_classes, num_models, hidden)
     ensemble = PixelEnsemble(config)
-    weights = _class_weights(labels_all[train_rows], num_classes) if class_balance else None
+    weights = (
+        _class_weights(labels_all[train_rows], num_classes) if settings.class_balance else None
+    )
     if weights is not None:
         weights = weights.to(device)
     val_x = _rows(val_features, val_rows).to(device) if has_val else None
@@ -382,7 +402,10 @@ def train_ensemble(
 
     data = MemberData(pixels.features, labels_all, train_rows, val_x, val_y, num_classes, weights)
     training = MemberTraining(
-        max_epochs=max_epochs, patience=patience, batch_size=batch_size, lr=lr
+        max_epochs=settings.max_epochs,
+        patience=settings.patience,
+        batch_size=settings.batch_size,
+        lr=settings.lr,
     )
     history: dict[str, Any] = {"members": [], "val_images": val_images}
     start_all = time.perf_counter()

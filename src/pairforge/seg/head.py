@@ -20,7 +20,12 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from pairforge.errors import PairforgeError
-from pairforge.seg.ensemble import PixelEnsemble, PixelPrediction, train_ensemble
+from pairforge.seg.ensemble import (
+    EnsembleSettings,
+    PixelEnsemble,
+    PixelPrediction,
+    train_ensemble,
+)
 from pairforge.seg.features import (
     DEFAULT_MEMORY_BUDGET_BYTES,
     DiffusionFeatureExtractor,
@@ -178,40 +183,46 @@ def _rounded(values) -> list[float] | None:
     return None if values is None else [round(v, 4) for v in values]
 
 
+class HeadSettings(EnsembleSettings):
+    """How a head is fitted: the ensemble's settings plus how its pixel features are stored.
+
+    pixels_per_image: labeled pixels sampled per image (None: all); memory_budget_bytes: the
+    feature-storage budget checked before allocating (over it: PairforgeError naming --cache /
+    --pixels-per-image).
+    """
+
+    pixels_per_image: int | None = None
+    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES
+
+
 def fit_head(
     source: FeatureSource,
     train_images: torch.Tensor,
     train_masks: torch.Tensor,
     *,
     num_classes: int,
+    settings: HeadSettings | None = None,
+    feature_config: FeatureConfig | None = None,
     val_images: torch.Tensor | None = None,
     val_masks: torch.Tensor | None = None,
-    val_fraction: float = 0.2,
-    feature_config: FeatureConfig | None = None,
-    pixels_per_image: int | None = None,
     cache_dir: str | Path | None = None,
-    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
-    num_models: int = 10,
-    max_epochs: int = 20,
-    patience: int = 3,
-    batch_size: int = 512,
-    class_balance: bool = False,
-    seed: int = 0,
     device: str = "cpu",
     info: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> tuple[SegmentationHead, dict[str, Any]]:
     """Extract features of labeled images and train the ensemble on them.
 
-    Images are normalized (N, C, H, W); masks long (N, H, W), 255 = ignore. Early stopping
-    uses (val_images, val_masks) when given, else `val_fraction` of the training images (whole
-    images, seeded by `seed`: selection stays inside the training labels).
+    Images are normalized (N, C, H, W); masks long (N, H, W), 255 = ignore. settings:
+    HeadSettings (None: the defaults). Early stopping uses (val_images, val_masks) when given,
+    else settings.val_fraction of the training images (whole images, seeded by settings.seed:
+    selection stays inside the training labels).
     feature_config.mask_fill "mean" on a joint model: the fill code comes from the class
     fractions the run recorded ("class_fractions" in pairforge.json), else from `train_masks`
     (the head's own labels, so no label outside its budget), and is stored in the head.
     Returns (head, history) with history = ensemble history + "feature_seconds",
     "mlp_seconds", "feature_bytes" (estimate of the stored pixel features) and "num_pixels".
     """
+    settings = settings or HeadSettings()
     feature_config = _with_mask_mean(
         feature_config or FeatureConfig(), source, train_masks, num_classes
     )
@@ -224,13 +235,13 @@ def fit_head(
     )
     start = time.perf_counter()
     common = dict(
-        memory_budget_bytes=memory_budget_bytes, seed=seed, progress=progress
+        memory_budget_bytes=settings.memory_budget_bytes, seed=settings.seed, progress=progress
     )  # fmt: skip
     train_pixels = extract_pixel_features(
         extractor,
         train_images,
         train_masks,
-        pixels_per_image=pixels_per_image,
+        pixels_per_image=settings.pixels_per_image,
         cache_dir=None if cache_dir is None else Path(cache_dir) / "train",
         **common,
     )
@@ -240,7 +251,7 @@ def fit_head(
             extractor,
             val_images,
             val_masks,
-            pixels_per_image=pixels_per_image,
+            pixels_per_image=settings.pixels_per_image,
             cache_dir=None if cache_dir is None else Path(cache_dir) / "val",
             **common,
         )
@@ -248,14 +259,8 @@ def fit_head(
     ensemble, history = train_ensemble(
         train_pixels,
         num_classes,
+        settings,  # a HeadSettings is an EnsembleSettings
         val_pixels=val_pixels,
-        val_fraction=val_fraction,
-        num_models=num_models,
-        max_epochs=max_epochs,
-        patience=patience,
-        batch_size=batch_size,
-        class_balance=class_balance,
-        seed=seed,
         device=device,
         progress=progress,
     )
