@@ -16,12 +16,8 @@ from pydantic import ValidationError
 from test_bad_inputs_data import SIZE, SPEC, edit_yaml, short_png, write_good
 
 from pairforge.data.check import check_dataset, format_report
-from pairforge.data.dataset import (
-    _ADAM7,
-    DatasetWriter,
-    load_dataset,
-    read_array,
-)
+from pairforge.data.dataset import DatasetWriter, load_dataset
+from pairforge.data.files import _ADAM7, read_array
 from pairforge.data.normalize import ChannelNormalizer
 from pairforge.data.spec import DatasetSpec, read_spec, sample_id_problem
 from pairforge.errors import PairforgeError

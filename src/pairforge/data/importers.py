@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from pairforge.data.dataset import DatasetWriter, decode_color_mask, read_array
+from pairforge.data.files import decode_color_mask, read_array
 from pairforge.data.spec import ChannelSpec, ClassSpec, DatasetSpec
+from pairforge.data.writer import DatasetWriter
 from pairforge.errors import PairforgeError
 
 GRAIN_CHANNELS = [
@@ -69,17 +70,8 @@ def _find_groups(src: Path, pattern: str, suffixes: Iterable[str]) -> dict[str, 
     return groups
 
 
-def import_grains(
-    src: str | Path,
-    out: str | Path,
-    layout: str = "png",
-    class_map: dict[int, str] | None = None,
-    val: list[str] | None = None,
-    test: list[str] | None = None,
-) -> Path:
-    """Import grain measurements: `{i}_intensity.png/_depth.png/_target.png` (layout "png") or
-    tab-separated text matrices `*intensity.txt/*depth.txt/*target.txt` (layout "txt")."""
-    src, out = Path(src), Path(out)
+def _grain_groups(src: Path, layout: str) -> dict[str, dict[str, Path]]:
+    """The grain files of `src` by sample prefix and role; every sample has intensity and depth."""
     if not src.is_dir():
         raise PairforgeError(f"{src}: folder not found")
     if layout == "png":
@@ -100,32 +92,65 @@ def import_grains(
                 f"{src}: sample {prefix!r} lacks its {' and '.join(missing)} file "
                 f"(found {', '.join(p.name for p in files.values())})"
             )
+    return groups
 
-    def read(path: Path) -> np.ndarray:
-        if layout == "txt":
-            try:
-                return np.loadtxt(path, delimiter="\t", dtype=np.float64)
-            except ValueError as err:
-                raise PairforgeError(
-                    f"{path}: not a tab-separated number matrix ({err}); export it with tabs "
-                    "between values and one row per line"
-                ) from err
-        arr = read_array(path)
-        if arr.ndim == 3:  # grayscale stored as RGB(A): all color channels must agree
-            if not (arr[..., :3] == arr[..., :1]).all():
-                raise PairforgeError(f"{path}: expected a grayscale image, got color")
-            arr = arr[..., 0]
-        return arr
 
+def _read_grain_file(path: Path, layout: str) -> np.ndarray:
+    """One (H, W) grain file: a tab-separated matrix (layout "txt") or a grayscale image."""
+    if layout == "txt":
+        try:
+            return np.loadtxt(path, delimiter="\t", dtype=np.float64)
+        except ValueError as err:
+            raise PairforgeError(
+                f"{path}: not a tab-separated number matrix ({err}); export it with tabs "
+                "between values and one row per line"
+            ) from err
+    arr = read_array(path)
+    if arr.ndim == 3:  # grayscale stored as RGB(A): all color channels must agree
+        if not (arr[..., :3] == arr[..., :1]).all():
+            raise PairforgeError(f"{path}: expected a grayscale image, got color")
+        arr = arr[..., 0]
+    return arr
+
+
+def _read_targets(groups: dict[str, dict[str, Path]], layout: str) -> dict[str, np.ndarray]:
+    """Prefix -> int64 (H, W) stored target values, for the samples that have a target file."""
     targets = {}
-    values: set[int] = set()
     for prefix, files in groups.items():
         if "target" in files:
-            t = read(files["target"])
+            t = _read_grain_file(files["target"], layout)
             if np.any(t != np.round(t)):
                 raise PairforgeError(f"{files['target']}: target holds non-integer values")
             targets[prefix] = t.astype(np.int64)
-            values |= {int(v) for v in np.unique(targets[prefix])}
+    return targets
+
+
+def _grain_image(files: dict[str, Path], layout: str) -> np.ndarray:
+    """float32 (2, H, W) intensity and depth of one sample; the two sizes must agree."""
+    intensity = _read_grain_file(files["intensity"], layout)
+    depth = _read_grain_file(files["depth"], layout)
+    if intensity.shape != depth.shape:
+        raise PairforgeError(
+            f"{files['depth']}: size {depth.shape} differs from {files['intensity'].name} "
+            f"{intensity.shape}"
+        )
+    return np.stack([intensity, depth]).astype(np.float32)
+
+
+def import_grains(
+    src: str | Path,
+    out: str | Path,
+    layout: str = "png",
+    class_map: dict[int, str] | None = None,
+    val: list[str] | None = None,
+    test: list[str] | None = None,
+) -> Path:
+    """Import grain measurements: `{i}_intensity.png/_depth.png/_target.png` (layout "png") or
+    tab-separated text matrices `*intensity.txt/*depth.txt/*target.txt` (layout "txt")."""
+    src, out = Path(src), Path(out)
+    groups = _grain_groups(src, layout)
+    targets = _read_targets(groups, layout)
+    values = {int(v) for t in targets.values() for v in np.unique(t)}
     lut, classes = _target_classes(values, class_map, str(src)) if targets else ({}, [])
     val, test = set(val or []), set(test or [])
     unknown = (val | test) - set(groups)
@@ -136,19 +161,13 @@ def import_grains(
     spec = DatasetSpec(name=src.name, channels=GRAIN_CHANNELS, classes=classes)
     with DatasetWriter(out, spec) as writer:
         for prefix, files in groups.items():
-            intensity, depth = read(files["intensity"]), read(files["depth"])
-            if intensity.shape != depth.shape:
-                raise PairforgeError(
-                    f"{files['depth']}: size {depth.shape} differs from {files['intensity'].name} "
-                    f"{intensity.shape}"
-                )
-            image = np.stack([intensity, depth]).astype(np.float32)
+            image = _grain_image(files, layout)
             mask = None
             if prefix in targets:
                 t = targets[prefix]
-                if t.shape != intensity.shape:
+                if t.shape != image.shape[1:]:
                     raise PairforgeError(
-                        f"{files['target']}: size {t.shape} differs from its image {intensity.shape}"
+                        f"{files['target']}: size {t.shape} differs from its image {image.shape[1:]}"
                     )
                 mask = np.vectorize(lut.__getitem__, otypes=[np.int64])(t) if lut else None
             split = "val" if prefix in val else "test" if prefix in test else "train"
