@@ -8,7 +8,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pairforge.errors import PairforgeError
+from pairforge.errors import PairforgeError, format_validation_error
 
 
 class _Section(BaseModel):
@@ -223,23 +223,12 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
         node, model = child, annotation
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        if e["type"] == "extra_forbidden":
-            lines.append(f"{source}: unknown key {loc!r}; remove it or check its spelling")
-        else:
-            lines.append(f"{source}: {loc}: {e['msg']} (got {e.get('input')!r})")
-    return "\n".join(lines)
-
-
 def validate_config(raw: dict[str, Any], source: str = "config") -> TrainConfig:
     """A TrainConfig from a raw dict; PairforgeError naming every bad key and value."""
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as err:
-        raise PairforgeError(_format_errors(err, source)) from None
+        raise PairforgeError(format_validation_error(err, source)) from None
 
 
 def load_config(name_or_path: str | Path, overrides: list[str] | None = None) -> TrainConfig:

@@ -9,7 +9,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pairforge.errors import PairforgeError
+from pairforge.errors import PairforgeError, format_validation_error
 
 SPEC_FILE = "dataset.yaml"
 
@@ -166,21 +166,6 @@ class DatasetSpec(BaseModel):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
-
-
-def format_validation_error(err: ValidationError, source: str) -> str:
-    """One line per problem: `source: key.path: message (got value)`."""
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key; remove it or check its spelling"
-        # A top-level check's input is the whole file: its message names the values instead.
-        shown = "input" in e and e["type"] != "extra_forbidden" and e["loc"]
-        got = f" (got {e['input']!r})" if shown else ""
-        lines.append(f"{source}: {loc}: {msg}{got}")
-    return "\n".join(lines)
 
 
 def read_spec(path: str | Path) -> DatasetSpec:
