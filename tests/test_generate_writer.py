@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from test_generate_pipelines import FAST, tiny_run
 
+from pairforge.core.dataset_writer import file_sha256
 from pairforge.data.check import check_dataset
 from pairforge.data.dataset import load_dataset
 from pairforge.errors import PairforgeError
@@ -13,7 +14,6 @@ from pairforge.generate.pipelines import generate_joint
 from pairforge.generate.writer import (
     GenerationPlan,
     RunRef,
-    file_sha256,
     sample_id,
     write_generated_dataset,
 )

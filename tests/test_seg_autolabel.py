@@ -91,6 +91,15 @@ def test_autolabel_writes_kept_samples_and_scores(tmp_path):
     mask = dataset.read_mask(kept[0]["id"])
     relabeled = head.segment(torch.from_numpy(dataset.normalizer.encode(image))[None]).labels[0]
     assert (relabeled.numpy() == mask).mean() > 0.99
+    # Dropped samples leave no files; a repeated call resumes: nothing drawn, the same result.
+    assert not list((tmp_path / "auto" / "images").glob(f"{dropped[0]['id']}.*"))
+    again = autolabel(
+        head, tmp_path / "auto", 5, drop_fraction=0.4, sampler="ddim", steps=2, seed=10,
+        progress=False,
+    )  # fmt: skip
+    assert again["generated_this_session"]["samples"] == 0
+    assert again["samples"] == manifest["samples"]
+    assert load_dataset(tmp_path / "auto").ids("train") == [s["id"] for s in kept]
 
     # Scores: mean of the top 10 % pixels of the JS map by default, entropy on request.
     prediction = head.segment(images)

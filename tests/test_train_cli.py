@@ -51,6 +51,19 @@ def test_train_then_sample_joint(data_path, tmp_path):
     # Physical units: the depth channel is decoded with the training normalizer (um, not [-1, 1]).
     info = json.loads((run_dir / "model" / "pairforge.json").read_text())
     assert samples.spec.normalization.high == pytest.approx(info["normalizer"]["high"])
+    # The writer of `generate`: a manifest with seeds and checkpoint hashes; a repeated call
+    # resumes (draws nothing new), one with other settings is refused.
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [s["seed"] for s in manifest["samples"]] == [5, 6, 7]
+    assert [s["id"] for s in manifest["samples"]] == samples.ids()
+    assert len(next(iter(manifest["checkpoints"]["joint"]["sha256"].values()))) == 64
+    args = ["sample", str(run_dir), "--n", "3", "--out", str(out), "--batch-size", "2",
+            "--seed", "5"]  # fmt: skip
+    assert runner.invoke(app, [*args, "--steps", "3"]).exit_code == 0
+    again_manifest = json.loads((out / "manifest.json").read_text())
+    assert again_manifest["generated_this_session"]["samples"] == 0
+    result = runner.invoke(app, [*args, "--steps", "4"])
+    assert isinstance(result.exception, PairforgeError) and "steps=3" in str(result.exception)
 
     # Same seed, other batch size -> same sample (up to float round-off).
     again = tmp_path / "again"

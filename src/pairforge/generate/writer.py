@@ -1,25 +1,29 @@
 """Writes generated pairs as a standard pairforge dataset with manifest.json; resumable and sharded.
 
-Layout of OUT: the dataset (dataset.yaml, images/, masks/), manifest.json (settings, checkpoint
-hashes, one record per sample), grid.png, and .generate/ (settings.json and one record file per
-finished sample: a sample counts as done once its record exists, which is written after its
-image and mask). Sample i has id `gen{i:06d}` and seed `base_seed + i`; process r of R takes the
-indices i with i % R == r, so any process count gives the same dataset.
+The plan (pipeline, runs, seeds, sampling) becomes a `core.dataset_writer.SampledDataset` and is
+written by `core.dataset_writer.write_sampled_dataset`, the writer of `pairforge sample` and
+`seg autolabel` too. Layout of OUT: the dataset (dataset.yaml, images/, masks/), manifest.json
+(settings, checkpoint hashes, one record per sample), grid.png, and .generate/ (settings.json and
+one record file per finished sample). Sample i has id `gen{i:06d}` and seed `base_seed + i`;
+process r of R takes the indices i with i % R == r, so any process count gives the same dataset.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import time
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pairforge.core.dataset_writer import (
+    DrawnBatch,
+    SampledDataset,
+    checkpoint_entry,
+    write_sampled_dataset,
+)
+from pairforge.core.dataset_writer import output_spec as run_output_spec
 from pairforge.errors import PairforgeError
 from pairforge.generate.pipelines import (
     DEFAULT_GUIDANCE_SCALE,
@@ -32,18 +36,37 @@ from pairforge.generate.pipelines import (
     paint_images,
     super_resolve,
 )
-from pairforge.io import atomic_write_text, ensure_writable_dir, iter_tmp_files
 
 PIPELINES = ("joint", "two-stage", "paint")
-STATE_DIR = ".generate"
-MANIFEST_FILE = "manifest.json"
-GRID_FILE = "grid.png"
-GRID_SAMPLES = 8
+# The first-stage runs each pipeline takes, and the flag that names each role.
+PIPELINE_ROLES = {"joint": ("joint",), "two-stage": ("mask", "sdm"), "paint": ("sdm",)}
+ROLE_FLAGS = {"joint": "--run", "mask": "--mask-run", "sdm": "--sdm-run"}
+ID_FORMAT = "gen{index:06d}"
+
+
+def check_pipeline_runs(pipeline: str, given: Mapping[str, Any]) -> None:
+    """Raise unless `given` {role: run or path or None} names exactly the first-stage runs of
+    `pipeline` (joint: --run; two-stage: --mask-run and --sdm-run; paint: --sdm-run); "sr" is
+    optional in every pipeline."""
+    roles = PIPELINE_ROLES.get(pipeline)
+    if roles is None:
+        raise PairforgeError(
+            f"--pipeline {pipeline!r} is unknown; use one of {', '.join(PIPELINES)}."
+        )
+    takes = " and ".join(sorted(ROLE_FLAGS[role] for role in roles))
+    for role, flag in ROLE_FLAGS.items():
+        present = given.get(role) is not None
+        if present and role not in roles:
+            raise PairforgeError(
+                f"{flag} does not apply to --pipeline {pipeline}; it takes {takes}."
+            )
+        if not present and role in roles:
+            raise PairforgeError(f"--pipeline {pipeline} needs {flag} RUN.")
 
 
 @dataclass
 class RunRef:
-    """A loaded run (`pairforge.train.run.LoadedRun` or alike) and the folder it came from."""
+    """A loaded run (`pairforge.core.run.LoadedRun` or alike) and the folder it came from."""
 
     run: Any
     path: Path | None = None
@@ -70,17 +93,7 @@ class GenerationPlan:
     mask_source: Path | None = None
 
     def __post_init__(self) -> None:
-        needed = {"joint": ["joint"], "two-stage": ["mask", "sdm"], "paint": ["sdm"]}.get(
-            self.pipeline
-        )
-        if needed is None:
-            raise PairforgeError(
-                f"--pipeline {self.pipeline!r} is unknown; use one of {', '.join(PIPELINES)}."
-            )
-        flags = {"joint": "--run", "mask": "--mask-run", "sdm": "--sdm-run"}
-        for role in needed:
-            if role not in self.runs:
-                raise PairforgeError(f"--pipeline {self.pipeline} needs {flags[role]} RUN.")
+        check_pipeline_runs(self.pipeline, self.runs)
         if (self.pipeline == "paint") != (self.mask_source is not None):
             raise PairforgeError(
                 "--masks DATASET goes with --pipeline paint (and paint needs it); "
@@ -92,49 +105,27 @@ class GenerationPlan:
             )
 
     @property
+    def first_stage_run(self):
+        """The run whose pairs the optional SR stage refines (joint, else the SDM run)."""
+        return self.runs["joint" if self.pipeline == "joint" else "sdm"].run
+
+    @property
     def final_run(self):
         """The run whose normalizer and spec describe the written images."""
-        if "sr" in self.runs:
-            return self.runs["sr"].run
-        return self.runs["joint" if self.pipeline == "joint" else "sdm"].run
+        return self.runs["sr"].run if "sr" in self.runs else self.first_stage_run
 
 
 def sample_id(index: int) -> str:
-    return f"gen{index:06d}"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def checkpoint_hashes(run_dir: Path | None) -> dict[str, str]:
-    """sha256 of every weight file (*.safetensors) under RUN/model, keyed by relative path."""
-    if run_dir is None:
-        return {}
-    model_dir = Path(run_dir) / "model"
-    return {
-        str(p.relative_to(model_dir)): file_sha256(p)
-        for p in sorted(model_dir.rglob("*.safetensors"))
-    }
+    return ID_FORMAT.format(index=index)
 
 
 def generation_settings(plan: GenerationPlan) -> dict[str, Any]:
     """The settings that decide sample content; a resumed run must match them exactly."""
-    checkpoints = {
-        role: {
-            "path": str(Path(ref.path).resolve()) if ref.path else None,
-            "task": ref.run.task,
-            "sha256": checkpoint_hashes(ref.path),
-        }
-        for role, ref in sorted(plan.runs.items())
-    }
     settings: dict[str, Any] = {
         "pipeline": plan.pipeline,
-        "checkpoints": checkpoints,
+        "checkpoints": {
+            role: checkpoint_entry(ref.run, ref.path) for role, ref in sorted(plan.runs.items())
+        },
         **plan.sampling.as_dict(),
         "base_seed": plan.base_seed,
         "guidance_scale": plan.guidance_scale if plan.pipeline != "joint" else None,
@@ -143,12 +134,10 @@ def generation_settings(plan: GenerationPlan) -> dict[str, Any]:
     if plan.mask_source is not None:
         settings["mask_source"] = str(Path(plan.mask_source).resolve())
     if "sr" in plan.runs:
-        low = plan.runs["joint" if plan.pipeline == "joint" else "sdm"].run.resolution
-        high = plan.runs["sr"].run.resolution
         settings["sr"] = {
             "noise_level": plan.sr_noise_level,
-            "low_resolution": low,
-            "resolution": high,
+            "low_resolution": plan.first_stage_run.resolution,
+            "resolution": plan.runs["sr"].run.resolution,
         }
     return settings
 
@@ -208,102 +197,42 @@ class MaskSource:
             self._shapes[slot] = self.mask(index).shape
         return self._shapes[slot]
 
-
-def _batches(todo: list[int], batch_size: int, source: MaskSource | None) -> list[list[int]]:
-    """Consecutive chunks of at most batch_size indices; with masks, each chunk has one shape."""
-    batches: list[list[int]] = []
-    for index in todo:
-        fits = batches and len(batches[-1]) < batch_size
-        if fits and source is not None:
-            fits = source.shape(batches[-1][0]) == source.shape(index)
-        if fits:
-            batches[-1].append(index)
-        else:
+    def batches(self, todo: list[int], batch_size: int) -> list[list[int]]:
+        """Consecutive chunks of at most batch_size indices whose masks have one shape."""
+        batches: list[list[int]] = []
+        for index in todo:
+            if batches and len(batches[-1]) < batch_size:
+                if self.shape(batches[-1][0]) == self.shape(index):
+                    batches[-1].append(index)
+                    continue
             batches.append([index])
-    return batches
-
-
-def _check_settings(out: Path, settings: dict[str, Any]) -> None:
-    """Raise if `out` was generated with other settings (every process checks, so all stop)."""
-    path = out / STATE_DIR / "settings.json"
-    if path.exists():
-        # Checkpoints are identified by their hashes; a run folder may move between sessions.
-        previous = _without_paths(json.loads(path.read_text()))
-        settings = _without_paths(settings)
-        changed = [
-            k for k in sorted(set(previous) | set(settings)) if previous.get(k) != settings.get(k)
-        ]
-        if changed:
-            key = changed[0]
-            raise PairforgeError(
-                f"{out}: was generated with {key}={previous.get(key)!r}, now {settings.get(key)!r}; "
-                "resume with the same settings and checkpoints, or pass a new --out."
-            )
-
-
-def _prepare_state(out: Path, settings: dict[str, Any]) -> None:
-    """Main process: store the settings of a new output; drop timings of an earlier session and
-    the temporary files that killed processes left (their samples have no record, so they are
-    generated again)."""
-    state = out / STATE_DIR
-    (state / "records").mkdir(parents=True, exist_ok=True)
-    for folder in (out, out / "images", out / "masks", state, state / "records"):
-        for stray in iter_tmp_files(folder):
-            stray.unlink(missing_ok=True)
-    if not (state / "settings.json").exists():
-        atomic_write_text(state / "settings.json", json.dumps(settings, indent=2))
-    for stale in state.glob("timing-*.json"):
-        stale.unlink()
-
-
-def _without_paths(settings: dict[str, Any]) -> dict[str, Any]:
-    checkpoints = {
-        role: {k: v for k, v in entry.items() if k != "path"}
-        for role, entry in settings.get("checkpoints", {}).items()
-    }
-    return {**settings, "checkpoints": checkpoints}
-
-
-def _done_records(out: Path) -> dict[str, dict[str, Any]]:
-    record_dir = out / STATE_DIR / "records"
-    if not record_dir.is_dir():
-        return {}
-    records = {}
-    for path in sorted(record_dir.glob("*.json")):
-        if path.name.startswith("."):
-            continue  # a temporary file of a killed process
-        try:
-            records[path.stem] = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            # Records are written atomically, so this one was damaged afterwards: generate
-            # that sample again (its files are overwritten).
-            warnings.warn(f"{path}: damaged record; generating {path.stem} again", stacklevel=2)
-            path.unlink(missing_ok=True)
-    return records
-
-
-def _check_count(out: Path, done: dict[str, dict[str, Any]], num_samples: int) -> None:
-    """Refuse --n smaller than what `out` already holds: keeping the extra pairs would make
-    the dataset larger than asked, deleting them would lose work; the user decides."""
-    extra = sorted(r["index"] for r in done.values() if r.get("index", 0) >= num_samples)
-    if extra:
-        raise PairforgeError(
-            f"{out}: already holds {len(done)} generated pairs (up to {sample_id(extra[-1])}), "
-            f"more than --n {num_samples}; pass --n {max(extra) + 1} or more to resume or extend "
-            f"it, or a new --out for a dataset of {num_samples} pairs."
-        )
+        return batches
 
 
 def output_spec(plan: GenerationPlan):
     """DatasetSpec of the generated dataset: channels/classes of the final run, its normalization."""
-    from pairforge.data.spec import NormalizationSpec
-
     run = plan.final_run
-    spec = run.spec.model_copy(deep=True)
-    spec.name = f"{spec.name}-generated-{plan.pipeline}{'-sr' if 'sr' in plan.runs else ''}"
-    spec.splits = {}
-    spec.normalization = NormalizationSpec(**run.normalizer.to_dict())
-    return spec
+    suffix = "-sr" if "sr" in plan.runs else ""
+    return run_output_spec(run, f"{run.spec.name}-generated-{plan.pipeline}{suffix}")
+
+
+def _draw_pairs(plan: GenerationPlan, source: MaskSource | None) -> Callable[..., DrawnBatch]:
+    """draw(indices, seeds) for the writer: the plan's pairs in physical units (+ extras)."""
+
+    def draw(indices: list[int], seeds: list[int]) -> DrawnBatch:
+        given_masks = np.stack([source.mask(i) for i in indices]) if source else None
+        pairs, extras = generate_pairs(plan, seeds, given_masks)
+        if source:
+            for extra, index in zip(extras, indices, strict=True):
+                extra["mask_source_id"] = source.source_id(index)
+        return DrawnBatch(pairs.physical_images(), pairs.masks_numpy(), extras)
+
+    return draw
+
+
+def _sr_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    values = [r["sr_mask_agreement"] for r in records if "sr_mask_agreement" in r]
+    return {"sr_mask_agreement_mean": float(np.mean(values)) if values else None}
 
 
 def write_generated_dataset(
@@ -324,116 +253,17 @@ def write_generated_dataset(
     accelerator.wait_for_everyone). The main process (index 0) then lists every finished sample
     in dataset.yaml and writes manifest.json and grid.png; it returns the manifest, others None.
     """
-    from tqdm.auto import tqdm
-
-    from pairforge.data.dataset import DatasetWriter
-
-    out = Path(out)
-    is_main = process_index == 0
-    ensure_writable_dir(out, "generated dataset folder")
-    settings = generation_settings(plan)
-    _check_settings(out, settings)
-    if is_main:
-        _prepare_state(out, settings)
-    barrier()
-    record_dir = out / STATE_DIR / "records"
-    record_dir.mkdir(parents=True, exist_ok=True)
-
-    done = _done_records(out)
-    _check_count(out, done, plan.num_samples)
-    todo = [
-        i for i in range(process_index, plan.num_samples, num_processes) if sample_id(i) not in done
-    ]
-    spec = output_spec(plan)
-    # Only the main process flushes dataset.yaml while running; the others write files only and
-    # the main process lists their samples at the end (records tell which are finished).
-    writer = DatasetWriter(out, spec, flush_every=32 if is_main else None)
-    started = time.perf_counter()
-    bar = tqdm(
-        total=len(todo), desc=f"generate [{process_index}]", position=process_index,
-        disable=not progress, unit="pair",
-    )  # fmt: skip
     source = MaskSource(plan) if plan.pipeline == "paint" else None
-    for indices in _batches(todo, plan.batch_size, source):
-        seeds = [plan.base_seed + i for i in indices]
-        given_masks = np.stack([source.mask(i) for i in indices]) if source else None
-        pairs, extras = generate_pairs(plan, seeds, given_masks)
-        images, masks = pairs.physical_images(), pairs.masks_numpy()
-        for k, index in enumerate(indices):
-            writer.add(sample_id(index), images[k], masks[k], split="train")
-            record = {"id": sample_id(index), "index": index, "seed": seeds[k], **extras[k]}
-            if source:
-                record["mask_source_id"] = source.source_id(index)
-            atomic_write_text(record_dir / f"{sample_id(index)}.json", json.dumps(record))
-        bar.update(len(indices))
-    bar.close()
-    elapsed = time.perf_counter() - started
-    if is_main:
-        writer.flush()
-    atomic_write_text(
-        out / STATE_DIR / f"timing-{process_index}.json",
-        json.dumps({"samples": len(todo), "seconds": elapsed}),
+    job = SampledDataset(
+        spec=output_spec(plan),
+        settings=generation_settings(plan),
+        num_samples=plan.num_samples,
+        draw=_draw_pairs(plan, source),
+        base_seed=plan.base_seed,
+        batch_size=plan.batch_size,
+        id_format=ID_FORMAT,
+        summarize=_sr_summary if "sr" in plan.runs else None,
     )
-    barrier()
-    if not is_main:
-        return None
-    return finalize(plan, out, settings, num_processes)
-
-
-def finalize(
-    plan: GenerationPlan, out: Path, settings: dict[str, Any], num_processes: int
-) -> dict[str, Any]:
-    """List every finished sample in dataset.yaml; write manifest.json and grid.png."""
-    from pairforge.data.dataset import DatasetWriter
-
-    records = sorted(_done_records(out).values(), key=lambda r: r["index"])
-    writer = DatasetWriter(out, output_spec(plan))
-    writer.spec.splits = {"train": [r["id"] for r in records]}
-    writer.flush()
-    timings = [json.loads(p.read_text()) for p in sorted((out / STATE_DIR).glob("timing-*.json"))]
-    manifest: dict[str, Any] = {
-        **settings,
-        "num_samples": len(records),
-        "num_processes": num_processes,
-        "batch_size": plan.batch_size,
-        "generated_this_session": {
-            "samples": sum(t["samples"] for t in timings),
-            "process_seconds": sum(t["seconds"] for t in timings),
-        },
-        "samples": records,
-    }
-    if plan.runs.get("sr") is not None:
-        values = [r["sr_mask_agreement"] for r in records if "sr_mask_agreement" in r]
-        manifest["sr_mask_agreement_mean"] = float(np.mean(values)) if values else None
-    atomic_write_text(out / MANIFEST_FILE, json.dumps(manifest, indent=2))
-    write_grid(out, [r["id"] for r in records[:GRID_SAMPLES]])
-    return manifest
-
-
-def write_grid(out: Path, ids: Sequence[str]) -> Path | None:
-    """grid.png via `pairforge.viz.save_grid`: one row per sample (in `ids` order), one column
-    per channel (viridis, 1..99th percentile per channel), then the mask and its overlay on
-    channel 0; a title names the columns. Tiles are upscaled to ~96 px. Samples whose size
-    differs from the first one's (paint runs with masks of several sizes) are left out.
-    Returns the path, or None for no ids."""
-    if not ids:
-        return None
-    from pairforge.data.dataset import load_dataset
-    from pairforge.viz import save_grid
-
-    ds = load_dataset(out)
-    pairs = [ds.read_pair(sample) for sample in ids]
-    pairs = [(image, mask) for image, mask in pairs if image.shape == pairs[0][0].shape]
-    images = np.stack([image for image, _ in pairs])
-    with_masks = all(mask is not None for _, mask in pairs)
-    masks = np.stack([mask for _, mask in pairs]) if with_masks else None
-    columns = ds.spec.channel_names + (["mask", "overlay"] if with_masks else [])
-    return save_grid(
-        out / GRID_FILE,
-        images,
-        masks,
-        channel_names=ds.spec.channel_names,
-        class_colors=ds.spec.class_colors,
-        max_items=len(images),
-        title=" | ".join(columns),
-    )
+    if source is not None:
+        job.batches = source.batches
+    return write_sampled_dataset(job, out, process_index, num_processes, barrier, progress)

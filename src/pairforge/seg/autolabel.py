@@ -10,7 +10,6 @@ H(mean softmax) - mean H(softmax) ("js"); "entropy" and "disagreement" are optio
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,11 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from pairforge.core.dataset_writer import DrawnBatch, checkpoint_entry, module_sha256, output_spec
+from pairforge.core.unconditional import SamplingSettings, draw_unconditional
 from pairforge.errors import PairforgeError
-from pairforge.io import atomic_write_text
 from pairforge.seg.ensemble import DEFAULT_UNCERTAINTY, check_uncertainty_kind, image_scores
-
-MANIFEST_FILE = "manifest.json"
 
 
 @dataclass
@@ -85,19 +83,68 @@ def autolabel(
     run_path: the DDPM run to sample from (default: the run the head's features come from;
     it must be a pairforge run with task image or joint, so that its normalizer and dataset
     spec describe the samples). Sample i uses seed `seed + i` (batch-size independent), drawn
-    by `core.unconditional.draw_unconditional` as in `pairforge sample` and `generate`.
-    Returns the manifest (also written to OUT/manifest.json); OUT is a standard dataset with
-    the kept samples in split "train", images in physical units, masks = head labels.
+    by `core.unconditional.draw_unconditional` as in `pairforge sample` and `generate`, and
+    written by their writer, `core.dataset_writer.write_sampled_dataset` (resumable with the
+    same settings and --n). Returns the manifest (also written to OUT/manifest.json); OUT is a
+    standard dataset with the kept samples in split "train", images in physical units, masks =
+    head labels; the dropped samples' files are removed, their records kept in the manifest.
     """
-    from pairforge.core.run import load_run
-    from pairforge.core.unconditional import SamplingSettings, draw_unconditional
-    from pairforge.data.dataset import DatasetWriter
-    from pairforge.data.spec import NormalizationSpec
+    from pairforge.core.dataset_writer import SampledDataset, write_sampled_dataset
 
     if num_samples < 1:
         raise PairforgeError(f"--n {num_samples} must be >= 1")
     select_confident(np.zeros(1), drop_fraction)  # validate before the expensive sampling
     check_uncertainty_kind(uncertainty, "--uncertainty")
+    run_path, run = _load_sampled_run(head, run_path, device)
+    settings = SamplingSettings(sampler, steps, device)
+    job_settings = _autolabel_settings(head, run, run_path, settings, seed)
+    job_settings.update(
+        num_samples=num_samples,
+        drop_fraction=drop_fraction,
+        uncertainty=uncertainty,
+        top_fraction=top_fraction,
+        score=f"mean of the top {top_fraction:.0%} most uncertain pixels ({uncertainty})",
+    )
+
+    def draw(indices: list[int], seeds: list[int]) -> DrawnBatch:
+        images = draw_unconditional(run, seeds, settings).images.cpu()
+        labeled = label_images(head, images, uncertainty, top_fraction, batch_size)
+        scores = [{"score": float(score)} for score in labeled.scores]
+        return DrawnBatch(run.normalizer.decode(images.numpy()), labeled.labels.numpy(), scores)
+
+    def select(records: list[dict[str, Any]]) -> np.ndarray:
+        return select_confident(np.array([r["score"] for r in records]), drop_fraction)
+
+    def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+        kept_scores = [r["score"] for r in records if r["kept"]]
+        return {
+            "run": str(Path(run_path).resolve()),
+            "num_kept": len(kept_scores),
+            "score_threshold_kept": max(kept_scores) if kept_scores else None,
+        }
+
+    job = SampledDataset(
+        spec=output_spec(run, f"{run.spec.name}-autolabel", ignore_index=None),
+        settings=job_settings,
+        num_samples=num_samples,
+        draw=draw,
+        base_seed=seed,
+        batch_size=batch_size,
+        id_format="auto{index:06d}",
+        folder_label="autolabel dataset folder",
+        select=select,
+        summarize=summarize,
+        noun="samples",
+        progress_desc="autolabel",
+        progress_unit="img",
+    )
+    return write_sampled_dataset(job, out, progress=progress)
+
+
+def _load_sampled_run(head, run_path, device: str):
+    """(run path, LoadedRun) of the image / joint run autolabel samples, checked against the head."""
+    from pairforge.core.run import load_run
+
     run_path = run_path or head.info.source
     if not run_path or not (Path(run_path) / "model" / "pairforge.json").exists():
         raise PairforgeError(
@@ -111,57 +158,17 @@ def autolabel(
             f"run {run_path} declares {run.spec.num_classes} classes but the head predicts "
             f"{head.num_classes}; use the run the head was fitted for"
         )
-    settings = SamplingSettings(sampler, steps, device)
-    spec = run.spec.model_copy(
-        update={"name": f"{run.spec.name}-autolabel", "splits": {}, "ignore_index": None}
-    )
-    # Store the run's normalizer so the written dataset normalizes exactly like the model.
-    spec.normalization = NormalizationSpec(**run.normalizer.to_dict())
+    return run_path, run
 
-    records = []
-    indices = range(0, num_samples, batch_size)
-    if progress:
-        from tqdm.auto import tqdm
 
-        indices = tqdm(indices, desc="autolabel", unit="batch")
-    generated_images, generated_labels = [], []
-    for first in indices:
-        seeds = [seed + i for i in range(first, min(first + batch_size, num_samples))]
-        images = draw_unconditional(run, seeds, settings).images.cpu()
-        labeled = label_images(head, images, uncertainty, top_fraction, batch_size)
-        for row, sample_seed in enumerate(seeds):
-            records.append({"seed": sample_seed, "score": float(labeled.scores[row])})
-        generated_images.append(images)
-        generated_labels.append(labeled.labels)
-    images_all = torch.cat(generated_images)
-    labels_all = torch.cat(generated_labels)
-    keep = select_confident(np.array([r["score"] for r in records]), drop_fraction)
-    kept_scores = [r["score"] for r, k in zip(records, keep, strict=True) if k]
-    threshold = max(kept_scores) if kept_scores else None
-
-    out = Path(out)
-    with DatasetWriter(out, spec) as writer:
-        for index, record in enumerate(records):
-            record["id"] = f"auto{index:06d}"
-            record["kept"] = bool(keep[index])
-            if not record["kept"]:
-                continue
-            physical = run.normalizer.decode(images_all[index].numpy())
-            writer.add(record["id"], physical, labels_all[index].numpy(), split="train")
-    manifest = {
+def _autolabel_settings(head, run, run_path, settings, seed: int) -> dict[str, Any]:
+    """What decides the written samples and labels: the run (by hash), the head (features and
+    a hash of its weights), sampler and seeds."""
+    return {
         "kind": "pairforge-autolabel/1",
-        "run": str(Path(run_path).resolve()),
+        "checkpoints": {run.task: checkpoint_entry(run, run_path)},
         "head_features": head.extractor.config.to_dict(),
-        "num_samples": num_samples,
-        "num_kept": int(keep.sum()),
-        "drop_fraction": drop_fraction,
-        "uncertainty": uncertainty,
-        "score": f"mean of the top {top_fraction:.0%} most uncertain pixels ({uncertainty})",
-        "score_threshold_kept": threshold,
-        "sampler": sampler,
-        "steps": steps,
+        "head_sha256": module_sha256(head.ensemble),
+        **settings.as_dict(),
         "base_seed": seed,
-        "samples": records,
     }
-    atomic_write_text(out / MANIFEST_FILE, json.dumps(manifest, indent=2))
-    return manifest

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from pairforge.errors import PairforgeError
-from pairforge.io import atomic_write, ensure_writable_dir
+
+ID_FORMAT = "sample-{seed:06d}"
 
 
 def sample_run_to_dataset(
@@ -26,18 +26,24 @@ def sample_run_to_dataset(
     """Sample n items with seeds seed..seed+n-1 from RUN into OUT; returns OUT.
 
     Sample seed s is drawn by `core.unconditional.draw_unconditional`, the same as sample s of
-    `pairforge generate --pipeline joint --seed 0` (joint runs) or `seg autolabel` (any run).
+    `pairforge generate --pipeline joint --seed 0` (joint runs) or `seg autolabel` (any run),
+    and written by `core.dataset_writer.write_sampled_dataset`, the writer of both.
 
     image / joint runs: OUT is a standard dataset (dataset.yaml, images/<id>.tif in physical
-    units, masks/<id>.png decoded by the codec for joint runs), ids `sample-<seed>`; already
-    written ids are skipped, so an interrupted call can be repeated. mask runs: OUT/masks/<id>.png
-    (class ids) only, since a mask-only model makes no image. Also writes OUT/grid.png.
+    units, masks/<id>.png decoded by the codec for joint runs), ids `sample-<seed>`. mask runs:
+    OUT/masks/<id>.png (class ids) only, since a mask-only model makes no image. Also writes
+    OUT/grid.png and OUT/manifest.json (settings, checkpoint hashes, one record per sample);
+    an interrupted call repeated with the same settings resumes (OUT/.generate/).
     """
-    from tqdm.auto import tqdm
-
+    from pairforge.core.dataset_writer import (
+        DrawnBatch,
+        SampledDataset,
+        checkpoint_entry,
+        output_spec,
+        write_sampled_dataset,
+    )
     from pairforge.core.run import load_run
     from pairforge.core.unconditional import SamplingSettings, draw_unconditional
-    from pairforge.viz import save_grid
 
     if n < 1:
         raise PairforgeError(f"--n {n}: the number of samples must be >= 1.")
@@ -53,75 +59,30 @@ def sample_run_to_dataset(
     settings = SamplingSettings(
         sampler, steps, device, torch.bfloat16 if bf16 else torch.float32, progress=False
     )
-    out = ensure_writable_dir(out, "sample folder")
-    seeds = [seed + i for i in range(n)]
-    writer = _open_writer(run, out)
-    todo = [s for s in seeds if not writer.has(f"sample-{s:06d}")]
-    grid_images, grid_masks = [], []
-    bar = tqdm(total=len(todo), desc=f"sample {run.task}", disable=not progress, unit="img")
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start : start + batch_size]
-        drawn = draw_unconditional(run, chunk, settings)
-        images = drawn.images.cpu() if drawn.images is not None else None
-        masks = drawn.masks.cpu() if drawn.masks is not None else None
-        for i, s in enumerate(chunk):
-            physical = run.normalizer.decode(images[i].numpy()) if images is not None else None
-            mask = masks[i].numpy() if masks is not None else None
-            writer.add(f"sample-{s:06d}", physical, mask, split="train")
-        if len(grid_images) + len(grid_masks) < 16:
-            grid_images.append(images[:8] if images is not None else None)
-            grid_masks.append(masks[:8] if masks is not None else None)
-        bar.update(len(chunk))
-    bar.close()
-    writer.close()
-    if grid_images:
-        images = None if grid_images[0] is None else torch.cat(grid_images)[:8].numpy()
-        masks = None if grid_masks[0] is None else torch.cat(grid_masks)[:8].numpy()
-        save_grid(out / "grid.png", images, masks, class_colors=run.spec.class_colors)
-    return out
 
+    def draw(indices: list[int], seeds: list[int]) -> DrawnBatch:
+        drawn = draw_unconditional(run, seeds, settings)
+        images = None if drawn.images is None else run.normalizer.decode(drawn.images.cpu().numpy())
+        masks = None if drawn.masks is None else drawn.masks.cpu().numpy()
+        return DrawnBatch(images, masks)
 
-def _open_writer(run, out: Path):
-    if not run.task_spec.has_image_part:  # a mask-only model makes no image
-        return _MaskFolderWriter(out, [c.id for c in run.spec.classes])
-    from pairforge.data.dataset import DatasetWriter
-    from pairforge.data.spec import NormalizationSpec
-
-    spec = run.spec.model_copy(deep=True)
-    spec.name = f"{spec.name}-samples"
-    spec.splits = {}
-    spec.mask_encoding = "ids"
-    # Same normalization as training, so the samples encode exactly as the model made them.
-    normalizer = run.normalizer.to_dict()
-    spec.normalization = NormalizationSpec(low=normalizer["low"], high=normalizer["high"])
-    return DatasetWriter(out, spec)
-
-
-class _MaskFolderWriter:
-    """OUT/masks/<id>.png with class ids (uint8, or 16-bit TIFF above 255)."""
-
-    def __init__(self, out: Path, class_ids: list[int]):
-        self.folder = Path(out) / "masks"
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.lookup = np.array(class_ids, dtype=np.int64)
-
-    def has(self, sample_id: str) -> bool:
-        return any(self.folder.glob(f"{sample_id}.*"))
-
-    def add(self, sample_id: str, image, mask, split: str = "train") -> None:
-        import tifffile
-        from PIL import Image
-
-        # Atomic: `has` counts any file as done, so a killed call must not leave half of one.
-        ids = self.lookup[mask]
-        if ids.max() < 256:
-            png = Image.fromarray(ids.astype(np.uint8))
-            atomic_write(self.folder / f"{sample_id}.png", lambda tmp: png.save(tmp, "PNG"))
-        else:
-            atomic_write(
-                self.folder / f"{sample_id}.tif",
-                lambda tmp: tifffile.imwrite(tmp, ids.astype(np.uint16)),
-            )
-
-    def close(self) -> None:
-        return None
+    job = SampledDataset(
+        spec=output_spec(run, f"{run.spec.name}-samples"),
+        settings={
+            "checkpoints": {run.task: checkpoint_entry(run, run_dir)},
+            **settings.as_dict(),
+            "base_seed": seed,
+        },
+        num_samples=n,
+        draw=draw,
+        base_seed=seed,
+        batch_size=batch_size,
+        id_format=ID_FORMAT,
+        folder_label="sample folder",
+        has_images=run.task_spec.has_image_part,
+        noun="samples",
+        progress_desc=f"sample {run.task}",
+        progress_unit="img",
+    )
+    write_sampled_dataset(job, out, progress=progress)
+    return Path(out)
