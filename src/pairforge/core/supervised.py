@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -137,6 +138,57 @@ def _augment_batch(images: torch.Tensor, masks: torch.Tensor, generator: torch.G
     return torch.stack(out_images), torch.stack(out_masks)
 
 
+def _seeded_model(in_channels: int, num_classes: int, arch: str, encoder: str, seed: int):
+    """`build_supervised_model` with its initialization drawn from `seed`."""
+    # Fork the global RNG so model initialization is seeded without disturbing the caller.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_supervised_model(in_channels, num_classes, arch, encoder)
+
+
+def _labeled_tensors(images, masks, num_classes: int, name: str):
+    """(float32 images (N, C, H, W), long masks (N, H, W)), checked against each other."""
+    images = torch.as_tensor(images, dtype=torch.float32)
+    masks = torch.as_tensor(masks, dtype=torch.long)
+    _validate(images, masks, num_classes, name)
+    return images, masks
+
+
+@dataclass(frozen=True)
+class _EpochSettings:
+    """How `_train_epoch` batches: batch size, augmentation, padding multiple, device."""
+
+    batch_size: int
+    augment: bool
+    stride: int  # network stride: batches are padded to a multiple of it
+    device: str
+
+
+def _train_epoch(model, optimizer, scheduler, images, masks, settings: _EpochSettings, generator):
+    """One shuffled pass over (images, masks), one AdamW + cosine step per batch; mean loss."""
+    model.train()
+    order = torch.randperm(images.shape[0], generator=generator)
+    loss_sum, num_batches = 0.0, 0
+    for first in range(0, len(order), settings.batch_size):
+        index = order[first : first + settings.batch_size]
+        batch_images, batch_masks = images[index], masks[index]
+        if settings.augment:
+            batch_images, batch_masks = _augment_batch(batch_images, batch_masks, generator)
+        batch_images, batch_masks = _pad_to_multiple(batch_images, batch_masks, settings.stride)
+        if batch_images.shape[0] == 1:
+            # BatchNorm cannot train on one sample of 1x1 bottleneck; duplicate it.
+            batch_images, batch_masks = batch_images.repeat(2, 1, 1, 1), batch_masks.repeat(2, 1, 1)
+        logits = model(batch_images.to(settings.device))
+        loss = F.cross_entropy(logits, batch_masks.to(settings.device), ignore_index=IGNORE_INDEX)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.item()
+        num_batches += 1
+    return loss_sum / num_batches
+
+
 def train_supervised(
     train_images: torch.Tensor,
     train_masks: torch.Tensor,
@@ -175,31 +227,21 @@ def train_supervised(
         "train_loss", "val_miou", "seconds"}, ...], "best_epoch", "best_val_miou",
         "selection": "val_miou" | "last_epoch"}.
     """
-    train_images = torch.as_tensor(train_images, dtype=torch.float32)
-    train_masks = torch.as_tensor(train_masks, dtype=torch.long)
-    _validate(train_images, train_masks, num_classes, "train")
+    train_images, train_masks = _labeled_tensors(train_images, train_masks, num_classes, "train")
     has_val = val_images is not None and val_masks is not None
     if has_val:
-        val_images = torch.as_tensor(val_images, dtype=torch.float32)
-        val_masks = torch.as_tensor(val_masks, dtype=torch.long)
-        _validate(val_images, val_masks, num_classes, "val")
+        val_images, val_masks = _labeled_tensors(val_images, val_masks, num_classes, "val")
     if epochs < 1 or batch_size < 1 or val_every < 1:
         raise PairforgeError(
             f"epochs={epochs}, batch_size={batch_size}, val_every={val_every}: all must be >= 1"
         )
 
-    # Fork the global RNG so model initialization is seeded without disturbing the caller.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build_supervised_model(train_images.shape[1], num_classes, arch, encoder)
-    model.to(device)
-    stride = _network_stride(model)
+    model = _seeded_model(train_images.shape[1], num_classes, arch, encoder, seed).to(device)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps_per_epoch = math.ceil(train_images.shape[0] / batch_size)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-        optimizer, T_max=epochs * steps_per_epoch
-    )
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps_per_epoch)
+    step = _EpochSettings(batch_size, augment, _network_stride(model), device)
 
     history: dict = {"epochs": [], "best_epoch": None, "best_val_miou": None}
     best_state = None
@@ -210,32 +252,12 @@ def train_supervised(
         epoch_iter = tqdm(epoch_iter, desc="supervised", unit="epoch")
     for epoch in epoch_iter:
         start = time.perf_counter()
-        model.train()
-        order = torch.randperm(train_images.shape[0], generator=generator)
-        loss_sum, num_batches = 0.0, 0
-        for first in range(0, len(order), batch_size):
-            index = order[first : first + batch_size]
-            images, masks = train_images[index], train_masks[index]
-            if augment:
-                images, masks = _augment_batch(images, masks, generator)
-            images, masks = _pad_to_multiple(images, masks, stride)
-            if images.shape[0] == 1:
-                # BatchNorm cannot train on one sample of 1x1 bottleneck; duplicate it.
-                images, masks = images.repeat(2, 1, 1, 1), masks.repeat(2, 1, 1)
-            logits = model(images.to(device))
-            loss = F.cross_entropy(logits, masks.to(device), ignore_index=IGNORE_INDEX)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.item()
-            num_batches += 1
-
-        record = {"epoch": epoch, "train_loss": loss_sum / num_batches, "val_miou": None}
+        loss = _train_epoch(model, optimizer, scheduler, train_images, train_masks, step, generator)
+        record = {"epoch": epoch, "train_loss": loss, "val_miou": None}
         if has_val and (epoch % val_every == 0 or epoch == epochs):
-            prediction = predict_supervised(model, val_images, batch_size=batch_size)
-            confusion = confusion_matrix(prediction, val_masks, num_classes, IGNORE_INDEX)
-            record["val_miou"] = miou_from_confusion(confusion)[0]
+            record["val_miou"] = evaluate_supervised(
+                model, val_images, val_masks, num_classes, batch_size
+            )[0]
             if history["best_val_miou"] is None or record["val_miou"] > history["best_val_miou"]:
                 history["best_val_miou"] = record["val_miou"]
                 history["best_epoch"] = epoch
@@ -245,14 +267,18 @@ def train_supervised(
         if progress:
             epoch_iter.set_postfix(loss=f"{record['train_loss']:.3f}", val=record["val_miou"])
 
+    return _select_weights(model, history, best_state, epochs), history
+
+
+def _select_weights(model, history: dict, best_state: dict | None, epochs: int):
+    """Load the best validation epoch's weights (if any) and note the selection in `history`."""
     if best_state is not None:
         model.load_state_dict(best_state)
         history["selection"] = "val_miou"
     else:
         history["best_epoch"] = epochs
         history["selection"] = "last_epoch"
-    model.eval()
-    return model, history
+    return model.eval()
 
 
 @torch.no_grad()

@@ -24,16 +24,25 @@ def _as_tensor(x) -> tuple[torch.Tensor, bool]:
     return x, False
 
 
+def _resize_planes(x, plane_dims: int, factor: float, resize):
+    """Shape handling shared by the downsamplers: x (..., *plane) numpy or torch, plane the last
+    `plane_dims` axes ending in (H, W); `resize(t (N, *plane), (h, w)) -> (N, ..., h, w)` with
+    (h, w) = (H, W) / factor rounded. Returns (..., *resized plane), numpy if x was numpy."""
+    t, was_np = _as_tensor(x)
+    lead = t.shape[:-plane_dims]
+    size = (round(t.shape[-2] / factor), round(t.shape[-1] / factor))
+    out = resize(t.reshape(-1, *t.shape[-plane_dims:]), size)
+    out = out.reshape(*lead, *out.shape[1:])
+    return out.numpy() if was_np else out
+
+
 def downsample_image(x, factor: float):
     """Area-average (..., C, H, W) down by `factor` (any factor > 0; H/factor rounded)."""
-    t, was_np = _as_tensor(x)
     if factor == 1:
         return x
-    lead = t.shape[:-3]
-    t4 = t.reshape(-1, *t.shape[-3:]).float()
-    size = (round(t.shape[-2] / factor), round(t.shape[-1] / factor))
-    out = F.interpolate(t4, size=size, mode="area").reshape(*lead, t.shape[-3], *size)
-    return out.numpy() if was_np else out
+    return _resize_planes(
+        x, 3, factor, lambda images, size: F.interpolate(images.float(), size=size, mode="area")
+    )
 
 
 def downsample_mask(mask, factor: float, num_classes: int, min_labeled_fraction: float = 0.5):
@@ -52,22 +61,22 @@ def downsample_mask(mask, factor: float, num_classes: int, min_labeled_fraction:
             f"downsample_mask: min_labeled_fraction={min_labeled_fraction} must be in [0, 1) "
             "(0.5 = labeled majority)"
         )
-    t, was_np = _as_tensor(mask)
     if factor == 1:
         return mask
-    lead = t.shape[:-2]
-    m = t.reshape(-1, *t.shape[-2:]).long()
-    size = (round(m.shape[-2] / factor), round(m.shape[-1] / factor))
-    valid = m != IGNORE_INDEX
-    onehot = F.one_hot(torch.where(valid, m, 0), num_classes).permute(0, 3, 1, 2).float()
-    onehot = onehot * valid[:, None]
-    votes = F.interpolate(onehot, size=size, mode="area")
-    out = votes.argmax(dim=1)
-    # votes sum to the labeled fraction of each block; the margin absorbs float rounding so that
-    # exactly half labeled is "not more than half".
-    out[votes.sum(dim=1) <= min_labeled_fraction + 1e-6] = IGNORE_INDEX
-    out = out.reshape(*lead, *size)
-    return out.numpy() if was_np else out
+
+    def majority(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        masks = masks.long()
+        valid = masks != IGNORE_INDEX
+        onehot = F.one_hot(torch.where(valid, masks, 0), num_classes).permute(0, 3, 1, 2).float()
+        onehot = onehot * valid[:, None]
+        votes = F.interpolate(onehot, size=size, mode="area")
+        out = votes.argmax(dim=1)
+        # votes sum to the labeled fraction of each block; the margin absorbs float rounding so
+        # that exactly half labeled is "not more than half".
+        out[votes.sum(dim=1) <= min_labeled_fraction + 1e-6] = IGNORE_INDEX
+        return out
+
+    return _resize_planes(mask, 2, factor, majority)
 
 
 def tile_coords(height: int, width: int, tile: int, overlap: int = 0) -> list[tuple[int, int]]:
