@@ -78,10 +78,13 @@ class SamplingCondition:
 
     mask:  (B, H, W) class indices (sdm: the masks to paint; sr: the high-res masks of the
            preview batch), image: (B, C, H, W) in ~[-1, 1] (sr preview only).
+    seeds: the B sample seeds (sr: sample b's augmentation noise comes from
+           stage_seed(seeds[b], "sr-augment"), as in the pipeline); None: 0 .. B-1.
     """
 
     mask: torch.Tensor | None = None
     image: torch.Tensor | None = None
+    seeds: tuple[int, ...] | None = None
 
 
 def channels_last_input(x_t: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -311,17 +314,31 @@ class SrTask(Task):
         channels_last=False,
         **_,
     ):
-        """Preview denoiser: the condition's high-res pair, downsampled, noise-augmented at the
-        fixed sr_noise_level with noise seed 0 (the pipelines pass their per-sample low_res to
-        `low_res_denoiser`)."""
-        from pairforge.models.sr import noise_augment
-
+        """Preview denoiser: the condition's high-res pair, downsampled and noise-augmented at
+        the fixed sr_noise_level with each sample's own noise (`augmented_low_res`, the rule of
+        the pipelines, which pass their per-sample low_res to `low_res_denoiser`)."""
         device = next(model.parameters()).device
         low_res = low_res_condition(layout, condition.image, condition.mask, sr_scale_factor)
-        noise = torch.randn(low_res.shape, generator=torch.Generator().manual_seed(0))
-        level = torch.full((low_res.shape[0],), float(sr_noise_level))
-        low_res = noise_augment(low_res, level, noise).to(device)
-        return self.low_res_denoiser(model, low_res, level.to(device), channels_last)
+        seeds = condition.seeds if condition.seeds is not None else range(low_res.shape[0])
+        low_res, levels = self.augmented_low_res(low_res.to(device), seeds, sr_noise_level)
+        return self.low_res_denoiser(model, low_res, levels, channels_last)
+
+    @staticmethod
+    def augmented_low_res(
+        low_res: torch.Tensor, seeds, noise_level: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sampling condition: low_res (B, C+codec, h, w) noise-augmented at the fixed
+        noise_level in [0, 1], sample b's noise drawn from stage_seed(seeds[b], "sr-augment")
+        alone (whatever the batch). Returns (augmented low_res, levels (B,) float32)."""
+        from pairforge.core.seeds import seeded_normal, stage_seed
+        from pairforge.models.sr import noise_augment
+
+        augment_seeds = [stage_seed(int(s), "sr-augment") for s in seeds]
+        noise = seeded_normal(
+            augment_seeds, tuple(low_res.shape[1:]), low_res.device, low_res.dtype
+        )
+        levels = torch.full((len(augment_seeds),), float(noise_level), device=low_res.device)
+        return noise_augment(low_res, noise_level, noise), levels
 
     @staticmethod
     def low_res_denoiser(model, low_res, levels, channels_last: bool = False) -> DenoiseFn:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from pairforge.core.run import layout_of, require_task
-from pairforge.core.seeds import seeded_normal, stage_seed
+from pairforge.core.seeds import stage_seed
 from pairforge.core.tasks import DenoiseFn, SrTask, guided_denoiser, segmap_from_mask
 from pairforge.core.unconditional import SamplingSettings, draw_unconditional
 from pairforge.data.codec import IGNORE_INDEX
@@ -205,8 +205,6 @@ def super_resolve(
     The low-res image is moved into the SR run's normalization, the mask encoded with its codec,
     both noise-augmented with `noise_level` in [0, 1] (noise from the sample's own seed).
     """
-    from pairforge.models.sr import noise_augment
-
     settings = settings or SamplingSettings()
     require_task(sr_run, "sr", "super-resolution stage")
     if not 0 <= noise_level <= 1:
@@ -235,11 +233,7 @@ def super_resolve(
             f"super-resolution: the pairs give {low_res.shape[1]} low-res channels but the SR "
             f"run expects {expected}; train the SR run on the same dataset."
         )
-    augment_seeds = [stage_seed(s, "sr-augment") for s in seeds]
-    noise = seeded_normal(augment_seeds, tuple(low_res.shape[1:]), device, low_res.dtype)
-    low_res = noise_augment(low_res, noise_level, noise)
-    levels = torch.full((len(seeds),), float(noise_level), device=device)
-
+    low_res, levels = SrTask.augmented_low_res(low_res, seeds, noise_level)
     denoise = SrTask.low_res_denoiser(sr_run.model, low_res, levels)
     layout = layout_of(sr_run)
     shape = (layout.sample_channels, sr_run.resolution, sr_run.resolution)

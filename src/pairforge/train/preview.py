@@ -22,7 +22,8 @@ def write_preview(
 ) -> Path:
     """Sample config.log.num_samples x0 (seeds 0, 1, ...) with `model` and save them as a grid
     PNG at `path`; sampler and steps from config.log, guidance from config.sdm, the sr condition
-    from config.sr. condition_batch: {"image", "mask"} preview conditions of sdm / sr runs.
+    from config.sr (sr: each seed's own augmentation noise, as in `generate`). condition_batch:
+    {"image", "mask"} preview conditions of sdm / sr runs.
 
     The grid (`pairforge.viz.save_grid`) has one row per seed: the image channels in model range
     (each scaled to its 1..99th percentile), then mask and overlay; mask runs show masks only.
@@ -34,7 +35,9 @@ def write_preview(
     condition = None
     if condition_batch is not None:
         condition = SamplingCondition(
-            mask=condition_batch["mask"][: len(seeds)], image=condition_batch["image"][: len(seeds)]
+            mask=condition_batch["mask"][: len(seeds)],
+            image=condition_batch["image"][: len(seeds)],
+            seeds=tuple(seeds),
         )
     task = layout.spec
     denoise = task.denoiser(
