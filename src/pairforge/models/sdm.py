@@ -21,6 +21,7 @@ from diffusers.models.upsampling import Upsample2D
 from torch import nn
 
 from pairforge.errors import PairforgeError
+from pairforge.models.conditions import check_condition, per_sample
 
 
 class SpadeGroupNorm(nn.Module):
@@ -223,17 +224,12 @@ class SemanticUNet(ModelMixin, ConfigMixin):
         return_dict: bool = True,
     ) -> UNet2DOutput | tuple[torch.Tensor]:
         """Predict the noise (or v) for `sample` at `timestep` given the mask `segmap`; shapes above."""
-        batch = sample.shape[0]
-        if segmap.shape[0] != batch or segmap.shape[1] != self.config.num_classes:
-            raise PairforgeError(
-                f"SemanticUNet: segmap shape {tuple(segmap.shape)} does not fit sample "
-                f"{tuple(sample.shape)} with num_classes={self.config.num_classes}; pass a "
-                f"(B, {self.config.num_classes}, H, W) one-hot mask."
-            )
-        timesteps = torch.as_tensor(timestep, device=sample.device)
-        if timesteps.ndim == 0:
-            timesteps = timesteps[None]
-        timesteps = timesteps.expand(batch)
+        classes = self.config.num_classes
+        check_condition(
+            "SemanticUNet", "segmap", segmap, sample, classes,
+            f" with num_classes={classes}; pass a (B, {classes}, H, W) one-hot mask",
+        )  # fmt: skip
+        timesteps = per_sample(timestep, sample.shape[0], sample.device)
         # Timesteps returns float32; match the model dtype before the MLP.
         temb = self.time_embedding(self.time_proj(timesteps).to(sample.dtype))
         segmap = segmap.to(sample.dtype)

@@ -17,6 +17,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_2d import UNet2DModel, UNet2DOutput
 
 from pairforge.errors import PairforgeError
+from pairforge.models.conditions import check_condition, per_sample
 
 # The noise level in [0, 1] is embedded like a timestep on the same 0..1000 scale.
 NOISE_LEVEL_SCALE = 1000.0
@@ -115,19 +116,15 @@ class SuperResUNet(ModelMixin, ConfigMixin):
         return_dict: bool = True,
     ) -> UNet2DOutput | tuple[torch.Tensor]:
         """Predict the noise (or v) for `sample` given the low-res condition; shapes above."""
-        batch = sample.shape[0]
-        if low_res.shape[0] != batch or low_res.shape[1] != self.config.low_res_channels:
-            raise PairforgeError(
-                f"SuperResUNet: low_res shape {tuple(low_res.shape)} does not fit sample "
-                f"{tuple(sample.shape)}; pass (B, {self.config.low_res_channels}, h, w)."
-            )
+        channels = self.config.low_res_channels
+        check_condition(
+            "SuperResUNet", "low_res", low_res, sample, channels, f"; pass (B, {channels}, h, w)"
+        )
         condition = upsample_low_res(
             low_res.to(sample.dtype), tuple(sample.shape[-2:]), self.config.low_res_image_channels
         )
-        levels = torch.as_tensor(noise_level, device=sample.device, dtype=torch.float32)
-        if levels.ndim == 0:
-            levels = levels[None]
-        levels = levels.expand(batch) * NOISE_LEVEL_SCALE
+        levels = per_sample(noise_level, sample.shape[0], sample.device, torch.float32)
+        levels = levels * NOISE_LEVEL_SCALE
         out = self.unet(torch.cat([sample, condition], dim=1), timestep, class_labels=levels).sample
         if not return_dict:
             return (out,)

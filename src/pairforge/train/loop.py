@@ -6,7 +6,6 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from pairforge.config import TrainConfig
@@ -80,27 +79,17 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
     optimizer step is a pure function of (seed, step, process rank) and the state, so an
     interrupted run continues identically. Writes RUN/config.yaml, metrics.jsonl,
     samples/step-*.png, checkpoints/step-*/ and model/ (see docs/ARCHITECTURE.md).
+
+    One flat function over 80 lines on purpose (DESIGN.md: a flat training loop with phase
+    comments, as in nanoGPT / EDM): the phases read top to bottom; what they write (checkpoints,
+    model/, previews, metrics, the divergence check) lives in train.run_outputs, the step itself
+    in train.step.
     """
     from accelerate import Accelerator
-    from tqdm.auto import tqdm
 
-    from pairforge.core.record import RunRecord
-    from pairforge.core.run import METRICS_FILE, SAMPLES_DIR
     from pairforge.core.tasks import TrainingSettings, get_task
     from pairforge.diffusion.schedule import alphas_cumprod, make_scheduler_config
-    from pairforge.io import (
-        append_jsonl,
-        write_error,
-    )
-    from pairforge.models.factory import build_model
-    from pairforge.train.checkpoint import (
-        load_latest_checkpoint,
-        non_finite_tensors,
-        save_checkpoint,
-    )
-    from pairforge.train.ema import EMA
-    from pairforge.train.preview import write_preview
-    from pairforge.train.run import model_is_current, write_inference_model
+    from pairforge.train.run_outputs import RunOutputs, TrainingLog
     from pairforge.train.step import NonFiniteStep, StepModel, train_step
 
     run_dir = Path(run_dir)
@@ -115,7 +104,6 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     is_main = accelerator.is_main_process
     bf16 = resolve_precision(config.precision, device.type) == "bf16"
-    show_progress = log.progress if progress is None else progress
 
     # Run directory: the resolved config; an existing run must have the same settings.
     _prepare_run_dir(config, run_dir, accelerator)
@@ -124,50 +112,16 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
     items_needed = opt.max_steps * opt.grad_accumulation * world * opt.batch_size
     ds, crops = _training_crops(config, task, items_needed)
     layout = task.make_layout(ds.num_channels, ds.num_classes, config.mask_codec)
-    task_settings = TrainingSettings(
-        config.sdm.cond_drop_prob, config.sr.noise_aug_max, config.sr.scale_factor
-    )
 
     # Diffusion constants and the model.
     scheduler_config = make_scheduler_config(
         config.diffusion.schedule, config.diffusion.prediction, config.diffusion.num_train_timesteps
     )
     abar = alphas_cumprod(scheduler_config).to(device)
-    torch.manual_seed(config.seed)  # identical initial weights in every process
-    model = build_model(
-        task.model_class,
-        config.model.preset,
-        in_channels=layout.sample_channels,
-        out_channels=layout.sample_channels,
-        sample_size=config.data.resolution,
-        overrides=config.model.overrides(),
-        **task.model_kwargs(layout),
-    ).to(device)
-    ema = (
-        EMA(model, config.ema.decay, config.ema.power, config.ema.inv_gamma)
-        if config.ema.enabled
-        else None
-    )
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = _adamw(model, opt.lr, opt.betas, opt.weight_decay)
-    if config.compile:
-        model.compile()  # in place: parameter names (and saved keys) stay unprefixed
+    model, ema, optimizer = _build_model(config, task, layout, device)
 
     # Resume from the last complete checkpoint.
-    # A damaged newest checkpoint is skipped with a warning (load_latest_checkpoint).
-    start_step = 0
-    checkpoint, state = load_latest_checkpoint(
-        run_dir, model, ema.model if ema else None, optimizer
-    )
-    if checkpoint is not None:
-        start_step = int(state["step"])
-        if ema:
-            ema.num_updates = int(state["ema_updates"])
-    seconds_before = float(state.get("train_seconds", 0.0))
-    metrics_path = run_dir / METRICS_FILE
-    if is_main and metrics_path.is_file():
-        _trim_metrics(metrics_path, start_step)
+    checkpoint, start_step, seconds_before = _resume(run_dir, model, ema, optimizer, is_main)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model = accelerator.unwrap_model(model)
     step_model = StepModel(
@@ -178,7 +132,9 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
         accelerator=accelerator,
         task=task,
         layout=layout,
-        task_settings=task_settings,
+        task_settings=TrainingSettings(
+            config.sdm.cond_drop_prob, config.sr.noise_aug_max, config.sr.scale_factor
+        ),
         abar=abar,
         prediction=config.diffusion.prediction,
         min_snr_gamma=config.diffusion.min_snr_gamma,
@@ -186,7 +142,6 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
         bf16=bf16,
         channels_last=config.channels_last,
     )
-
     loader = torch.utils.data.DataLoader(
         crops,
         batch_sampler=StepBatchSampler(
@@ -195,90 +150,23 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
         num_workers=config.data.num_workers,
     )
     batches = iter(loader)
+
+    # What the run writes: checkpoints, model/, previews (sdm / sr: of held-out conditions).
     preview_batch = None
     if not task.unconditional and is_main:
         items = [crops[items_needed + i] for i in range(log.num_samples)]
         preview_batch = {k: torch.stack([item[k] for item in items]) for k in ("image", "mask")}
-
-    def inference_info(step: int) -> RunRecord:
-        return RunRecord(
-            task=task.name,
-            model_class=task.model_class,
-            channels=ds.spec.channel_names,
-            image_channels=layout.image_channels,
-            num_classes=layout.num_classes,
-            sample_channels=layout.sample_channels,
-            codec=layout.codec.to_dict() if layout.codec else None,
-            normalizer=crops.normalizer.to_dict(),
-            spec=ds.spec.model_dump(mode="json"),
-            resolution=config.data.resolution,
-            crop_size=config.data.crop_size,
-            prediction=config.diffusion.prediction,
-            step=step,
-            **task.record_settings(config),
-        )
-
-    def check_finite(step: int, what: str) -> None:
-        """Stop before a checkpoint or model/ could hold NaN / Inf weights."""
-        for name, module in (("model", raw_model), ("EMA model", ema.model if ema else None)):
-            bad = non_finite_tensors(dict(module.state_dict())) if module is not None else []
-            if bad:
-                raise diverged(step, f"{len(bad)} {name} tensors hold NaN/Inf ({what})")
-
-    def diverged(step: int, what: str) -> PairforgeError:
-        kept = f"step {last_saved}" if last_saved else "none yet"
-        precision = " or use precision=fp32" if bf16 else ""
-        return PairforgeError(
-            f"{run_dir}: training stopped at step {step}: {what}. The last finite checkpoint "
-            f"({kept}) is kept; nothing non-finite was saved. Fix: lower optim.lr (now "
-            f"{opt.lr:g}){precision}, and check {config.data.path} for NaN/Inf pixels "
-            f"(`pairforge data check {config.data.path}`); then train into a new --out."
-        )
-
-    def save_everything(step: int, train_seconds: float) -> None:
-        nonlocal last_saved
-        check_finite(step, "before the checkpoint")
-        accelerator.wait_for_everyone()
-        if is_main:
-            save_checkpoint(
-                run_dir,
-                step,
-                raw_model,
-                ema.model if ema else None,
-                optimizer,
-                {"ema_updates": ema.num_updates if ema else 0, "train_seconds": train_seconds},
-                keep=log.keep_checkpoints,
-            )
-            inference_model = ema.model if ema else _contiguous_copy(raw_model)
-            write_inference_model(run_dir, inference_model, scheduler_config, inference_info(step))
-        last_saved = step
-        accelerator.wait_for_everyone()
-
-    def save_preview(step: int) -> None:
-        if is_main:
-            write_preview(
-                run_dir / SAMPLES_DIR / f"step-{step:08d}.png",
-                layout,
-                ema.model if ema else raw_model,
-                scheduler_config,
-                config,
-                ds.spec.class_colors,
-                condition_batch=preview_batch,
-                bf16=bf16,
-            )
-        accelerator.wait_for_everyone()
+    outputs = RunOutputs(
+        run_dir, config, accelerator, task, layout, ds.spec, crops.normalizer, scheduler_config,
+        raw_model, ema, optimizer, bf16, preview_batch, last_saved=start_step,
+    )  # fmt: skip
 
     # Training.
     model.train()
-    bar = tqdm(
-        total=opt.max_steps, initial=start_step, disable=not (is_main and show_progress),
-        desc=f"train {config.task} {'bf16' if bf16 else 'fp32'}", unit="step", dynamic_ncols=True,
-    )  # fmt: skip
+    show_progress = log.progress if progress is None else progress
+    metrics = TrainingLog(config, run_dir, accelerator, start_step, show_progress, bf16)
     started = time.perf_counter()
-    tensorboard = _open_tensorboard(run_dir) if is_main and log.tensorboard else None
-    window_loss, window_images, window_start = [], 0, time.perf_counter()
     step = start_step
-    last_saved = start_step
     # optim.max_minutes bounds the run's total training time, like max_steps bounds its steps,
     # so continuing a finished run (e.g. rerunning the demo) trains no further.
     budget_s = None if opt.max_minutes is None else 60 * opt.max_minutes
@@ -298,46 +186,14 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
         try:
             result = train_step(step_model, micro_batches, seeds, lr)
         except NonFiniteStep as err:
-            raise diverged(step + 1, str(err)) from None
-        mean_loss, grad_norm, ema_decay = result.loss, result.grad_norm, result.ema_decay
+            raise outputs.diverged(step + 1, str(err)) from None
         step += 1
 
         # Metrics: mean loss over processes, throughput, progress bar.
-        window_loss.append(mean_loss)
-        window_images += opt.batch_size * opt.grad_accumulation * world
         elapsed = time.perf_counter() - started
-        bar.update(1)
+        metrics.step_done(result.loss)
         if step % log.every == 0 or step == opt.max_steps:
-            now = time.perf_counter()
-            record = {
-                "step": step,
-                "loss": float(np.mean(window_loss)),
-                "lr": lr,
-                "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                "ema_decay": ema_decay,
-                "images_per_s": window_images / max(now - window_start, 1e-9),
-                "train_seconds": seconds_before + elapsed,
-                "processes": world,
-            }
-            postfix = {"loss": f"{record['loss']:.4f}", "img_s": f"{record['images_per_s']:.1f}"}
-            if opt.max_minutes is not None:  # the bar's ETA is for max_steps; show the budget too
-                left = opt.max_minutes - (seconds_before + elapsed) / 60
-                postfix["budget_left_min"] = f"{max(0.0, left):.1f}"
-            bar.set_postfix(postfix)
-            if is_main:
-                try:
-                    append_jsonl(metrics_path, record)
-                except OSError as err:
-                    error = write_error(metrics_path, "training metrics", err)
-                    raise PairforgeError(
-                        f"{error} Training stopped at step {step}; checkpoint step "
-                        f"{last_saved} is kept (rerun the command to continue from it)."
-                    ) from None
-                if tensorboard is not None:
-                    for key, value in record.items():
-                        if key != "step" and isinstance(value, (int, float)):
-                            tensorboard.add_scalar(f"train/{key}", value, step)
-            window_loss, window_images, window_start = [], 0, now
+            metrics.write_row(step, lr, result, seconds_before + elapsed, outputs.last_saved)
 
         # Sample grids and checkpoints; stop early when the time budget is spent.
         saving_started = time.perf_counter()
@@ -345,43 +201,69 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
         out_of_time = bool(accelerator.reduce(torch.tensor(float(out_of_time), device=device)))
         finished = step == opt.max_steps or out_of_time
         if (log.sample_every and step % log.sample_every == 0) or finished:
-            save_preview(step)
+            outputs.save_preview(step)
         if (log.checkpoint_every and step % log.checkpoint_every == 0) or finished:
-            save_everything(step, seconds_before + elapsed)
-        window_start += time.perf_counter() - saving_started  # throughput excludes saving
+            outputs.save_checkpoint(step, seconds_before + elapsed)
+        metrics.exclude(time.perf_counter() - saving_started)  # throughput excludes saving
         if out_of_time:
             break
-    bar.close()
-    if tensorboard is not None:
-        tensorboard.close()
-    # A finished run ends with model/ equal to its last checkpoint: rebuild it when it is
-    # missing, stale or half-replaced (a kill during the final model write). Only happens when
-    # this call trained nothing, so the weights in memory are the loaded checkpoint's.
+    metrics.close()
+
+    # A resumed run that trained nothing: make sure model/ equals its last checkpoint.
     if is_main and checkpoint is not None and step == start_step:
-        if not model_is_current(run_dir, step):
-            check_finite(step, "in the last checkpoint")
-            inference_model = ema.model if ema else _contiguous_copy(raw_model)
-            write_inference_model(run_dir, inference_model, scheduler_config, inference_info(step))
+        outputs.rebuild_model_if_stale(step)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return run_dir
 
 
-def _contiguous_copy(model: torch.nn.Module) -> torch.nn.Module:
-    import copy
+def _build_model(config: TrainConfig, task, layout, device: torch.device):
+    """(model on `device`, EMA or None, AdamW) with identical initial weights in every process."""
+    from pairforge.models.factory import build_model
+    from pairforge.train.ema import EMA
 
-    return copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    torch.manual_seed(config.seed)  # identical initial weights in every process
+    model = build_model(
+        task.model_class,
+        config.model.preset,
+        in_channels=layout.sample_channels,
+        out_channels=layout.sample_channels,
+        sample_size=config.data.resolution,
+        overrides=config.model.overrides(),
+        **task.model_kwargs(layout),
+    ).to(device)
+    ema = (
+        EMA(model, config.ema.decay, config.ema.power, config.ema.inv_gamma)
+        if config.ema.enabled
+        else None
+    )
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = config.optim
+    optimizer = _adamw(model, opt.lr, opt.betas, opt.weight_decay)
+    if config.compile:
+        model.compile()  # in place: parameter names (and saved keys) stay unprefixed
+    return model, ema, optimizer
 
 
-def _open_tensorboard(run_dir: Path):
-    """A SummaryWriter on RUN/tensorboard when the tensorboard package is installed, else None."""
-    import importlib.util
+def _resume(run_dir: Path, model, ema, optimizer, is_main: bool):
+    """Load the last complete checkpoint (a damaged newest one is skipped with a warning) and
+    trim metrics logged after it; (checkpoint folder or None, start step, train seconds)."""
+    from pairforge.core.run import METRICS_FILE
+    from pairforge.train.checkpoint import load_latest_checkpoint
 
-    if importlib.util.find_spec("tensorboard") is None:
-        return None
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter(str(run_dir / "tensorboard"))
+    checkpoint, state = load_latest_checkpoint(
+        run_dir, model, ema.model if ema else None, optimizer
+    )
+    start_step = 0
+    if checkpoint is not None:
+        start_step = int(state["step"])
+        if ema:
+            ema.num_updates = int(state["ema_updates"])
+    metrics_path = run_dir / METRICS_FILE
+    if is_main and metrics_path.is_file():
+        _trim_metrics(metrics_path, start_step)
+    return checkpoint, start_step, float(state.get("train_seconds", 0.0))
 
 
 def _adamw(model: torch.nn.Module, lr: float, betas, weight_decay: float) -> torch.optim.Optimizer:
