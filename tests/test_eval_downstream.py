@@ -14,15 +14,9 @@ from test_eval_fixtures import write_dataset
 from pairforge.data.dataset import load_dataset
 from pairforge.data.views import downsample_mask
 from pairforge.errors import PairforgeError
-from pairforge.eval.downstream import (
-    DownstreamConfig,
-    _labeled_tiles,
-    _repeat_order,
-    format_downstream_table,
-    run_downstream,
-    summarize_runs,
-    write_downstream,
-)
+from pairforge.eval.downstream import DownstreamConfig, run_downstream, write_downstream
+from pairforge.eval.downstream_data import labeled_tiles, repeat_order
+from pairforge.eval.downstream_summary import format_downstream_table, summarize_runs
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -39,7 +33,7 @@ def test_tiles_count_every_pixel_once(datasets):
     real, _ = datasets
     ds = load_dataset(real)
     # 48 px measurement, 32 px tiles -> starts 0 and 16 (flush): 4 tiles, 16 px at res 16.
-    tiles = _labeled_tiles(ds, "test", 32, 16, ds.normalizer)
+    tiles = labeled_tiles(ds, "test", 32, 16, ds.normalizer)
     assert tiles["image"].shape == (8, 2, 16, 16) and tiles["ids"] == ["s004", "s005"]
     counted = int((tiles["mask"] != 255).sum())
     assert counted == 2 * 24 * 24  # two measurements of 48 px at half resolution
@@ -96,11 +90,11 @@ def test_tiny_experiment_end_to_end(datasets, tmp_path):
 
 
 def test_repeat_order_covers_every_sample_evenly():
-    order = _repeat_order(3, 10, seed=0)
+    order = repeat_order(3, 10, seed=0)
     assert order.shape == (10,)
     assert sorted(order.bincount().tolist()) == [3, 3, 4]
     assert sorted(order[:3].tolist()) == [0, 1, 2]  # whole permutations first
-    assert order.tolist() == _repeat_order(3, 10, seed=0).tolist()
+    assert order.tolist() == repeat_order(3, 10, seed=0).tolist()
 
 
 def test_summary_of_one_seed_has_no_std():

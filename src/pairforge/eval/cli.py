@@ -51,15 +51,9 @@ def _load_pair(real_dir, fake_dir, crop_size, resolution, real_split, max_items,
 
     real_split: `--real-split` text (a split, comma-separated splits, or "all").
     """
-    from pairforge.eval.sets import dataset_image_size, load_eval_set, synthetic_scale
+    from pairforge.eval.sets import fill_scale_from, load_eval_set
 
-    if crop_size is None or resolution is None:
-        scale = synthetic_scale(fake_dir)
-        if scale is None:
-            side = dataset_image_size(fake_dir)[0]
-            scale = (side, side)
-        crop_size = crop_size or scale[0]
-        resolution = resolution or scale[1]
+    crop_size, resolution = fill_scale_from(fake_dir, crop_size, resolution)
     try:
         real = load_eval_set(
             real_dir,
@@ -136,10 +130,8 @@ def fid(
     device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N (Inception only)"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
-    import json
-
     from pairforge.eval.domain import DomainFeatureExtractor
-    from pairforge.eval.fid import evaluate_fid, format_fid_table
+    from pairforge.eval.fid import evaluate_fid
     from pairforge.eval.inception import InceptionFeatureExtractor
     from pairforge.eval.rgb import CMAP_CHOICES
 
@@ -170,6 +162,15 @@ def fid(
         progress=progress,
     )
     result["settings"].update(scale)
+    _write_and_show_fid(result, out, as_json)
+
+
+def _write_and_show_fid(result: dict, out: Path | None, as_json: bool) -> None:
+    """fid.json and fid.md into `out` (when given); print the JSON, or the table and notes."""
+    import json
+
+    from pairforge.eval.fid import format_fid_table
+
     if out is not None:
         _write_json(out / "fid.json", result)
         atomic_write_text(out / "fid.md", format_fid_table(result) + "\n")
@@ -267,12 +268,8 @@ def downstream(
 ) -> None:
     import json
 
-    from pairforge.eval.downstream import (
-        DownstreamConfig,
-        format_downstream_table,
-        run_downstream,
-        write_downstream,
-    )
+    from pairforge.eval.downstream import DownstreamConfig, run_downstream, write_downstream
+    from pairforge.eval.downstream_summary import format_downstream_table
 
     config = DownstreamConfig(
         budgets=_int_list(budgets, "--budgets"),

@@ -87,13 +87,33 @@ def load_eval_set(
         resolution: tiles are area-downsampled (masks by majority) to this size; None: crop_size.
         max_items: keep at most this many tiles, drawn at random with `seed` (masks follow).
     """
-    import torch
-
     from pairforge.data.dataset import load_dataset
-    from pairforge.data.views import load_tiles
 
     ds = load_dataset(path)
     normalizer = normalizer or ds.normalizer
+    splits, ids = _selected_ids(ds, path, split)
+    # Labeled samples first, so mask row i pairs with image row i.
+    ordered = [i for i in ids if ds.has_mask(i)], [i for i in ids if not ds.has_mask(i)]
+    if crop_size is None:
+        image_array, mask_array = _whole_images(ds, path, ordered, normalizer, resolution)
+    else:
+        image_array, mask_array = _tiles(ds, ordered, crop_size, resolution, normalizer)
+    image_array, mask_array, labeled = _random_subset(image_array, mask_array, max_items, seed)
+    return EvalSet(
+        source=str(path),
+        images=image_array,
+        masks=mask_array,
+        labeled=labeled,
+        normalizer=normalizer,
+        channel_names=list(ds.spec.channel_names),
+        class_names=[c.name for c in ds.spec.classes],
+        class_colors=np.asarray(ds.spec.class_colors, dtype=np.uint8).reshape(-1, 3),
+        splits=splits,
+    )
+
+
+def _selected_ids(ds, path, split) -> tuple[list[str] | None, list[str]]:
+    """(split names, None for every sample; the ids of those splits, in split order)."""
     splits = [split] if isinstance(split, str) else (None if split is None else list(split))
     if splits is not None and ALL_SPLITS in splits:
         splits = None
@@ -113,43 +133,58 @@ def load_eval_set(
     if not ids:
         label = ALL_SPLITS if splits is None else ",".join(splits)
         raise PairforgeError(f"{path}: no samples (split {label!r}); check dataset.yaml splits")
-    labeled_ids = [i for i in ids if ds.has_mask(i)]
-    unlabeled_ids = [i for i in ids if not ds.has_mask(i)]
+    return splits, ids
 
-    if crop_size is None:
-        images, masks = [], []
-        for sample_id in labeled_ids + unlabeled_ids:
-            image, mask = ds.read_pair(sample_id)
-            images.append(normalizer.encode(image))
-            if mask is not None:
-                masks.append(mask)
-        shapes = sorted({im.shape[1:] for im in images})
-        if len(shapes) > 1:
-            raise PairforgeError(
-                f"{path}: images have different sizes {shapes[:4]}; pass a crop size "
-                "(--crop-size) to cut equal tiles"
-            )
-        image_array = np.stack(images).astype(np.float32)
-        mask_array = np.stack(masks).astype(np.int64) if masks else None
-        if resolution is not None and resolution != image_array.shape[-1]:
-            from pairforge.data.views import downsample_image, downsample_mask
 
-            factor = image_array.shape[-1] / resolution
-            image_array = downsample_image(image_array, factor)
-            if mask_array is not None:
-                mask_array = downsample_mask(mask_array, factor, ds.num_classes)
-    else:
-        resolution = resolution or crop_size
-        parts = []
-        for group in (labeled_ids, unlabeled_ids):
-            if group:
-                tiles = load_tiles(ds, group, crop_size, resolution, normalizer=normalizer)
-                parts.append(tiles)
-        image_array = torch.cat([p["image"] for p in parts]).numpy().astype(np.float32)
-        mask_parts = [p["mask"] for p in parts if p["mask"] is not None]
-        mask_array = torch.cat(mask_parts).numpy().astype(np.int64) if mask_parts else None
+def _whole_images(ds, path, ordered, normalizer, resolution):
+    """Every image whole (all of one size), area-downsampled to `resolution` when given;
+    (images float32 (n, C, H, W), masks int64 (n_labeled, H, W) or None)."""
+    images, masks = [], []
+    for sample_id in ordered[0] + ordered[1]:
+        image, mask = ds.read_pair(sample_id)
+        images.append(normalizer.encode(image))
+        if mask is not None:
+            masks.append(mask)
+    shapes = sorted({im.shape[1:] for im in images})
+    if len(shapes) > 1:
+        raise PairforgeError(
+            f"{path}: images have different sizes {shapes[:4]}; pass a crop size "
+            "(--crop-size) to cut equal tiles"
+        )
+    image_array = np.stack(images).astype(np.float32)
+    mask_array = np.stack(masks).astype(np.int64) if masks else None
+    if resolution is not None and resolution != image_array.shape[-1]:
+        from pairforge.data.views import downsample_image, downsample_mask
 
-    # Labeled samples come first in both branches, so mask row i pairs with image row i.
+        factor = image_array.shape[-1] / resolution
+        image_array = downsample_image(image_array, factor)
+        if mask_array is not None:
+            mask_array = downsample_mask(mask_array, factor, ds.num_classes)
+    return image_array, mask_array
+
+
+def _tiles(ds, ordered, crop_size: int, resolution: int | None, normalizer):
+    """`crop_size` tiles of the labeled, then the unlabeled ids, downsampled to `resolution`
+    (None: crop_size); (images float32, masks int64 or None) as `_whole_images`."""
+    import torch
+
+    from pairforge.data.views import load_tiles
+
+    resolution = resolution or crop_size
+    parts = []
+    for group in ordered:
+        if group:
+            tiles = load_tiles(ds, group, crop_size, resolution, normalizer=normalizer)
+            parts.append(tiles)
+    image_array = torch.cat([p["image"] for p in parts]).numpy().astype(np.float32)
+    mask_parts = [p["mask"] for p in parts if p["mask"] is not None]
+    mask_array = torch.cat(mask_parts).numpy().astype(np.int64) if mask_parts else None
+    return image_array, mask_array
+
+
+def _random_subset(image_array, mask_array, max_items: int | None, seed: int):
+    """At most `max_items` rows drawn at random with `seed` (masks follow their images);
+    returns (images, masks or None, image rows that have a mask)."""
     num_masks = 0 if mask_array is None else mask_array.shape[0]
     labeled = np.arange(num_masks)
     if max_items is not None and image_array.shape[0] > max_items:
@@ -159,18 +194,7 @@ def load_eval_set(
         keep_labeled = keep[keep < num_masks]
         mask_array = mask_array[keep_labeled] if len(keep_labeled) else None
         labeled = np.flatnonzero(keep < num_masks)
-
-    return EvalSet(
-        source=str(path),
-        images=image_array,
-        masks=mask_array,
-        labeled=labeled,
-        normalizer=normalizer,
-        channel_names=list(ds.spec.channel_names),
-        class_names=[c.name for c in ds.spec.classes],
-        class_colors=np.asarray(ds.spec.class_colors, dtype=np.uint8).reshape(-1, 3),
-        splits=splits,
-    )
+    return image_array, mask_array, labeled
 
 
 def dataset_image_size(path: str | Path) -> tuple[int, int]:
@@ -208,3 +232,17 @@ def synthetic_scale(path: str | Path) -> tuple[int, int] | None:
             if "crop_size" in info and "resolution" in info:
                 return int(info["crop_size"]), int(info["resolution"])
     return None
+
+
+def fill_scale_from(
+    synthetic_dir: str | Path, crop_size: int | None, resolution: int | None
+) -> tuple[int, int]:
+    """(crop_size, resolution) with the missing ones taken from a generated dataset: the scale
+    of the run that produced it (`synthetic_scale`), else its image size (1:1)."""
+    if crop_size is not None and resolution is not None:
+        return crop_size, resolution
+    scale = synthetic_scale(synthetic_dir)
+    if scale is None:
+        side = dataset_image_size(synthetic_dir)[0]
+        scale = (side, side)
+    return crop_size or scale[0], resolution or scale[1]
