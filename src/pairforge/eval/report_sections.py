@@ -1,0 +1,346 @@
+"""The sections of the HTML report (`eval.report`): sample grids, FID / KID, mask statistics,
+few-label and downstream segmentation mIoU, wall time; each renders what `collect_results`
+found, or says what is missing and which command makes it."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pairforge.errors import PairforgeError
+from pairforge.eval.report_inputs import ReportInputs, read_json
+
+GRID_SAMPLES = 6
+GRID_CROP = 256  # px shown of large measurements (a top-left crop, not downsampled)
+
+
+def _png_tag(data: bytes, alt: str, width: int | None = None) -> str:
+    encoded = base64.b64encode(data).decode("ascii")
+    size = f' style="max-width:{width}px"' if width else ""
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{encoded}"{size}>'
+
+
+def _png_file_tag(path: Path, alt: str) -> str:
+    if not path.is_file():
+        return _missing(f"{path.name} not found in {path.parent}")
+    return _png_tag(path.read_bytes(), alt)
+
+
+def _missing(what: str) -> str:
+    return f'<p class="missing">Missing: {html.escape(what)}</p>'
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return "nan" if np.isnan(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def _settings_block(settings) -> str:
+    text = (
+        json.dumps(settings, indent=2, default=str) if not isinstance(settings, str) else settings
+    )
+    return f"<details><summary>settings</summary><pre>{html.escape(text)}</pre></details>"
+
+
+def render_pairs_grid(
+    dataset_dir: str | Path,
+    num_samples: int = GRID_SAMPLES,
+    scale: tuple[int, int] | None = None,
+) -> bytes:
+    """PNG of the first samples (labeled first): each channel (viridis), then mask and overlay.
+
+    Channels are scaled with the dataset normalizer's range ([-1, 1] after normalization).
+    `scale` = (crop_size, resolution): images larger than the crop show a crop_size crop
+    downsampled to the resolution (area; masks by majority), as the models see them, so real
+    and generated grids compare at one scale. Without it, images larger than 256 px show their
+    top-left 256 px crop. Samples of another size than the first are left out.
+    """
+    import tempfile
+
+    from pairforge.data.dataset import load_dataset
+    from pairforge.data.views import downsample_image, downsample_mask
+    from pairforge.viz import save_grid
+
+    ds = load_dataset(dataset_dir)
+    ids = ds.ids()
+    labeled = [i for i in ids if ds.has_mask(i)]
+    ids = (labeled or ids)[:num_samples]
+    images, masks = [], []
+    crop = GRID_CROP if scale is None else scale[0]
+    for sample_id in ids:
+        image, mask = ds.read_pair(sample_id)
+        image = ds.normalizer.encode(image[:, :crop, :crop])
+        mask = None if mask is None else mask[:crop, :crop]
+        if scale is not None and min(image.shape[1:]) >= crop and crop != scale[1]:
+            image = downsample_image(image, crop / scale[1])
+            mask = None if mask is None else downsample_mask(mask, crop / scale[1], ds.num_classes)
+        if images and image.shape != images[0].shape:
+            continue
+        images.append(image)
+        masks.append(mask)
+    with_masks = bool(labeled)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = save_grid(
+            Path(tmp) / "grid.png",
+            np.stack(images),
+            np.stack(masks) if with_masks else None,
+            channel_names=ds.spec.channel_names,
+            class_colors=ds.spec.class_colors,
+            value_ranges=[(-1.0, 1.0)] * ds.num_channels,
+            title=" | ".join(ds.spec.channel_names + (["mask", "overlay"] if with_masks else [])),
+        )
+        return path.read_bytes()
+
+
+def _samples_section(found: ReportInputs) -> str:
+    from pairforge.eval.sets import synthetic_scale
+
+    parts = []
+    # Show real measurements at the scale the generated pairs have (their runs' crop size and
+    # resolution), so the grids compare like for like.
+    scales = [synthetic_scale(d) for d in found.datasets]
+    shared = next((s for s in scales if s is not None), None)
+    for dataset, own in zip(found.datasets, scales):
+        try:
+            grid = _png_tag(
+                render_pairs_grid(dataset, scale=own or shared), f"samples of {dataset}"
+            )
+        except PairforgeError as err:
+            grid = _missing(f"samples of {dataset} cannot be shown: {err}")
+        extra = ""
+        manifest = dataset / "manifest.json"
+        if manifest.is_file():
+            settings = {k: v for k, v in read_json(manifest).items() if k != "samples"}
+            extra = _settings_block(settings)
+        parts.append(f"<h3>{html.escape(str(dataset))}</h3>{grid}{extra}")
+    for run in found.runs:
+        previews = sorted((run / "samples").glob("step-*.png"))
+        block = (
+            _png_file_tag(previews[-1], f"training samples of {run}")
+            if previews
+            else _missing(f"no training previews in {run / 'samples'}")
+        )
+        config = run / "config.yaml"
+        settings = _settings_block(config.read_text()) if config.is_file() else ""
+        parts.append(f"<h3>run {html.escape(str(run))}</h3>{block}{settings}")
+    if not parts:
+        return _missing(
+            "no datasets or runs found; pass a generated dataset (pairforge generate --out DIR) "
+            "or a run directory"
+        )
+    return "".join(parts)
+
+
+def _per_folder(entries: list[tuple[Path, dict]], missing: str, render) -> str:
+    """One block per eval folder: its heading, `render(folder, result)`, then the result's
+    settings; `missing` (what to run) when no folder holds the result."""
+    if not entries:
+        return _missing(missing)
+    return "".join(
+        f"<h3>{html.escape(str(folder))}</h3>{render(folder, result)}"
+        f"{_settings_block(result.get('settings', {}))}"
+        for folder, result in entries
+    )
+
+
+def _fid_section(found: ReportInputs) -> str:
+    return _per_folder(
+        found.fid,
+        "no fid.json found; run `pairforge eval fid REAL_DIR FAKE_DIR --out EVAL_DIR`",
+        _fid_block,
+    )
+
+
+def _fid_block(folder: Path, result: dict) -> str:
+    from pairforge.eval.fid import MEAN_ROW_LABEL, row_label
+
+    rows = [
+        [
+            row_label(r),
+            r["features"],
+            r["fid"],
+            None if r["kid_mean"] is None else r["kid_mean"] * 1e3,
+            None if r.get("kid_std") is None else r["kid_std"] * 1e3,
+            r["n_real"],
+            r["n_fake"],
+        ]
+        for r in result["rows"]
+    ]
+    table = _table(
+        ["target", "features", "FID", "KID x1e3", "KID std x1e3", "n real", "n synthetic"], rows
+    )
+    real, fake = result.get("real", {}), result.get("fake", {})
+    # Older results: the CLI's settings.real_split, None there meaning every sample.
+    split = real.get("split") or result.get("settings", {}).get("real_split") or "all"
+    counts = (
+        f"<p>real reference: split {html.escape(str(split))} of "
+        f"{html.escape(str(real.get('source')))} ({real.get('n_images')} images, "
+        f"{real.get('n_masks')} masks); synthetic: {html.escape(str(fake.get('source')))} "
+        f"({fake.get('n_images')} images, {fake.get('n_masks')} masks)</p>"
+    )
+    domain = (result.get("settings") or {}).get("domain")
+    if domain:
+        counts += (
+            f"<p>domain features: run {html.escape(str(domain.get('run')))} (task "
+            f"{html.escape(str(domain.get('task')))}), {html.escape(str(domain.get('block')))}"
+            f" at t={domain.get('timestep')}</p>"
+        )
+    if any(row_label(r) == MEAN_ROW_LABEL for r in result["rows"]):
+        counts += (
+            f"<p>The row &ldquo;{html.escape(MEAN_ROW_LABEL)}&rdquo; is a plain mean of the "
+            "per-target FIDs, which compare different inputs (each channel, the masks).</p>"
+        )
+    warnings = "".join(
+        f'<p class="warning">{html.escape(w)}</p>' for w in result.get("warnings", [])
+    )
+    return f"{counts}{table}{warnings}"
+
+
+def _mask_stats_section(found: ReportInputs) -> str:
+    return _per_folder(
+        found.mask_stats,
+        "no mask_stats.json found; run `pairforge eval stats REAL_DIR FAKE_DIR --out EVAL_DIR`",
+        _mask_stats_block,
+    )
+
+
+def _mask_stats_block(folder: Path, result: dict) -> str:
+    rows = [
+        [
+            c["class"],
+            c["fraction_real"],
+            c["fraction_fake"],
+            c["components_per_mask_real"],
+            c["components_per_mask_fake"],
+            (c["component_size_real"] or {}).get("mean"),
+            (c["component_size_fake"] or {}).get("mean"),
+            c["size_wasserstein"],
+        ]
+        for c in result["classes"]
+    ]
+    table = _table(
+        [
+            "class",
+            "fraction real",
+            "fraction synthetic",
+            "components/mask real",
+            "components/mask synthetic",
+            "mean size real (px)",
+            "mean size synthetic (px)",
+            "size W1 (px)",
+        ],
+        rows,
+    )
+    value_rows = [
+        [ch["channel"], e["class"], e["mean_real"], e["mean_fake"], e["wasserstein"]]
+        for ch in result["channels"]
+        for e in ch["per_class"]
+    ]
+    values = _table(["channel", "class", "mean real", "mean synthetic", "value W1"], value_rows)
+    plots = "".join(
+        _png_file_tag(folder / f"mask_stats_{name}.png", f"mask statistics {name}")
+        for name in ("fractions", "sizes", "values")
+    )
+    counts = (
+        f"<p>{result['real']['n_masks']} real masks ({html.escape(result['real']['source'])}), "
+        f"{result['fake']['n_masks']} synthetic masks ({html.escape(result['fake']['source'])})</p>"
+    )
+    return f"{counts}{table}{values}{plots}"
+
+
+def _downstream_section(found: ReportInputs) -> str:
+    return _per_folder(
+        found.downstream,
+        "no downstream.json found; run `pairforge eval downstream REAL_DIR SYNTHETIC_DIR "
+        "--out EVAL_DIR`",
+        _downstream_block,
+    )
+
+
+def _downstream_block(folder: Path, result: dict) -> str:
+    rows = [
+        [
+            r["condition"],
+            r["n_real"],
+            r["n_synthetic"],
+            r["n_seeds"],
+            100 * r["test_miou_mean"],
+            None if r["test_miou_std"] is None else 100 * r["test_miou_std"],
+            100 * r["val_miou_mean"],
+        ]
+        for r in result["summary"]
+    ]
+    table = _table(
+        ["condition", "real crops", "synthetic pairs", "seeds", "test mIoU %", "std %",
+         "val mIoU %"],
+        rows,
+    )  # fmt: skip
+    data = result.get("data", {})
+    about = (
+        f"<p>test: {data.get('n_test_tiles')} tiles of "
+        f"{html.escape(', '.join(data.get('test_measurements', [])))}; "
+        f"model selection: {html.escape(str(data.get('model_selection')))}</p>"
+    )
+    notes = "".join(f'<p class="warning">{html.escape(n)}</p>' for n in result.get("notes", []))
+    plot = _png_file_tag(folder / "downstream.png", "downstream mIoU vs label budget")
+    return f"{about}{table}{notes}{plot}"
+
+
+def _segmentation_section(found: ReportInputs) -> str:
+    if not found.segmentation:
+        return _missing(
+            "no seg_*.json found; save `pairforge seg eval HEAD --data DIR --json` (and "
+            "`pairforge seg baseline ... --json`) as EVAL/seg_head.json / seg_baseline.json"
+        )
+    names = {"seg_head": "diffusion-feature head", "seg_baseline": "supervised baseline"}
+    classes = sorted({c for _, r in found.segmentation for c in r.get("per_class_iou", {})})
+    rows = []
+    for path, result in found.segmentation:
+        per_class = result.get("per_class_iou", {})
+        rows.append(
+            [names.get(path.stem, path.stem), result.get("split"), result.get("num_images"),
+             100 * result["mean_iou"]]
+            + [None if per_class.get(c) is None else 100 * per_class[c] for c in classes]
+        )  # fmt: skip
+    note = (
+        "<p>mIoU in % on tiles of the held-out split; both models see the same labeled "
+        "training tiles, and pick their stopping point on the validation split.</p>"
+    )
+    header = ["model", "split", "tiles", "mIoU"] + [f"IoU {c}" for c in classes]
+    return _table(header, rows) + note
+
+
+def _timing_section(found: ReportInputs) -> str:
+    if not found.timings:
+        return _missing("no demo.json found (written by `pairforge demo`)")
+    parts = []
+    for folder, result in found.timings:
+        rows = [[stage, seconds] for stage, seconds in result.get("seconds", {}).items()]
+        rows.append(["total (before the report)", result.get("total_seconds")])
+        parts.append(f"<h3>{html.escape(str(folder))}</h3>" + _table(["stage", "seconds"], rows))
+    return "".join(parts)
+
+
+SECTIONS = (
+    ("samples", "Samples and overlays", _samples_section),
+    ("fid", "FID / KID", _fid_section),
+    ("mask-stats", "Mask statistics", _mask_stats_section),
+    ("segmentation", "Segmentation with few labels (mIoU)", _segmentation_section),
+    ("downstream", "Downstream segmentation (mIoU)", _downstream_section),
+    ("timing", "Wall time", _timing_section),
+)
