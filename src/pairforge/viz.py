@@ -9,8 +9,9 @@ import numpy as np
 
 from pairforge.errors import PairforgeError
 
-# Used when no class colors are given (same order as pairforge.data.spec.DEFAULT_PALETTE).
-_FALLBACK_COLORS = [
+# A fixed, distinguishable palette for classes that declare no color (pairforge.data.spec uses it
+# for dataset.yaml classes without a color; save_grid when no class colors are given).
+DEFAULT_PALETTE = [
     (70, 70, 70), (230, 180, 40), (40, 90, 200), (200, 60, 60), (60, 170, 90), (150, 80, 190),
     (240, 130, 40), (40, 190, 200), (230, 90, 170), (140, 140, 40), (120, 60, 30), (0, 0, 140),
 ]  # fmt: skip
@@ -25,11 +26,8 @@ def _to_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
-def _lookup_table(cmap: str) -> np.ndarray:
-    """(256, 3) uint8 colors of a matplotlib colormap."""
-    if cmap == "gray":
-        ramp = np.arange(256, dtype=np.uint8)
-        return np.stack([ramp, ramp, ramp], axis=1)
+def colormap_colors(cmap: str) -> np.ndarray:
+    """(256, 3) float64 RGB in [0, 1]: a matplotlib colormap sampled at 256 even levels."""
     import matplotlib
 
     try:
@@ -38,7 +36,15 @@ def _lookup_table(cmap: str) -> np.ndarray:
         raise PairforgeError(
             f"unknown colormap {cmap!r}; use 'viridis', 'gray' or any matplotlib name"
         ) from None
-    return (colormap(np.linspace(0, 1, 256))[:, :3] * 255 + 0.5).astype(np.uint8)
+    return colormap(np.linspace(0, 1, 256))[:, :3]
+
+
+def _lookup_table(cmap: str) -> np.ndarray:
+    """(256, 3) uint8 colors of a matplotlib colormap."""
+    if cmap == "gray":
+        ramp = np.arange(256, dtype=np.uint8)
+        return np.stack([ramp, ramp, ramp], axis=1)
+    return (colormap_colors(cmap) * 255 + 0.5).astype(np.uint8)
 
 
 def colorize_channel(x, vmin: float, vmax: float, cmap: str = "viridis") -> np.ndarray:
@@ -53,7 +59,7 @@ def colorize_channel(x, vmin: float, vmax: float, cmap: str = "viridis") -> np.n
 def colorize_mask(mask, colors: Sequence[Sequence[int]] | None = None) -> np.ndarray:
     """(H, W) class indices -> (H, W, 3) uint8; indices without a color (e.g. 255 ignore) are black."""
     mask = _to_numpy(mask).astype(np.int64)
-    palette = np.asarray(colors if colors is not None else _FALLBACK_COLORS, dtype=np.uint8)
+    palette = np.asarray(colors if colors is not None else DEFAULT_PALETTE, dtype=np.uint8)
     table = np.zeros((max(int(mask.max(initial=0)) + 1, len(palette)), 3), dtype=np.uint8)
     table[: len(palette)] = palette
     return table[np.clip(mask, 0, None)]
@@ -154,36 +160,9 @@ def save_grid(
 
     Returns the path. Overlay column: the mask over the first channel in gray.
     """
-    if images is None:
-        if masks is None:
-            raise PairforgeError("save_grid: give images, masks or both; both are None")
-        masks = _to_numpy(masks)
-        if masks.ndim != 3:
-            raise PairforgeError(f"save_grid: masks must be (N, H, W), got shape {masks.shape}")
-        masks = masks[:max_items]
-        count, height, width = masks.shape
-        num_channels = 0
-    else:
-        images = _to_numpy(images)
-        if images.ndim != 4:
-            raise PairforgeError(
-                f"save_grid: images must be (N, C, H, W), got shape {images.shape}"
-            )
-        images = images[:max_items].astype(np.float32)
-        count, num_channels, height, width = images.shape
-        if channel_names is not None and len(channel_names) != num_channels:
-            raise PairforgeError(
-                f"save_grid: {len(channel_names)} channel names {list(channel_names)} "
-                f"for {num_channels} channels"
-            )
-        if masks is not None:
-            masks = _to_numpy(masks)[:max_items]
-            if masks.shape != (count, height, width):
-                raise PairforgeError(
-                    f"save_grid: masks shape {masks.shape} does not match images "
-                    f"{(count, height, width)}"
-                )
-        ranges = _value_ranges(images, value_ranges)
+    images, masks = _grid_inputs(images, masks, channel_names, max_items)
+    count, height, width = masks.shape if images is None else (len(images), *images.shape[2:])
+    ranges = None if images is None else _value_ranges(images, value_ranges)
     if scale is None:
         scale = auto_scale(height, width)
     if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
@@ -191,27 +170,63 @@ def save_grid(
     if images is None:
         columns = 1
     else:
-        columns = num_channels + (2 if masks is not None else 0)
+        columns = images.shape[1] + (2 if masks is not None else 0)
     tile_h, tile_w = height * scale, width * scale
     step_y, step_x = tile_h + _SEPARATOR_PX, tile_w + _SEPARATOR_PX
     canvas = np.full(
         (count * step_y - _SEPARATOR_PX, columns * step_x - _SEPARATOR_PX, 3), 255, np.uint8
     )
     for row in range(count):
-        if images is None:
-            tiles = [colorize_mask(masks[row], class_colors)]
-        else:
-            tiles = [
-                colorize_channel(images[row, c], *ranges[c], cmap=cmap) for c in range(num_channels)
-            ]
-            if masks is not None:
-                tiles.append(colorize_mask(masks[row], class_colors))
-                base = colorize_channel(images[row, 0], *ranges[0], cmap="gray")
-                tiles.append(overlay_mask(base, masks[row], class_colors))
+        tiles = _row_tiles(images, masks, row, ranges, class_colors, cmap)
         for column, tile in enumerate(tiles):
             y, x = row * step_y, column * step_x
             canvas[y : y + tile_h, x : x + tile_w] = _upscale(tile, scale)
     return _save_rgb(Path(path), canvas, title)
+
+
+def _grid_inputs(images, masks, channel_names, max_items: int):
+    """(images float32 (n, C, H, W) or None, masks (n, H, W) or None): the first `max_items`
+    samples as numpy, shapes checked (PairforgeError naming the mismatch)."""
+    if images is None:
+        if masks is None:
+            raise PairforgeError("save_grid: give images, masks or both; both are None")
+        masks = _to_numpy(masks)
+        if masks.ndim != 3:
+            raise PairforgeError(f"save_grid: masks must be (N, H, W), got shape {masks.shape}")
+        return None, masks[:max_items]
+    images = _to_numpy(images)
+    if images.ndim != 4:
+        raise PairforgeError(f"save_grid: images must be (N, C, H, W), got shape {images.shape}")
+    images = images[:max_items].astype(np.float32)
+    count, num_channels, height, width = images.shape
+    if channel_names is not None and len(channel_names) != num_channels:
+        raise PairforgeError(
+            f"save_grid: {len(channel_names)} channel names {list(channel_names)} "
+            f"for {num_channels} channels"
+        )
+    if masks is not None:
+        masks = _to_numpy(masks)[:max_items]
+        if masks.shape != (count, height, width):
+            raise PairforgeError(
+                f"save_grid: masks shape {masks.shape} does not match images "
+                f"{(count, height, width)}"
+            )
+    return images, masks
+
+
+def _row_tiles(images, masks, row: int, ranges, class_colors, cmap: str) -> list[np.ndarray]:
+    """The (H, W, 3) uint8 tiles of one grid row: each channel, then mask and overlay (or the
+    mask alone without images)."""
+    if images is None:
+        return [colorize_mask(masks[row], class_colors)]
+    tiles = [
+        colorize_channel(images[row, c], *ranges[c], cmap=cmap) for c in range(images.shape[1])
+    ]
+    if masks is not None:
+        tiles.append(colorize_mask(masks[row], class_colors))
+        base = colorize_channel(images[row, 0], *ranges[0], cmap="gray")
+        tiles.append(overlay_mask(base, masks[row], class_colors))
+    return tiles
 
 
 def save_uncertainty(

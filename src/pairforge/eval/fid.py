@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -51,8 +52,12 @@ MEAN_ROW_LABEL = "mean of per-target FIDs, not a metric"
 MEAN_ROW_KIND = "mean_of_targets"
 
 
-def _row(target, kind, features, real_stats, fake_stats, kid, cached):
-    kid_mean, kid_std, kid_size = kid
+def _row(target, kind, features, real_stats, fake_stats, kid: dict, cached):
+    """One table row: FID of the statistics, KID of their features (`kid`: the keyword
+    arguments of `kernel_inception_distance`: num_subsets, subset_size, seed)."""
+    kid_mean, kid_std, kid_size = kernel_inception_distance(
+        real_stats.features, fake_stats.features, **kid
+    )
     return {
         "target": target,
         "kind": kind,
@@ -112,8 +117,57 @@ def evaluate_fid(
             f"{fake.source} has {fake.channel_names}; compare datasets of the same channels"
         )
     extractor = extractor or InceptionFeatureExtractor(weights_path)
+    settings = _inception_settings(extractor, cmap)
+    kid = {"num_subsets": kid_subsets, "subset_size": kid_subset_size, "seed": seed}
+    targets, warnings = _inception_targets(real, fake, cmap)
+    if real.split_label == ALL_SPLITS:
+        warnings.append(
+            f"real reference: every sample of {real.source}, test split included if it has one; "
+            "use the train split (--real-split train) so nothing is tuned on test data"
+        )
+    features_of = partial(extract_features, extractor, batch_size=batch_size, progress=progress)
+    rows = _inception_rows(targets, settings, cache_dir, kid, features_of)
+    if rows:
+        rows.append(_mean_row(rows))
+    domain_settings = None
+    if domain is not None:
+        row, domain_settings = _domain_row(domain, real, fake, batch_size, kid)
+        rows.append(row)
+    warnings.extend(_few_samples_warnings(rows))
+    return {
+        "metric": "fid",
+        **_sets_record(real, fake),
+        "settings": {
+            **settings,
+            "real_split": real.split_label,
+            "kid_subsets": kid_subsets,
+            "kid_subset_size": kid_subset_size,
+            "seed": seed,
+            "domain": domain_settings,
+        },
+        "rows": rows,
+        "warnings": warnings,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _sets_record(real, fake) -> dict:
+    """The result's "real" and "fake" entries: source, (real) split, image and mask counts."""
+    return {
+        "real": {
+            "source": real.source,
+            "split": real.split_label,
+            "n_images": real.num_images,
+            "n_masks": real.num_masks,
+        },
+        "fake": {"source": fake.source, "n_images": fake.num_images, "n_masks": fake.num_masks},
+    }
+
+
+def _inception_settings(extractor, cmap: str) -> dict:
+    """What the Inception rows depend on (also the key of the cached real statistics)."""
     weights_file = getattr(extractor, "weights_path", None)
-    settings = {
+    return {
         "cmap": cmap,
         # Name and size identify the weights file well enough for the cache key.
         "weights": Path(weights_file).name if weights_file else type(extractor).__name__,
@@ -122,10 +176,11 @@ def evaluate_fid(
         "resize": f"tf-legacy-bilinear {INCEPTION_SIZE}",
     }
 
-    def features_of(rgb: np.ndarray, desc: str) -> np.ndarray:
-        return extract_features(extractor, rgb, batch_size, progress=progress, desc=desc)
 
-    targets = []  # (name, kind, real rgb, fake rgb)
+def _inception_targets(real, fake, cmap: str) -> tuple[list[tuple], list[str]]:
+    """([(name, kind, real rgb, fake rgb)]: each channel in `cmap`, then the masks in the real
+    class colors when both sets have masks; warnings: the missing mask target)."""
+    targets = []
     real_unit, fake_unit = real.unit_range(), fake.unit_range()
     for index, name in enumerate(real.channel_names):
         targets.append(
@@ -149,13 +204,14 @@ def evaluate_fid(
     else:
         missing = [s.source for s in (real, fake) if s.masks is None]
         warnings.append(f"no mask FID: no labeled samples in {', '.join(missing)}")
+    return targets, warnings
 
-    real_split = real.split_label
-    if real_split == ALL_SPLITS:
-        warnings.append(
-            f"real reference: every sample of {real.source}, test split included if it has one; "
-            "use the train split (--real-split train) so nothing is tuned on test data"
-        )
+
+def _inception_rows(targets, settings: dict, cache_dir, kid: dict, features_of) -> list[dict]:
+    """One Inception row per target; real statistics from the cache when it holds them.
+
+    features_of(rgb (N, 3, H, W), desc=progress description) -> Inception features (N, 2048).
+    """
     rows = []
     for name, kind, real_rgb, fake_rgb in targets:
         target_settings = {**settings, "target": name, "kind": kind}
@@ -167,103 +223,75 @@ def evaluate_fid(
             cache_path = Path(cache_dir) / f"inception-{name}-{digest}.npz"
         real_stats, cached = load_or_compute_stats(
             real_rgb,
-            lambda rgb, n=name: features_of(rgb, f"real {n}"),
+            lambda rgb, n=name: features_of(rgb, desc=f"real {n}"),
             settings=target_settings,
             cache_path=cache_path,
         )
-        fake_stats = feature_stats(features_of(fake_rgb, f"synthetic {name}"))
-        kid = kernel_inception_distance(
-            real_stats.features,
-            fake_stats.features,
-            num_subsets=kid_subsets,
-            subset_size=kid_subset_size,
-            seed=seed,
-        )
+        fake_stats = feature_stats(features_of(fake_rgb, desc=f"synthetic {name}"))
         rows.append(_row(name, kind, "inception", real_stats, fake_stats, kid, cached))
+    return rows
 
-    if rows:
-        rows.append(
-            {
-                "target": MEAN_ROW_LABEL,
-                "kind": MEAN_ROW_KIND,
-                "features": "inception",
-                "fid": float(np.mean([r["fid"] for r in rows])),
-                "kid_mean": float(np.mean([r["kid_mean"] for r in rows])),
-                "kid_std": None,
-                "kid_subset_size": None,
-                "n_real": min(r["n_real"] for r in rows),
-                "n_fake": min(r["n_fake"] for r in rows),
-                "real_stats_cached": None,
-            }
-        )
 
-    domain_settings = None
-    if domain is not None:
-        domain_extractor, run = domain
-        real_input, real_segmap = domain_model_inputs(real, run)
-        fake_input, fake_segmap = domain_model_inputs(fake, run)
+def _mean_row(rows: list[dict]) -> dict:
+    """The plain mean of the per-target rows (`MEAN_ROW_LABEL`): a summary, not a metric."""
+    return {
+        "target": MEAN_ROW_LABEL,
+        "kind": MEAN_ROW_KIND,
+        "features": "inception",
+        "fid": float(np.mean([r["fid"] for r in rows])),
+        "kid_mean": float(np.mean([r["kid_mean"] for r in rows])),
+        "kid_std": None,
+        "kid_subset_size": None,
+        "n_real": min(r["n_real"] for r in rows),
+        "n_fake": min(r["n_fake"] for r in rows),
+        "real_stats_cached": None,
+    }
 
-        def domain_features(inputs, segmap):
-            outputs = []
-            for first in range(0, inputs.shape[0], batch_size):
-                part = None if segmap is None else segmap[first : first + batch_size]
-                outputs.append(domain_extractor(inputs[first : first + batch_size], part).double())
-            return torch.cat(outputs).numpy()
 
-        real_stats = feature_stats(domain_features(real_input, real_segmap))
-        fake_stats = feature_stats(domain_features(fake_input, fake_segmap))
-        kid = kernel_inception_distance(
-            real_stats.features,
-            fake_stats.features,
-            num_subsets=kid_subsets,
-            subset_size=kid_subset_size,
-            seed=seed,
-        )
-        label = f"domain:{domain_extractor.block}@t={domain_extractor.timestep}"
-        rows.append(_row("sample", "domain", label, real_stats, fake_stats, kid, False))
-        domain_settings = {
-            "run": str(run.path),
-            "task": run.task,
-            "neutral": not get_task(run.task).needs_masks,
-            "timestep": domain_extractor.timestep,
-            "block": domain_extractor.block,
-            "seed": domain_extractor.seed,
-            "feature_dim": int(real_stats.mu.shape[0]),
-        }
+def _domain_row(domain, real, fake, batch_size: int, kid: dict) -> tuple[dict, dict]:
+    """(row of the domain features of the whole sample, the settings naming their run)."""
+    domain_extractor, run = domain
+    real_input, real_segmap = domain_model_inputs(real, run)
+    fake_input, fake_segmap = domain_model_inputs(fake, run)
 
+    def domain_features(inputs, segmap):
+        outputs = []
+        for first in range(0, inputs.shape[0], batch_size):
+            part = None if segmap is None else segmap[first : first + batch_size]
+            outputs.append(domain_extractor(inputs[first : first + batch_size], part).double())
+        return torch.cat(outputs).numpy()
+
+    real_stats = feature_stats(domain_features(real_input, real_segmap))
+    fake_stats = feature_stats(domain_features(fake_input, fake_segmap))
+    label = f"domain:{domain_extractor.block}@t={domain_extractor.timestep}"
+    row = _row("sample", "domain", label, real_stats, fake_stats, kid, False)
+    settings = {
+        "run": str(run.path),
+        "task": run.task,
+        "neutral": not get_task(run.task).needs_masks,
+        "timestep": domain_extractor.timestep,
+        "block": domain_extractor.block,
+        "seed": domain_extractor.seed,
+        "feature_dim": int(real_stats.mu.shape[0]),
+    }
+    return row, settings
+
+
+def _few_samples_warnings(rows: list[dict]) -> list[str]:
+    """A warning when a channel or mask FID rests on fewer samples than feature dimensions."""
     few = [
         r
         for r in rows
         if r["kind"] in ("channel", "mask")
         and min(r["n_real"], r["n_fake"]) < FID_MIN_RELIABLE_SAMPLES
     ]
-    if few:
-        smallest = min(min(r["n_real"], r["n_fake"]) for r in few)
-        warnings.append(
-            f"FID from {smallest} samples (< {FID_MIN_RELIABLE_SAMPLES}) is biased upward and "
-            "only comparable at equal sample counts; KID is unbiased"
-        )
-    return {
-        "metric": "fid",
-        "real": {
-            "source": real.source,
-            "split": real_split,
-            "n_images": real.num_images,
-            "n_masks": real.num_masks,
-        },
-        "fake": {"source": fake.source, "n_images": fake.num_images, "n_masks": fake.num_masks},
-        "settings": {
-            **settings,
-            "real_split": real_split,
-            "kid_subsets": kid_subsets,
-            "kid_subset_size": kid_subset_size,
-            "seed": seed,
-            "domain": domain_settings,
-        },
-        "rows": rows,
-        "warnings": warnings,
-        "seconds": time.perf_counter() - start,
-    }
+    if not few:
+        return []
+    smallest = min(min(r["n_real"], r["n_fake"]) for r in few)
+    return [
+        f"FID from {smallest} samples (< {FID_MIN_RELIABLE_SAMPLES}) is biased upward and "
+        "only comparable at equal sample counts; KID is unbiased"
+    ]
 
 
 def row_label(row: dict) -> str:

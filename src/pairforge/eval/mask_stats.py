@@ -100,6 +100,41 @@ def compare_mask_stats(real, fake, *, connectivity: int = 8, bins: int = 64, see
     Returns a JSON-ready dict {"metric": "mask_stats", "real", "fake", "settings", "classes",
     "channels", "summary"}; raises PairforgeError if either set has no masks.
     """
+    _check_comparable(real, fake)
+    num_classes = len(real.class_names)
+    rng = np.random.default_rng(seed)
+    fractions = {"real": class_fractions(real.masks, num_classes)}
+    fractions["fake"] = class_fractions(fake.masks, num_classes)
+    classes = _class_rows(real, fake, fractions, connectivity)
+    channels = _channel_rows(real, fake, bins, rng)
+    size_distances = [c["size_wasserstein"] for c in classes if c["size_wasserstein"] is not None]
+    return {
+        "metric": "mask_stats",
+        "real": {
+            "source": real.source,
+            "split": real.split_label,
+            "n_masks": real.num_masks,
+        },
+        "fake": {"source": fake.source, "n_masks": fake.num_masks},
+        "settings": {
+            "connectivity": connectivity,
+            "bins": bins,
+            "mask_size": list(real.masks.shape[-2:]),
+            "size_unit": "pixels of the evaluation grid",
+            "value_unit": "physical channel units (real dataset normalizer)",
+            "seed": seed,
+        },
+        "classes": classes,
+        "channels": channels,
+        "summary": {
+            "fraction_l1": float(np.abs(fractions["real"] - fractions["fake"]).sum()),
+            "mean_size_wasserstein": float(np.mean(size_distances)) if size_distances else None,
+        },
+    }
+
+
+def _check_comparable(real, fake) -> None:
+    """PairforgeError when either set has no masks or the two have different classes."""
     for evalset, role in ((real, "real"), (fake, "synthetic")):
         if evalset.masks is None or evalset.num_masks == 0:
             raise PairforgeError(
@@ -111,13 +146,13 @@ def compare_mask_stats(real, fake, *, connectivity: int = 8, bins: int = 64, see
             f"classes differ: real {real.class_names} vs synthetic {fake.class_names}; compare "
             "datasets with the same classes"
         )
+
+
+def _class_rows(real, fake, fractions: dict, connectivity: int) -> list[dict]:
+    """Per class: pixel fractions, components per mask, component sizes and their W1."""
     num_classes = len(real.class_names)
-    rng = np.random.default_rng(seed)
-    fractions = {"real": class_fractions(real.masks, num_classes)}
-    fractions["fake"] = class_fractions(fake.masks, num_classes)
     real_counts, real_sizes = connected_components(real.masks, num_classes, connectivity)
     fake_counts, fake_sizes = connected_components(fake.masks, num_classes, connectivity)
-
     classes = []
     for k, name in enumerate(real.class_names):
         classes.append(
@@ -135,7 +170,13 @@ def compare_mask_stats(real, fake, *, connectivity: int = 8, bins: int = 64, see
                 "sizes_fake": fake_sizes[k].tolist(),
             }
         )
+    return classes
 
+
+def _channel_rows(real, fake, bins: int, rng) -> list[dict]:
+    """Per channel and class: value histograms (edges from the real 0.5-99.5 percentiles) and
+    the W1 of real and synthetic values, both in the real dataset's physical units."""
+    num_classes = len(real.class_names)
     real_images = real.physical(real.labeled)
     fake_images = real.normalizer.decode(fake.images[fake.labeled])  # real units for both
     real_values = [_class_values(real_images, real.masks, k, rng) for k in range(num_classes)]
@@ -166,31 +207,7 @@ def compare_mask_stats(real, fake, *, connectivity: int = 8, bins: int = 64, see
         channels.append(
             {"channel": channel_name, "bin_edges": edges.tolist(), "per_class": per_class}
         )
-
-    size_distances = [c["size_wasserstein"] for c in classes if c["size_wasserstein"] is not None]
-    return {
-        "metric": "mask_stats",
-        "real": {
-            "source": real.source,
-            "split": real.split_label,
-            "n_masks": real.num_masks,
-        },
-        "fake": {"source": fake.source, "n_masks": fake.num_masks},
-        "settings": {
-            "connectivity": connectivity,
-            "bins": bins,
-            "mask_size": list(real.masks.shape[-2:]),
-            "size_unit": "pixels of the evaluation grid",
-            "value_unit": "physical channel units (real dataset normalizer)",
-            "seed": seed,
-        },
-        "classes": classes,
-        "channels": channels,
-        "summary": {
-            "fraction_l1": float(np.abs(fractions["real"] - fractions["fake"]).sum()),
-            "mean_size_wasserstein": float(np.mean(size_distances)) if size_distances else None,
-        },
-    }
+    return channels
 
 
 def format_mask_stats_table(result: dict) -> str:

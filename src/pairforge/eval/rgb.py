@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from pairforge.errors import PairforgeError
+from pairforge.viz import colormap_colors
 
 CMAP_CHOICES = ("viridis", "gray")
 
@@ -18,15 +19,12 @@ def channel_to_rgb(channel: np.ndarray, cmap: str = "viridis") -> np.ndarray:
     channel = np.clip(np.asarray(channel, dtype=np.float32), 0.0, 1.0)
     if cmap == "gray":
         return np.repeat(channel[:, None], 3, axis=1)
-    import matplotlib
-
     try:
-        colormap = matplotlib.colormaps[cmap]
-    except KeyError as err:
+        lut = colormap_colors(cmap).astype(np.float32)
+    except PairforgeError as err:
         raise PairforgeError(
             f"--channels-cmap {cmap!r}: unknown colormap; use one of {', '.join(CMAP_CHOICES)}"
         ) from err
-    lut = colormap(np.linspace(0.0, 1.0, 256))[:, :3].astype(np.float32)
     levels = np.round(channel * 255.0).astype(np.int64)
     return np.ascontiguousarray(lut[levels].transpose(0, 3, 1, 2))
 
