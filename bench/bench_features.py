@@ -47,7 +47,8 @@ MASK_FILLS = ["zeros", "noise", "mean"]
 def feature_config(spec: str, mask_fill: str = "zeros"):
     """A FeatureConfig for a set spec: "t:50,150,250" (timesteps) or a noise-levels spec."""
     from pairforge.errors import PairforgeError
-    from pairforge.seg.features import FeatureConfig, parse_noise_levels
+    from pairforge.seg.features import FeatureConfig
+    from pairforge.seg.noise_levels import parse_noise_levels
 
     if spec.startswith("t:"):
         try:
@@ -243,7 +244,7 @@ def main(argv: list[str] | None = None) -> dict:
         prepare(args.data, args.joint_run, args.train_minutes, "demo-joint")
 
     from pairforge.seg.data import class_names, labeled_tiles
-    from pairforge.seg.features import load_feature_source
+    from pairforge.seg.source import load_feature_source
 
     names = class_names(args.data)
     runs = [] if args.joint_only else [(load_feature_source(args.run), [None])]

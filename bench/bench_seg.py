@@ -95,7 +95,7 @@ def memory_check(extractor, num_images: int, size: int = 64) -> dict:
     """Every pixel of `num_images` random (C, size, size) images: estimate vs allocated vs RSS."""
     import torch
 
-    from pairforge.seg.features import extract_pixel_features
+    from pairforge.seg.pixels import extract_pixel_features
 
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(num_images, extractor.image_channels, size, size, generator=generator)
@@ -144,12 +144,10 @@ def main() -> None:
     from pairforge.core.metrics import confusion_matrix, miou_from_confusion
     from pairforge.core.supervised import predict_supervised, train_supervised
     from pairforge.seg.data import class_names, labeled_tiles
-    from pairforge.seg.ensemble import EnsembleSettings, train_ensemble
-    from pairforge.seg.features import (
-        DiffusionFeatureExtractor,
-        extract_pixel_features,
-        load_feature_source,
-    )
+    from pairforge.seg.ensemble_training import EnsembleSettings, train_ensemble
+    from pairforge.seg.features import DiffusionFeatureExtractor
+    from pairforge.seg.pixels import extract_pixel_features
+    from pairforge.seg.source import load_feature_source
 
     source = load_feature_source(args.run)
     crop, res = source.extra["crop_size"], source.extra["resolution"]

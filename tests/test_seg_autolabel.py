@@ -14,8 +14,9 @@ from pairforge.errors import PairforgeError
 from pairforge.models.factory import build_model
 from pairforge.seg.autolabel import autolabel, label_images, select_confident
 from pairforge.seg.ensemble import image_scores
-from pairforge.seg.features import FeatureConfig, load_feature_source
+from pairforge.seg.features import FeatureConfig
 from pairforge.seg.head import HeadSettings, fit_head
+from pairforge.seg.source import load_feature_source
 
 
 def test_select_confident_drops_the_most_uncertain():

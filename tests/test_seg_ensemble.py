@@ -9,15 +9,9 @@ import torch
 
 from pairforge.core.metrics import mean_iou
 from pairforge.errors import PairforgeError
-from pairforge.seg.ensemble import (
-    EnsembleConfig,
-    EnsembleSettings,
-    PixelEnsemble,
-    image_scores,
-    split_by_image,
-    train_ensemble,
-)
-from pairforge.seg.features import PixelFeatures
+from pairforge.seg.ensemble import EnsembleConfig, PixelEnsemble, image_scores
+from pairforge.seg.ensemble_training import EnsembleSettings, split_by_image, train_ensemble
+from pairforge.seg.pixels import PixelFeatures
 
 
 def _toy_pixels(num_images=6, pixels_per_image=200, dim=16, num_classes=3, seed=0, spread=0.3):

@@ -13,17 +13,17 @@ from pairforge.models.factory import build_model
 from pairforge.seg.features import (
     DiffusionFeatureExtractor,
     FeatureConfig,
-    baranchuk_abar,
     block_widths,
     class_fractions,
+    mean_mask_code,
+)
+from pairforge.seg.noise_levels import baranchuk_abar, parse_noise_levels, resolve_noise_levels
+from pairforge.seg.pixels import (
     estimate_feature_memory,
     extract_pixel_features,
-    load_feature_source,
     load_pixel_features,
-    mean_mask_code,
-    parse_noise_levels,
-    resolve_noise_levels,
 )
+from pairforge.seg.source import load_feature_source
 
 
 def _tiny_unet(in_channels: int = 2, widths=(16, 32), seed: int = 0):

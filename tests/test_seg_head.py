@@ -10,13 +10,10 @@ from pairforge.data.codec import MaskCodec
 from pairforge.diffusion.schedule import alphas_cumprod, make_scheduler_config
 from pairforge.errors import PairforgeError
 from pairforge.models.factory import build_model
-from pairforge.seg.features import (
-    FeatureConfig,
-    FeatureSource,
-    extract_pixel_features,
-    load_feature_source,
-)
+from pairforge.seg.features import FeatureConfig
 from pairforge.seg.head import HeadSettings, SegmentationHead, fit_head
+from pairforge.seg.pixels import extract_pixel_features
+from pairforge.seg.source import FeatureSource, load_feature_source
 
 
 def _model_dir(tmp_path):

@@ -9,7 +9,6 @@ from pathlib import Path
 import typer
 
 from pairforge.errors import PairforgeError
-from pairforge.io import atomic_write_text
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -39,35 +38,46 @@ _UNCERTAINTY = typer.Option(
     "the DatasetDDPM score) | entropy (of the mean softmax) | disagreement (vote fraction).",
 )
 _DEVICE = typer.Option("cpu", "--device", help="cpu / cuda.")
+_HEAD_DIR = typer.Argument(..., help="Head folder written by `seg fit`.")
+_AS_JSON = typer.Option(False, "--json", help="Print JSON.")
 
-
-def _scale(source, crop_size: int | None, resolution: int | None) -> tuple[int, int]:
-    """(crop_size, resolution): flags, else the run's, else the model's sample_size (1:1)."""
-    resolution = resolution or source.extra.get("resolution")
-    if resolution is None:
-        sample_size = getattr(source.model.config, "sample_size", None)
-        resolution = sample_size[0] if isinstance(sample_size, list | tuple) else sample_size
-    if not resolution:
-        raise PairforgeError("cannot tell the model resolution; pass --resolution")
-    crop_size = crop_size or source.extra.get("crop_size") or resolution
-    return int(crop_size), int(resolution)
-
-
-def _iou_report(confusion, names: list[str], split: str, num_images: int) -> dict:
-    import math
-
-    from pairforge.core.metrics import miou_from_confusion
-
-    mean, per_class = miou_from_confusion(confusion)
-    return {
-        "split": split,
-        "num_images": num_images,
-        "mean_iou": None if math.isnan(mean) else mean,
-        "per_class_iou": {
-            name: (None if math.isnan(v) else float(v))
-            for name, v in zip(names, per_class, strict=True)
-        },
-    }
+# `fit` options.
+_FIT_RUN = typer.Option(..., "--run", help="pairforge run (RUN) or diffusers UNet2DModel folder.")
+_FIT_DATA = typer.Option(..., "--data", help="Dataset folder with labeled masks.")
+_FIT_OUT = typer.Option(Path("seg-head"), "--out", help="Head folder to write.")
+_TIMESTEPS = typer.Option(
+    None,
+    "--timesteps",
+    help="Timesteps t of the model's schedule, comma list [default: 50,150,250].",
+)
+_NOISE_LEVELS = typer.Option(
+    None,
+    "--noise-levels",
+    help="Schedule-independent noise levels instead of --timesteps, resolved to the "
+    "nearest timesteps of the model's schedule: abar:0.970,0.786,0.521 | "
+    "logsnr:3.47,1.30,0.09 | baranchuk (the published levels: abar of t 50/150/250 on the "
+    "linear schedule).",
+)
+_BLOCKS = typer.Option(
+    None, "--blocks", help="Decoder blocks, e.g. up_blocks.1,up_blocks.2 [default: all up]."
+)
+_NOISE_SEED = typer.Option(0, "--noise-seed", help="Seed of the one fixed noise tensor.")
+_MASK_FILL = typer.Option(
+    "mean",
+    "--mask-fill",
+    help="Joint models: mask channels of x0 = mean (mean code of the training masks' class "
+    "fractions; measured best) | zeros | noise.",
+)
+_NUM_MODELS = typer.Option(10, "--num-models", min=1, help="Ensemble size.")
+_MLP_EPOCHS = typer.Option(20, "--epochs", min=1, help="Max epochs per MLP.")
+_PIXELS_PER_IMAGE = typer.Option(
+    None, "--pixels-per-image", min=1, help="Subsample labeled pixels per tile."
+)
+_CACHE = typer.Option(None, "--cache", help="Memory-map features into this folder.")
+_MEMORY_BUDGET_GIB = typer.Option(
+    8.0, "--memory-budget-gib", min=0.01, help="Stop before allocating more RAM than this."
+)
+_CLASS_BALANCE = typer.Option(False, "--class-balance", help="Inverse-frequency loss.")
 
 
 def _print_report(report: dict, as_json: bool, title: str) -> None:
@@ -82,50 +92,26 @@ def _print_report(report: dict, as_json: bool, title: str) -> None:
 
 @app.command("fit")
 def fit_command(
-    run: Path = typer.Option(
-        ..., "--run", help="pairforge run (RUN) or diffusers UNet2DModel folder."
-    ),
-    data: Path = typer.Option(..., "--data", help="Dataset folder with labeled masks."),
-    out: Path = typer.Option(Path("seg-head"), "--out", help="Head folder to write."),
+    run: Path = _FIT_RUN,
+    data: Path = _FIT_DATA,
+    out: Path = _FIT_OUT,
     split: str = _SPLIT,
     val_split: str = _VAL_SPLIT,
     max_images: int = _MAX_IMAGES,
     data_seed: int = _DATA_SEED,
     crop_size: int = _CROP,
     resolution: int = _RESOLUTION,
-    timesteps: str = typer.Option(
-        None,
-        "--timesteps",
-        help="Timesteps t of the model's schedule, comma list [default: 50,150,250].",
-    ),
-    noise_levels: str = typer.Option(
-        None,
-        "--noise-levels",
-        help="Schedule-independent noise levels instead of --timesteps, resolved to the "
-        "nearest timesteps of the model's schedule: abar:0.970,0.786,0.521 | "
-        "logsnr:3.47,1.30,0.09 | baranchuk (the published levels: abar of t 50/150/250 on the "
-        "linear schedule).",
-    ),
-    blocks: str = typer.Option(
-        None, "--blocks", help="Decoder blocks, e.g. up_blocks.1,up_blocks.2 [default: all up]."
-    ),
-    noise_seed: int = typer.Option(0, "--noise-seed", help="Seed of the one fixed noise tensor."),
-    mask_fill: str = typer.Option(
-        "mean",
-        "--mask-fill",
-        help="Joint models: mask channels of x0 = mean (mean code of the training masks' class "
-        "fractions; measured best) | zeros | noise.",
-    ),
-    num_models: int = typer.Option(10, "--num-models", min=1, help="Ensemble size."),
-    max_epochs: int = typer.Option(20, "--epochs", min=1, help="Max epochs per MLP."),
-    pixels_per_image: int = typer.Option(
-        None, "--pixels-per-image", min=1, help="Subsample labeled pixels per tile."
-    ),
-    cache: Path = typer.Option(None, "--cache", help="Memory-map features into this folder."),
-    memory_budget_gib: float = typer.Option(
-        8.0, "--memory-budget-gib", min=0.01, help="Stop before allocating more RAM than this."
-    ),
-    class_balance: bool = typer.Option(False, "--class-balance", help="Inverse-frequency loss."),
+    timesteps: str = _TIMESTEPS,
+    noise_levels: str = _NOISE_LEVELS,
+    blocks: str = _BLOCKS,
+    noise_seed: int = _NOISE_SEED,
+    mask_fill: str = _MASK_FILL,
+    num_models: int = _NUM_MODELS,
+    max_epochs: int = _MLP_EPOCHS,
+    pixels_per_image: int = _PIXELS_PER_IMAGE,
+    cache: Path = _CACHE,
+    memory_budget_gib: float = _MEMORY_BUDGET_GIB,
+    class_balance: bool = _CLASS_BALANCE,
     seed: int = _SEED,
     device: str = _DEVICE,
 ) -> None:
@@ -139,91 +125,33 @@ def fit_command(
 
       pairforge seg fit --run runs/demo-image --data data/grains --noise-levels baranchuk
     """
-    from pairforge.seg.data import class_names, labeled_tiles
-    from pairforge.seg.features import (
-        DEFAULT_TIMESTEPS,
-        FeatureConfig,
-        load_feature_source,
-        parse_blocks,
-        parse_noise_levels,
-    )
-    from pairforge.seg.head import HeadSettings, fit_head
+    from pairforge.seg.commands import fit_head_on_dataset, fit_summary
+    from pairforge.seg.data import TileChoice
+    from pairforge.seg.features import feature_config_from_flags
+    from pairforge.seg.head import HeadSettings
 
-    if timesteps is not None and noise_levels is not None:
-        raise PairforgeError(
-            f"--timesteps {timesteps!r} and --noise-levels {noise_levels!r} both given; pass one"
-        )
-    steps = DEFAULT_TIMESTEPS
-    if timesteps is not None:
-        try:
-            steps = tuple(int(t) for t in timesteps.split(",") if t.strip())
-        except ValueError as err:
-            raise PairforgeError(
-                f"--timesteps {timesteps!r}: use integers like 50,150,250"
-            ) from err
-    if noise_levels is not None:
-        try:
-            parse_noise_levels(noise_levels)
-        except PairforgeError as err:
-            raise PairforgeError(f"--noise-levels: {err}") from err
-    source = load_feature_source(run)
-    crop, res = _scale(source, crop_size, resolution)
-    feature_config = FeatureConfig(
-        steps, parse_blocks(blocks), noise_seed, mask_fill, noise_levels=noise_levels
+    feature_config = feature_config_from_flags(
+        timesteps, noise_levels, blocks, noise_seed, mask_fill
     )
-    train = labeled_tiles(
-        data, split, crop, res, source.normalizer, max_images=max_images, data_seed=data_seed
+    settings = HeadSettings(
+        pixels_per_image=pixels_per_image,
+        memory_budget_bytes=int(memory_budget_gib * 2**30),
+        num_models=num_models,
+        max_epochs=max_epochs,
+        class_balance=class_balance,
+        seed=seed,
     )
-    val = labeled_tiles(data, val_split, crop, res, source.normalizer) if val_split else None
-    names = class_names(data)
-    head, history = fit_head(
-        source,
-        train.images,
-        train.masks,
-        num_classes=len(names),
-        settings=HeadSettings(
-            pixels_per_image=pixels_per_image,
-            memory_budget_bytes=int(memory_budget_gib * 2**30),
-            num_models=num_models,
-            max_epochs=max_epochs,
-            class_balance=class_balance,
-            seed=seed,
-        ),
-        val_images=val.images if val else None,
-        val_masks=val.masks if val else None,
-        feature_config=feature_config,
-        cache_dir=cache,
-        device=device,
-        info={
-            "class_names": names,
-            "crop_size": crop,
-            "resolution": res,
-            "normalizer": (source.normalizer or _dataset_normalizer(data)).to_dict(),
-            "train_tiles": [list(s) for s in train.source],
-        },
+    tiles = TileChoice(split, val_split, max_images, data_seed, crop_size, resolution)
+    fitted = fit_head_on_dataset(
+        run, data, tiles, feature_config, settings, cache_dir=cache, device=device
     )
-    head.save(out)
-    val_scores = [m["best_val_miou"] for m in history["members"] if m["best_val_miou"] is not None]
-    levels = head.extractor.config
-    typer.echo(
-        f"head written to {out}: {len(train.source)} tiles, {history['num_pixels']} pixels x "
-        f"{head.extractor.feature_dim} features at t {list(levels.timesteps)} (abar "
-        f"{', '.join(f'{a:.3f}' for a in levels.abar)}); features "
-        f"{history['feature_seconds']:.1f} s, "
-        f"MLPs {history['mlp_seconds']:.1f} s"
-        + (f"; member val mIoU {min(val_scores):.3f}..{max(val_scores):.3f}" if val_scores else "")
-    )
-
-
-def _dataset_normalizer(data: Path):
-    from pairforge.data.dataset import load_dataset
-
-    return load_dataset(data).normalizer
+    fitted.head.save(out)
+    typer.echo(fit_summary(out, fitted))
 
 
 @app.command("predict")
 def predict_command(
-    head_dir: Path = typer.Argument(..., help="Head folder written by `seg fit`."),
+    head_dir: Path = _HEAD_DIR,
     out: Path = typer.Option(..., "--out", help="Output folder: masks/ and uncertainty/."),
     data: Path = typer.Option(None, "--data", help="Dataset folder to segment."),
     split: str = typer.Option(None, "--split", help="Only this split of --data [default: all]."),
@@ -244,90 +172,43 @@ def predict_command(
 
       pairforge seg predict heads/g8 --data data/grains --split test --out pred/
     """
-    import numpy as np
-    import tifffile
-    from PIL import Image
-
-    from pairforge.seg.ensemble import check_uncertainty_kind, image_scores
+    from pairforge.seg.commands import predict_to_folder
+    from pairforge.seg.data import measurements
+    from pairforge.seg.ensemble import check_uncertainty_kind
     from pairforge.seg.head import SegmentationHead
-    from pairforge.seg.sliding import segment_measurement
 
     check_uncertainty_kind(uncertainty, "--uncertainty")
     if (data is None) == (image is None):
         raise PairforgeError("pass exactly one of --data DIR or --image FILE")
     head = SegmentationHead.load(head_dir, device=device)
-    if data is not None:
-        from pairforge.data.dataset import load_dataset
-
-        dataset = load_dataset(data)
-        items = [(i, lambda i=i: dataset.read_image(i)) for i in dataset.ids(split)]
-    else:
-        items = [(image.stem, lambda: _read_image_file(image))]
-    (out / "masks").mkdir(parents=True, exist_ok=True)
-    (out / "uncertainty").mkdir(parents=True, exist_ok=True)
-    scores = {}
-    for sample_id, read in items:
-        result = segment_measurement(head, read(), overlap=overlap)
-        maps = result.uncertainty(uncertainty)
-        Image.fromarray(result.mask.numpy().astype(np.uint8)).save(
-            out / "masks" / f"{sample_id}.png"
-        )
-        tifffile.imwrite(out / "uncertainty" / f"{sample_id}.tif", maps.numpy().astype(np.float32))
-        scores[sample_id] = float(image_scores(maps[None])[0])
-        typer.echo(f"{sample_id}: {tuple(result.mask.shape)} score {scores[sample_id]:.4f}")
-    atomic_write_text(
-        out / "scores.json", json.dumps({"uncertainty": uncertainty, "scores": scores})
-    )
-
-
-def _read_image_file(path: Path):
-    import numpy as np
-
-    from pairforge.data.dataset import read_array
-
-    if not path.exists():
-        raise PairforgeError(f"--image {path} does not exist")
-    array = np.asarray(read_array(path), dtype=np.float32)
-    if array.ndim == 2:
-        array = array[None]
-    if array.ndim != 3:
-        raise PairforgeError(f"--image {path}: shape {array.shape}; expected (C, H, W)")
-    return array
+    items = measurements(data, split, image)
+    predict_to_folder(head, items, out, uncertainty, overlap=overlap, echo=typer.echo)
 
 
 @app.command("eval")
 def eval_command(
-    head_dir: Path = typer.Argument(..., help="Head folder written by `seg fit`."),
+    head_dir: Path = _HEAD_DIR,
     data: Path = typer.Option(..., "--data", help="Labeled dataset folder."),
     split: str = typer.Option("test", "--split", help="Split to evaluate (held out!)."),
     combine: str = typer.Option(
         "mean", "--combine", help="Ensemble combining: mean (mean softmax) | vote (majority)."
     ),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    as_json: bool = _AS_JSON,
     device: str = _DEVICE,
 ) -> None:
     """Mean and per-class IoU of a head on the tiles of a labeled split (model scale)."""
-    from pairforge.core.metrics import confusion_matrix
-    from pairforge.data.normalize import ChannelNormalizer
-    from pairforge.seg.data import class_names, labeled_tiles
+    from pairforge.seg.commands import evaluate_head
     from pairforge.seg.ensemble import check_combine
     from pairforge.seg.head import SegmentationHead
 
     check_combine(combine, "--combine")
     head = SegmentationHead.load(head_dir, device=device)
-    normalizer = ChannelNormalizer.from_dict(head.info.normalizer)
-    tiles = labeled_tiles(data, split, head.info.crop_size, head.info.resolution, normalizer)
-    prediction = head.segment(tiles.images, combine=combine)
-    confusion = confusion_matrix(prediction.labels, tiles.masks, head.num_classes)
-    names = head.info.class_names or class_names(data)
-    report = _iou_report(confusion, names, split, len(tiles.source))
-    report["combine"] = combine
-    _print_report(report, as_json, "head")
+    _print_report(evaluate_head(head, data, split, combine), as_json, "head")
 
 
 @app.command("autolabel")
 def autolabel_command(
-    head_dir: Path = typer.Argument(..., help="Head folder written by `seg fit`."),
+    head_dir: Path = _HEAD_DIR,
     n: int = typer.Option(..., "--n", min=1, help="Images to generate."),
     out: Path = typer.Option(..., "--out", help="Output dataset folder."),
     drop: float = typer.Option(
@@ -388,7 +269,7 @@ def baseline_command(
     arch: str = typer.Option("unet", "--arch", help="smp architecture."),
     encoder: str = typer.Option("resnet18", "--encoder", help="smp encoder (no pretrained)."),
     out: Path = typer.Option(None, "--out", help="Save the model (safetensors + JSON) here."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    as_json: bool = _AS_JSON,
     seed: int = _SEED,
     device: str = _DEVICE,
 ) -> None:
@@ -398,54 +279,14 @@ def baseline_command(
 
       pairforge seg baseline --run runs/demo-image --data data/grains --max-images 8 --json
     """
-    from pairforge.core.metrics import confusion_matrix
-    from pairforge.core.supervised import predict_supervised, save_supervised, train_supervised
-    from pairforge.seg.data import class_names, labeled_tiles
+    from pairforge.seg.commands import BaselineSettings, run_baseline
+    from pairforge.seg.data import TileChoice
 
-    normalizer = None
-    if run is not None:
-        from pairforge.seg.features import load_feature_source
-
-        source = load_feature_source(run)
-        crop, res = _scale(source, crop_size, resolution)
-        normalizer = source.normalizer
-    elif resolution is None:
-        raise PairforgeError("pass --run RUN or --resolution (and --crop-size) for the tile scale")
-    else:
-        res, crop = resolution, crop_size or resolution
-    normalizer = normalizer or _dataset_normalizer(data)
-    train = labeled_tiles(
-        data, split, crop, res, normalizer, max_images=max_images, data_seed=data_seed
+    tiles = TileChoice(split, val_split, max_images, data_seed, crop_size, resolution)
+    settings = BaselineSettings(
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, arch=arch, encoder=encoder
     )
-    val = labeled_tiles(data, val_split, crop, res, normalizer) if val_split else None
-    names = class_names(data)
-    model, history = train_supervised(
-        train.images,
-        train.masks,
-        val.images if val else None,
-        val.masks if val else None,
-        num_classes=len(names),
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        arch=arch,
-        encoder=encoder,
-        device=device,
-        progress=not as_json,
+    report = run_baseline(
+        data, run, tiles, eval_split, settings, out=out, device=device, progress=not as_json
     )
-    test = labeled_tiles(data, eval_split, crop, res, normalizer)
-    confusion = confusion_matrix(predict_supervised(model, test.images), test.masks, len(names))
-    report = _iou_report(confusion, names, eval_split, len(test.source))
-    report["best_epoch"] = history["best_epoch"]
-    report["best_val_miou"] = history["best_val_miou"]
-    if out is not None:
-        save_supervised(
-            model,
-            out,
-            arch=arch,
-            encoder=encoder,
-            extra={"class_names": names, "crop_size": crop, "resolution": res,
-                   "normalizer": normalizer.to_dict()},
-        )  # fmt: skip
     _print_report(report, as_json, "supervised baseline")

@@ -1,4 +1,5 @@
-"""Labeled tiles for the seg commands: the same images, scale and normalizer for head and baseline.
+"""Labeled tiles and measurements for the seg commands: the same images, scale and normalizer for
+head and baseline.
 
 Measurements are cut into non-overlapping `crop_size` tiles and area-downsampled to
 `resolution` (the scale the diffusion model was trained at; `pairforge.data.views.load_tiles`),
@@ -7,6 +8,7 @@ so the feature head and the supervised baseline see identical pixels.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +16,24 @@ import numpy as np
 import torch
 
 from pairforge.errors import PairforgeError
+
+
+@dataclass(frozen=True)
+class TileChoice:
+    """Which labeled tiles `seg fit` and `seg baseline` train on (the same for both).
+
+    split: labeled split to train on; val_split: split for early stopping / model selection
+    (None or "": none); max_images: that many randomly chosen training tiles (None: all), chosen
+    with `data_seed`; crop_size / resolution: source tile side and model side in px (None: the
+    run's, see `pairforge.seg.source.tile_scale`).
+    """
+
+    split: str | None = "train"
+    val_split: str | None = "val"
+    max_images: int | None = None
+    data_seed: int = 0
+    crop_size: int | None = None
+    resolution: int | None = None
 
 
 @dataclass
@@ -66,3 +86,58 @@ def class_names(data: str | Path) -> list[str]:
     from pairforge.data.dataset import load_dataset
 
     return [c.name for c in load_dataset(data).spec.classes]
+
+
+def training_tiles(
+    data: str | Path, choice: TileChoice, crop_size: int, resolution: int, normalizer=None
+) -> tuple[LabeledTiles, LabeledTiles | None]:
+    """(train, val) tiles of `choice` at one scale; val None without a val split. All val
+    tiles are kept (max_images picks training tiles only)."""
+    train = labeled_tiles(
+        data,
+        choice.split,
+        crop_size,
+        resolution,
+        normalizer,
+        max_images=choice.max_images,
+        data_seed=choice.data_seed,
+    )
+    val = None
+    if choice.val_split:
+        val = labeled_tiles(data, choice.val_split, crop_size, resolution, normalizer)
+    return train, val
+
+
+def dataset_normalizer(data: str | Path):
+    """The ChannelNormalizer of a dataset folder (dataset.yaml's, else fitted on its train split)."""
+    from pairforge.data.dataset import load_dataset
+
+    return load_dataset(data).normalizer
+
+
+def read_image_file(path: Path) -> np.ndarray:
+    """One measurement file (TIFF / NPY) as float32 (C, H, W); a 2-D file is one channel.
+    Errors name the --image flag."""
+    from pairforge.data.dataset import read_array
+
+    if not path.exists():
+        raise PairforgeError(f"--image {path} does not exist")
+    array = np.asarray(read_array(path), dtype=np.float32)
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3:
+        raise PairforgeError(f"--image {path}: shape {array.shape}; expected (C, H, W)")
+    return array
+
+
+def measurements(
+    data: Path | None, split: str | None, image: Path | None
+) -> list[tuple[str, Callable[[], np.ndarray]]]:
+    """(sample id, reader of its physical image (C, H, W)) for every sample of `split` of the
+    dataset `data` (None: all), or for the one file `image` (id = its stem)."""
+    if data is not None:
+        from pairforge.data.dataset import load_dataset
+
+        dataset = load_dataset(data)
+        return [(i, lambda i=i: dataset.read_image(i)) for i in dataset.ids(split)]
+    return [(image.stem, lambda: read_image_file(image))]

@@ -20,22 +20,16 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from pairforge.errors import PairforgeError
-from pairforge.seg.ensemble import (
-    EnsembleSettings,
-    PixelEnsemble,
-    PixelPrediction,
-    train_ensemble,
-)
+from pairforge.seg.ensemble import PixelEnsemble, PixelPrediction
+from pairforge.seg.ensemble_training import EnsembleSettings, train_ensemble
 from pairforge.seg.features import (
-    DEFAULT_MEMORY_BUDGET_BYTES,
     DiffusionFeatureExtractor,
     FeatureConfig,
-    FeatureSource,
     class_fractions,
-    extract_pixel_features,
-    load_feature_source,
     mean_mask_code,
 )
+from pairforge.seg.pixels import DEFAULT_MEMORY_BUDGET_BYTES, extract_pixel_features
+from pairforge.seg.source import FeatureSource, load_feature_source
 
 
 class HeadInfo(BaseModel):
@@ -115,13 +109,7 @@ class SegmentationHead:
             parts.append(self.ensemble.segment(features, combine=combine, keep_probs=keep_probs))
         if not parts:
             raise PairforgeError("segment() got no images")
-        return PixelPrediction(
-            labels=torch.cat([p.labels for p in parts]),
-            entropy=torch.cat([p.entropy for p in parts]),
-            disagreement=torch.cat([p.disagreement for p in parts]),
-            mean_probs=torch.cat([p.mean_probs for p in parts]) if keep_probs else None,
-            member_entropy=torch.cat([p.member_entropy for p in parts]),
-        )
+        return PixelPrediction.cat(parts)
 
     def save(self, directory: str | Path) -> Path:
         extra = {
@@ -234,27 +222,23 @@ def fit_head(
         device=device,
     )
     start = time.perf_counter()
-    common = dict(
-        memory_budget_bytes=settings.memory_budget_bytes, seed=settings.seed, progress=progress
-    )  # fmt: skip
-    train_pixels = extract_pixel_features(
-        extractor,
-        train_images,
-        train_masks,
-        pixels_per_image=settings.pixels_per_image,
-        cache_dir=None if cache_dir is None else Path(cache_dir) / "train",
-        **common,
-    )
+
+    def pixels_of(images, masks, part: str):
+        return extract_pixel_features(
+            extractor,
+            images,
+            masks,
+            pixels_per_image=settings.pixels_per_image,
+            cache_dir=None if cache_dir is None else Path(cache_dir) / part,
+            memory_budget_bytes=settings.memory_budget_bytes,
+            seed=settings.seed,
+            progress=progress,
+        )
+
+    train_pixels = pixels_of(train_images, train_masks, "train")
     val_pixels = None
     if val_images is not None and val_masks is not None:
-        val_pixels = extract_pixel_features(
-            extractor,
-            val_images,
-            val_masks,
-            pixels_per_image=settings.pixels_per_image,
-            cache_dir=None if cache_dir is None else Path(cache_dir) / "val",
-            **common,
-        )
+        val_pixels = pixels_of(val_images, val_masks, "val")
     feature_seconds = time.perf_counter() - start
     ensemble, history = train_ensemble(
         train_pixels,
@@ -271,6 +255,13 @@ def fit_head(
         + (val_pixels.estimate.stored_bytes if val_pixels else 0),
         num_pixels=train_pixels.estimate.num_pixels,
     )
+    head_info = HeadInfo.model_validate({**_source_info(source, num_classes), **(info or {})})
+    return SegmentationHead(extractor, ensemble, head_info), history
+
+
+def _source_info(source: FeatureSource, num_classes: int) -> dict[str, Any]:
+    """The HeadInfo fields a feature source gives (its path, channels, normalizer, scale, class
+    names), in head.json's key order."""
     head_info = {
         "source": str(Path(source.path).resolve()) if source.path else "",
         "image_channels": source.image_channels,
@@ -281,8 +272,7 @@ def fit_head(
     }
     if source.extra.get("spec") is not None:
         head_info["class_names"] = [c.name for c in source.extra["spec"].classes]
-    head_info.update(info or {})
-    return SegmentationHead(extractor, ensemble, HeadInfo.model_validate(head_info)), history
+    return head_info
 
 
 def _with_mask_mean(

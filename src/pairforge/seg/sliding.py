@@ -20,31 +20,20 @@ import torch.nn.functional as F
 
 from pairforge.data.views import stitch, tile_coords
 from pairforge.errors import PairforgeError
-from pairforge.seg.ensemble import DEFAULT_UNCERTAINTY, check_uncertainty_kind, entropy_of
+from pairforge.seg.ensemble import UncertaintyMaps, entropy_of
 
 
 @dataclass
-class SlidingResult:
+class SlidingResult(UncertaintyMaps):
     """mask (H, W) long; probs (K, H, W) blended mean softmax; entropy (H, W) nats;
-    disagreement (H, W) in [0, 1]; member_entropy (H, W) blended mean member entropy (nats)."""
+    disagreement (H, W) in [0, 1]; member_entropy (H, W) blended mean member entropy (nats).
+    `.js` (entropy - member_entropy, >= 0) and `.uncertainty(kind)` as for PixelPrediction."""
 
     mask: torch.Tensor
     probs: torch.Tensor
     entropy: torch.Tensor
     disagreement: torch.Tensor
     member_entropy: torch.Tensor
-
-    @property
-    def js(self) -> torch.Tensor:
-        """Jensen-Shannon disagreement (H, W): entropy - member_entropy, nats, >= 0."""
-        return (self.entropy - self.member_entropy).clamp_min(0.0)
-
-    def uncertainty(self, kind: str = DEFAULT_UNCERTAINTY) -> torch.Tensor:
-        """Per-pixel uncertainty of `kind` ("js" default, "entropy" or "disagreement")."""
-        check_uncertainty_kind(kind)
-        if kind == "js":
-            return self.js
-        return self.entropy if kind == "entropy" else self.disagreement
 
 
 def _result(probs: torch.Tensor, maps: torch.Tensor) -> SlidingResult:
