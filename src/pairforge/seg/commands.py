@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -173,9 +173,10 @@ def evaluate_head(
 
 @dataclass(frozen=True)
 class BaselineSettings:
-    """How `seg baseline` trains its smp segmenter (`core.supervised.train_supervised`):
-    epochs (one AdamW step per batch of tiles), batch size, learning rate, seed, smp
-    architecture and encoder (no pretrained weights)."""
+    """How `seg baseline` trains its smp segmenter: the keyword arguments of
+    `core.supervised.train_supervised` of the same names (epochs: one AdamW step per batch of
+    tiles; batch size, learning rate, seed, smp architecture and encoder, no pretrained
+    weights)."""
 
     epochs: int = 400
     batch_size: int = 8
@@ -214,12 +215,7 @@ def run_baseline(
         val.images if val else None,
         val.masks if val else None,
         num_classes=len(names),
-        epochs=settings.epochs,
-        batch_size=settings.batch_size,
-        lr=settings.lr,
-        seed=settings.seed,
-        arch=settings.arch,
-        encoder=settings.encoder,
+        **asdict(settings),
         device=device,
         progress=progress,
     )
