@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,14 @@ def _fmt(value, digits: int = 3) -> str:
     if isinstance(value, float):
         return "nan" if np.isnan(value) else f"{value:.{digits}f}"
     return str(value)
+
+
+def _records_table(columns, records: list[dict]) -> str:
+    """One table row per record; columns: (header, key of the record or function of it)."""
+    return _table(
+        [header for header, _ in columns],
+        [[get(r) if callable(get) else r[get] for _, get in columns] for r in records],
+    )
 
 
 def _settings_block(settings) -> str:
@@ -146,9 +155,11 @@ def _samples_section(found: ReportInputs) -> str:
     return "".join(parts)
 
 
-def _per_folder(entries: list[tuple[Path, dict]], missing: str, render) -> str:
-    """One block per eval folder: its heading, `render(folder, result)`, then the result's
-    settings; `missing` (what to run) when no folder holds the result."""
+def _per_folder(kind: str, missing: str, render, found: ReportInputs) -> str:
+    """One block per eval folder holding a `kind` result (fid, mask_stats, downstream): its
+    heading, `render(folder, result)`, then the result's settings; `missing` (what to run)
+    when no folder holds one."""
+    entries = getattr(found, kind)
     if not entries:
         return _missing(missing)
     return "".join(
@@ -158,32 +169,19 @@ def _per_folder(entries: list[tuple[Path, dict]], missing: str, render) -> str:
     )
 
 
-def _fid_section(found: ReportInputs) -> str:
-    return _per_folder(
-        found.fid,
-        "no fid.json found; run `pairforge eval fid REAL_DIR FAKE_DIR --out EVAL_DIR`",
-        _fid_block,
-    )
-
-
 def _fid_block(folder: Path, result: dict) -> str:
     from pairforge.eval.fid import MEAN_ROW_LABEL, row_label
 
-    rows = [
-        [
-            row_label(r),
-            r["features"],
-            r["fid"],
-            None if r["kid_mean"] is None else r["kid_mean"] * 1e3,
-            None if r.get("kid_std") is None else r["kid_std"] * 1e3,
-            r["n_real"],
-            r["n_fake"],
-        ]
-        for r in result["rows"]
-    ]
-    table = _table(
-        ["target", "features", "FID", "KID x1e3", "KID std x1e3", "n real", "n synthetic"], rows
+    columns = (
+        ("target", row_label),
+        ("features", "features"),
+        ("FID", "fid"),
+        ("KID x1e3", lambda r: None if r["kid_mean"] is None else r["kid_mean"] * 1e3),
+        ("KID std x1e3", lambda r: None if r.get("kid_std") is None else r["kid_std"] * 1e3),
+        ("n real", "n_real"),
+        ("n synthetic", "n_fake"),
     )
+    table = _records_table(columns, result["rows"])
     real, fake = result.get("real", {}), result.get("fake", {})
     # Older results: the CLI's settings.real_split, None there meaning every sample.
     split = real.get("split") or result.get("settings", {}).get("real_split") or "all"
@@ -211,41 +209,20 @@ def _fid_block(folder: Path, result: dict) -> str:
     return f"{counts}{table}{warnings}"
 
 
-def _mask_stats_section(found: ReportInputs) -> str:
-    return _per_folder(
-        found.mask_stats,
-        "no mask_stats.json found; run `pairforge eval stats REAL_DIR FAKE_DIR --out EVAL_DIR`",
-        _mask_stats_block,
-    )
+MASK_CLASS_COLUMNS = (
+    ("class", "class"),
+    ("fraction real", "fraction_real"),
+    ("fraction synthetic", "fraction_fake"),
+    ("components/mask real", "components_per_mask_real"),
+    ("components/mask synthetic", "components_per_mask_fake"),
+    ("mean size real (px)", lambda c: (c["component_size_real"] or {}).get("mean")),
+    ("mean size synthetic (px)", lambda c: (c["component_size_fake"] or {}).get("mean")),
+    ("size W1 (px)", "size_wasserstein"),
+)
 
 
 def _mask_stats_block(folder: Path, result: dict) -> str:
-    rows = [
-        [
-            c["class"],
-            c["fraction_real"],
-            c["fraction_fake"],
-            c["components_per_mask_real"],
-            c["components_per_mask_fake"],
-            (c["component_size_real"] or {}).get("mean"),
-            (c["component_size_fake"] or {}).get("mean"),
-            c["size_wasserstein"],
-        ]
-        for c in result["classes"]
-    ]
-    table = _table(
-        [
-            "class",
-            "fraction real",
-            "fraction synthetic",
-            "components/mask real",
-            "components/mask synthetic",
-            "mean size real (px)",
-            "mean size synthetic (px)",
-            "size W1 (px)",
-        ],
-        rows,
-    )
+    table = _records_table(MASK_CLASS_COLUMNS, result["classes"])
     value_rows = [
         [ch["channel"], e["class"], e["mean_real"], e["mean_fake"], e["wasserstein"]]
         for ch in result["channels"]
@@ -263,33 +240,19 @@ def _mask_stats_block(folder: Path, result: dict) -> str:
     return f"{counts}{table}{values}{plots}"
 
 
-def _downstream_section(found: ReportInputs) -> str:
-    return _per_folder(
-        found.downstream,
-        "no downstream.json found; run `pairforge eval downstream REAL_DIR SYNTHETIC_DIR "
-        "--out EVAL_DIR`",
-        _downstream_block,
-    )
+DOWNSTREAM_COLUMNS = (
+    ("condition", "condition"),
+    ("real crops", "n_real"),
+    ("synthetic pairs", "n_synthetic"),
+    ("seeds", "n_seeds"),
+    ("test mIoU %", lambda r: 100 * r["test_miou_mean"]),
+    ("std %", lambda r: None if r["test_miou_std"] is None else 100 * r["test_miou_std"]),
+    ("val mIoU %", lambda r: 100 * r["val_miou_mean"]),
+)
 
 
 def _downstream_block(folder: Path, result: dict) -> str:
-    rows = [
-        [
-            r["condition"],
-            r["n_real"],
-            r["n_synthetic"],
-            r["n_seeds"],
-            100 * r["test_miou_mean"],
-            None if r["test_miou_std"] is None else 100 * r["test_miou_std"],
-            100 * r["val_miou_mean"],
-        ]
-        for r in result["summary"]
-    ]
-    table = _table(
-        ["condition", "real crops", "synthetic pairs", "seeds", "test mIoU %", "std %",
-         "val mIoU %"],
-        rows,
-    )  # fmt: skip
+    table = _records_table(DOWNSTREAM_COLUMNS, result["summary"])
     data = result.get("data", {})
     about = (
         f"<p>test: {data.get('n_test_tiles')} tiles of "
@@ -336,6 +299,27 @@ def _timing_section(found: ReportInputs) -> str:
     return "".join(parts)
 
 
+_fid_section = partial(
+    _per_folder,
+    "fid",
+    "no fid.json found; run `pairforge eval fid REAL_DIR FAKE_DIR --out EVAL_DIR`",
+    _fid_block,
+)
+_mask_stats_section = partial(
+    _per_folder,
+    "mask_stats",
+    "no mask_stats.json found; run `pairforge eval stats REAL_DIR FAKE_DIR --out EVAL_DIR`",
+    _mask_stats_block,
+)
+_downstream_section = partial(
+    _per_folder,
+    "downstream",
+    "no downstream.json found; run `pairforge eval downstream REAL_DIR SYNTHETIC_DIR "
+    "--out EVAL_DIR`",
+    _downstream_block,
+)
+
+# (anchor, heading, render(found) -> HTML), in page order.
 SECTIONS = (
     ("samples", "Samples and overlays", _samples_section),
     ("fid", "FID / KID", _fid_section),
