@@ -138,6 +138,33 @@ def output_spec(run, name: str, **updates):
     return spec
 
 
+def single_run_dataset(
+    run,
+    run_dir: Path | None,
+    name: str,
+    sampling,
+    draw: Callable[[list[int], list[int]], DrawnBatch],
+    num_samples: int,
+    seed: int,
+    batch_size: int,
+    settings: dict[str, Any] | None = None,
+    spec_updates: dict[str, Any] | None = None,
+    **options: Any,
+) -> SampledDataset:
+    """The SampledDataset of samples drawn from one unconditional run (`pairforge sample`,
+    `seg autolabel`): spec = output_spec(run, name, **spec_updates); settings = the run's
+    checkpoint entry (role: its task), the SamplingSettings `sampling`, base_seed `seed`, then
+    the command's own `settings`; options: the other SampledDataset fields."""
+    spec = output_spec(run, name, **(spec_updates or {}))
+    job_settings = {
+        "checkpoints": {run.task: checkpoint_entry(run, run_dir)},
+        **sampling.as_dict(),
+        "base_seed": seed,
+        **(settings or {}),
+    }
+    return SampledDataset(spec, job_settings, num_samples, draw, seed, batch_size, **options)
+
+
 def write_sampled_dataset(
     job: SampledDataset,
     out: str | Path,

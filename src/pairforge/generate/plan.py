@@ -86,6 +86,13 @@ def build_plan(
         sr_config = runs["sr"].run.config if "sr" in runs else None
         sr_noise_level = sr_config.sr.sample_noise_level if sr_config else DEFAULT_SR_NOISE_LEVEL
     bf16 = resolve_precision(precision, device.type) == "bf16"
+    sampling = SamplingSettings(
+        sampler=sampler,
+        steps=steps or DEFAULT_STEPS[sampler],
+        device=device,
+        dtype=torch.bfloat16 if bf16 else torch.float32,
+        progress=False,
+    )
     return GenerationPlan(
         pipeline=pipeline,
         runs=runs,
@@ -95,11 +102,5 @@ def build_plan(
         guidance_scale=guidance,
         sr_noise_level=sr_noise_level,
         mask_source=masks,
-        sampling=SamplingSettings(
-            sampler=sampler,
-            steps=steps or DEFAULT_STEPS[sampler],
-            device=device,
-            dtype=torch.bfloat16 if bf16 else torch.float32,
-            progress=False,
-        ),
+        sampling=sampling,
     )

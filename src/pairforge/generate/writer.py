@@ -236,23 +236,12 @@ def _sr_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def write_generated_dataset(
-    plan: GenerationPlan,
-    out: str | Path,
-    process_index: int = 0,
-    num_processes: int = 1,
-    barrier: Callable[[], None] = lambda: None,
-    progress: bool = True,
+    plan: GenerationPlan, out: str | Path, **options: Any
 ) -> dict[str, Any] | None:
-    """Generate plan.num_samples pairs into `out` (this process's share); resumable.
-
-    An existing `out` with the same settings is resumed: finished samples are kept, temporary
-    files of killed processes removed; a larger num_samples extends it, a smaller one than the
-    samples on disk is refused (PairforgeError) rather than silently keeping the extra ones.
-
-    Every process calls this with its index; `barrier` waits for all of them (e.g.
-    accelerator.wait_for_everyone). The main process (index 0) then lists every finished sample
-    in dataset.yaml and writes manifest.json and grid.png; it returns the manifest, others None.
-    """
+    """Generate plan.num_samples pairs into `out` with `core.dataset_writer.write_sampled_dataset`
+    (options: its process_index, num_processes, barrier, progress): resumed when the settings
+    match, extended by a larger num_samples, refused for a smaller one than on disk; every
+    process calls it, the main one (index 0) returns the manifest, the others None."""
     source = MaskSource(plan) if plan.pipeline == "paint" else None
     job = SampledDataset(
         spec=output_spec(plan),
@@ -266,4 +255,4 @@ def write_generated_dataset(
     )
     if source is not None:
         job.batches = source.batches
-    return write_sampled_dataset(job, out, process_index, num_processes, barrier, progress)
+    return write_sampled_dataset(job, out, **options)

@@ -1,10 +1,25 @@
-"""Checks and broadcasting of the per-sample inputs of pairforge's conditioned denoisers."""
+"""Checks shared by pairforge's conditioned denoisers (SemanticUNet, SuperResUNet): their block
+layout, their condition inputs, and the broadcasting of per-sample values."""
 
 from __future__ import annotations
 
 import torch
 
 from pairforge.errors import PairforgeError
+
+
+def block_layout(
+    model: str, block_out_channels, attention_levels
+) -> tuple[tuple[int, ...], tuple[bool, ...]]:
+    """(block_out_channels, attention_levels) as tuples; raise unless there is one attention
+    flag per block."""
+    block_out_channels, attention_levels = tuple(block_out_channels), tuple(attention_levels)
+    if len(attention_levels) != len(block_out_channels):
+        raise PairforgeError(
+            f"{model}: attention_levels {attention_levels} must have one entry per "
+            f"block_out_channels {block_out_channels}; give {len(block_out_channels)} booleans."
+        )
+    return block_out_channels, attention_levels
 
 
 def check_condition(

@@ -21,7 +21,7 @@ from diffusers.models.upsampling import Upsample2D
 from torch import nn
 
 from pairforge.errors import PairforgeError
-from pairforge.models.conditions import check_condition, per_sample
+from pairforge.models.conditions import block_layout, check_condition, per_sample
 
 
 class SpadeGroupNorm(nn.Module):
@@ -122,13 +122,9 @@ class SemanticUNet(ModelMixin, ConfigMixin):
         spade_hidden_channels: int | None = None,
     ):
         super().__init__()
-        block_out_channels = tuple(block_out_channels)
-        attention_levels = tuple(attention_levels)
-        if len(attention_levels) != len(block_out_channels):
-            raise PairforgeError(
-                f"SemanticUNet: attention_levels {attention_levels} must have one entry per "
-                f"block_out_channels {block_out_channels}; give {len(block_out_channels)} booleans."
-            )
+        block_out_channels, attention_levels = block_layout(
+            "SemanticUNet", block_out_channels, attention_levels
+        )
         bad_widths = [c for c in block_out_channels if c % norm_num_groups]
         if bad_widths:
             raise PairforgeError(

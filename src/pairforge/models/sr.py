@@ -17,7 +17,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_2d import UNet2DModel, UNet2DOutput
 
 from pairforge.errors import PairforgeError
-from pairforge.models.conditions import check_condition, per_sample
+from pairforge.models.conditions import block_layout, check_condition, per_sample
 
 # The noise level in [0, 1] is embedded like a timestep on the same 0..1000 scale.
 NOISE_LEVEL_SCALE = 1000.0
@@ -77,13 +77,9 @@ class SuperResUNet(ModelMixin, ConfigMixin):
         attention_head_dim: int = 8,
     ):
         super().__init__()
-        block_out_channels = tuple(block_out_channels)
-        attention_levels = tuple(attention_levels)
-        if len(attention_levels) != len(block_out_channels):
-            raise PairforgeError(
-                f"SuperResUNet: attention_levels {attention_levels} must have one entry per "
-                f"block_out_channels {block_out_channels}; give {len(block_out_channels)} booleans."
-            )
+        block_out_channels, attention_levels = block_layout(
+            "SuperResUNet", block_out_channels, attention_levels
+        )
         if not 0 < low_res_image_channels <= low_res_channels:
             raise PairforgeError(
                 f"SuperResUNet: low_res_image_channels={low_res_image_channels} must be in "

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pairforge.core.dataset_writer import DrawnBatch, checkpoint_entry, module_sha256, output_spec
+from pairforge.core.dataset_writer import DrawnBatch, module_sha256
 from pairforge.core.unconditional import SamplingSettings, draw_unconditional
 from pairforge.errors import PairforgeError
 from pairforge.seg.ensemble import DEFAULT_UNCERTAINTY, check_uncertainty_kind, image_scores
@@ -89,25 +89,18 @@ def autolabel(
     standard dataset with the kept samples in split "train", images in physical units, masks =
     head labels; the dropped samples' files are removed, their records kept in the manifest.
     """
-    from pairforge.core.dataset_writer import SampledDataset, write_sampled_dataset
+    from pairforge.core.dataset_writer import single_run_dataset, write_sampled_dataset
 
     if num_samples < 1:
         raise PairforgeError(f"--n {num_samples} must be >= 1")
     select_confident(np.zeros(1), drop_fraction)  # validate before the expensive sampling
     check_uncertainty_kind(uncertainty, "--uncertainty")
     run_path, run = _load_sampled_run(head, run_path, device)
-    settings = SamplingSettings(sampler, steps, device)
-    job_settings = _autolabel_settings(head, run, run_path, settings, seed)
-    job_settings.update(
-        num_samples=num_samples,
-        drop_fraction=drop_fraction,
-        uncertainty=uncertainty,
-        top_fraction=top_fraction,
-        score=f"mean of the top {top_fraction:.0%} most uncertain pixels ({uncertainty})",
-    )
+    sampling = SamplingSettings(sampler, steps, device)
+    job_settings = _autolabel_settings(head, drop_fraction, uncertainty, top_fraction, num_samples)
 
     def draw(indices: list[int], seeds: list[int]) -> DrawnBatch:
-        images = draw_unconditional(run, seeds, settings).images.cpu()
+        images = draw_unconditional(run, seeds, sampling).images.cpu()
         labeled = label_images(head, images, uncertainty, top_fraction, batch_size)
         scores = [{"score": float(score)} for score in labeled.scores]
         return DrawnBatch(run.normalizer.decode(images.numpy()), labeled.labels.numpy(), scores)
@@ -123,21 +116,12 @@ def autolabel(
             "score_threshold_kept": max(kept_scores) if kept_scores else None,
         }
 
-    job = SampledDataset(
-        spec=output_spec(run, f"{run.spec.name}-autolabel", ignore_index=None),
-        settings=job_settings,
-        num_samples=num_samples,
-        draw=draw,
-        base_seed=seed,
-        batch_size=batch_size,
-        id_format="auto{index:06d}",
-        folder_label="autolabel dataset folder",
-        select=select,
-        summarize=summarize,
-        noun="samples",
-        progress_desc="autolabel",
-        progress_unit="img",
-    )
+    job = single_run_dataset(
+        run, run_path, f"{run.spec.name}-autolabel", sampling, draw, num_samples, seed,
+        batch_size, settings=job_settings, spec_updates={"ignore_index": None},
+        id_format="auto{index:06d}", folder_label="autolabel dataset folder", select=select,
+        summarize=summarize, noun="samples", progress_desc="autolabel", progress_unit="img",
+    )  # fmt: skip
     return write_sampled_dataset(job, out, progress=progress)
 
 
@@ -161,14 +145,17 @@ def _load_sampled_run(head, run_path, device: str):
     return run_path, run
 
 
-def _autolabel_settings(head, run, run_path, settings, seed: int) -> dict[str, Any]:
-    """What decides the written samples and labels: the run (by hash), the head (features and
-    a hash of its weights), sampler and seeds."""
+def _autolabel_settings(head, drop_fraction, uncertainty, top_fraction, num_samples):
+    """What decides the labels and the selection besides the run and the sampler: the head
+    (features and a hash of its weights), the score, the drop rule and --n (the selection is
+    over all samples, so a finished output is not extended)."""
     return {
         "kind": "pairforge-autolabel/1",
-        "checkpoints": {run.task: checkpoint_entry(run, run_path)},
         "head_features": head.extractor.config.to_dict(),
         "head_sha256": module_sha256(head.ensemble),
-        **settings.as_dict(),
-        "base_seed": seed,
+        "num_samples": num_samples,
+        "drop_fraction": drop_fraction,
+        "uncertainty": uncertainty,
+        "top_fraction": top_fraction,
+        "score": f"mean of the top {top_fraction:.0%} most uncertain pixels ({uncertainty})",
     }

@@ -112,6 +112,9 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
     items_needed = opt.max_steps * opt.grad_accumulation * world * opt.batch_size
     ds, crops = _training_crops(config, task, items_needed)
     layout = task.make_layout(ds.num_channels, ds.num_classes, config.mask_codec)
+    task_settings = TrainingSettings(
+        config.sdm.cond_drop_prob, config.sr.noise_aug_max, config.sr.scale_factor
+    )
 
     # Diffusion constants and the model.
     scheduler_config = make_scheduler_config(
@@ -132,9 +135,7 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
         accelerator=accelerator,
         task=task,
         layout=layout,
-        task_settings=TrainingSettings(
-            config.sdm.cond_drop_prob, config.sr.noise_aug_max, config.sr.scale_factor
-        ),
+        task_settings=task_settings,
         abar=abar,
         prediction=config.diffusion.prediction,
         min_snr_gamma=config.diffusion.min_snr_gamma,

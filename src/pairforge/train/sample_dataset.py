@@ -37,9 +37,7 @@ def sample_run_to_dataset(
     """
     from pairforge.core.dataset_writer import (
         DrawnBatch,
-        SampledDataset,
-        checkpoint_entry,
-        output_spec,
+        single_run_dataset,
         write_sampled_dataset,
     )
     from pairforge.core.run import load_run
@@ -56,33 +54,21 @@ def sample_run_to_dataset(
             f"{run_dir} is a {run.task!r} run, which needs a condition (mask or low-res image); "
             "use `pairforge generate` for sdm / sr runs."
         )
-    settings = SamplingSettings(
+    sampling = SamplingSettings(
         sampler, steps, device, torch.bfloat16 if bf16 else torch.float32, progress=False
     )
 
     def draw(indices: list[int], seeds: list[int]) -> DrawnBatch:
-        drawn = draw_unconditional(run, seeds, settings)
+        drawn = draw_unconditional(run, seeds, sampling)
         images = None if drawn.images is None else run.normalizer.decode(drawn.images.cpu().numpy())
         masks = None if drawn.masks is None else drawn.masks.cpu().numpy()
         return DrawnBatch(images, masks)
 
-    job = SampledDataset(
-        spec=output_spec(run, f"{run.spec.name}-samples"),
-        settings={
-            "checkpoints": {run.task: checkpoint_entry(run, run_dir)},
-            **settings.as_dict(),
-            "base_seed": seed,
-        },
-        num_samples=n,
-        draw=draw,
-        base_seed=seed,
-        batch_size=batch_size,
-        id_format=ID_FORMAT,
-        folder_label="sample folder",
-        has_images=run.task_spec.has_image_part,
-        noun="samples",
-        progress_desc=f"sample {run.task}",
+    job = single_run_dataset(
+        run, run_dir, f"{run.spec.name}-samples", sampling, draw, n, seed, batch_size,
+        id_format=ID_FORMAT, folder_label="sample folder", noun="samples",
+        has_images=run.task_spec.has_image_part, progress_desc=f"sample {run.task}",
         progress_unit="img",
-    )
+    )  # fmt: skip
     write_sampled_dataset(job, out, progress=progress)
     return Path(out)
