@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pairforge.errors import PairforgeError, format_validation_error
+from pairforge.viz import DEFAULT_PALETTE  # for classes that declare no color
 
 SPEC_FILE = "dataset.yaml"
 
@@ -79,13 +80,6 @@ class NormalizationSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     low: list[float]
     high: list[float]
-
-
-# A fixed, distinguishable palette for classes that declare no color.
-DEFAULT_PALETTE = [
-    (70, 70, 70), (230, 180, 40), (40, 90, 200), (200, 60, 60), (60, 170, 90), (150, 80, 190),
-    (240, 130, 40), (40, 190, 200), (230, 90, 170), (140, 140, 40), (120, 60, 30), (0, 0, 140),
-]  # fmt: skip
 
 
 class DatasetSpec(BaseModel):
