@@ -304,16 +304,9 @@ class SrTask(Task):
         return x0, {"low_res": noise_augment(low_res, level, noise), "noise_level": level}
 
     def denoiser(
-        self,
-        layout,
-        model,
-        condition=None,
-        *,
-        sr_noise_level=0.2,
-        sr_scale_factor=4,
-        channels_last=False,
-        **_,
-    ):
+        self, layout, model, condition=None, *, sr_noise_level=0.2, sr_scale_factor=4,
+        channels_last=False, **_,
+    ):  # fmt: skip
         """Preview denoiser: the condition's high-res pair, downsampled and noise-augmented at
         the fixed sr_noise_level with each sample's own noise (`augmented_low_res`, the rule of
         the pipelines, which pass their per-sample low_res to `low_res_denoiser`)."""
@@ -333,11 +326,9 @@ class SrTask(Task):
         from pairforge.core.seeds import seeded_normal, stage_seed
         from pairforge.models.sr import noise_augment
 
-        augment_seeds = [stage_seed(int(s), "sr-augment") for s in seeds]
-        noise = seeded_normal(
-            augment_seeds, tuple(low_res.shape[1:]), low_res.device, low_res.dtype
-        )
-        levels = torch.full((len(augment_seeds),), float(noise_level), device=low_res.device)
+        noise_seeds = [stage_seed(int(s), "sr-augment") for s in seeds]
+        noise = seeded_normal(noise_seeds, tuple(low_res.shape[1:]), low_res.device, low_res.dtype)
+        levels = torch.full((len(noise_seeds),), float(noise_level), device=low_res.device)
         return noise_augment(low_res, noise_level, noise), levels
 
     @staticmethod
