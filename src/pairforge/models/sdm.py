@@ -95,6 +95,17 @@ def _self_attention(channels: int, head_dim: int, num_groups: int) -> Attention:
     )
 
 
+def _check_widths(block_out_channels, norm_num_groups: int, num_classes: int) -> None:
+    bad_widths = [c for c in block_out_channels if c % norm_num_groups]
+    if bad_widths:
+        raise PairforgeError(
+            f"SemanticUNet: block_out_channels {bad_widths} are not divisible by "
+            f"norm_num_groups={norm_num_groups}; use multiples of it or a smaller group count."
+        )
+    if num_classes < 1:
+        raise PairforgeError(f"SemanticUNet: num_classes={num_classes}; it must be >= 1.")
+
+
 class SemanticUNet(ModelMixin, ConfigMixin):
     """Mask-conditioned denoiser: `model(sample, timestep, segmap).sample`.
 
@@ -125,15 +136,7 @@ class SemanticUNet(ModelMixin, ConfigMixin):
         block_out_channels, attention_levels = block_layout(
             "SemanticUNet", block_out_channels, attention_levels
         )
-        bad_widths = [c for c in block_out_channels if c % norm_num_groups]
-        if bad_widths:
-            raise PairforgeError(
-                f"SemanticUNet: block_out_channels {bad_widths} are not divisible by "
-                f"norm_num_groups={norm_num_groups}; use multiples of it or a smaller group count."
-            )
-        if num_classes < 1:
-            raise PairforgeError(f"SemanticUNet: num_classes={num_classes}; it must be >= 1.")
-
+        _check_widths(block_out_channels, norm_num_groups, num_classes)
         groups = norm_num_groups
         base = block_out_channels[0]
         if spade_hidden_channels is None:
@@ -150,40 +153,22 @@ class SemanticUNet(ModelMixin, ConfigMixin):
                 cin, cout, temb_channels, num_classes, groups, spade_hidden_channels, dropout
             )
 
+        def attention(width: int, level: int) -> nn.Module:
+            if attention_levels[level]:
+                return _self_attention(width, attention_head_dim, groups)
+            return nn.Identity()
+
         # Encoder: plain resnet blocks; it never sees the mask. Record every skip's width.
-        self.down_resnets = nn.ModuleList()
-        self.down_attentions = nn.ModuleList()
-        self.downsamplers = nn.ModuleList()
-        skip_channels = [base]
-        channels = base
-        for level, width in enumerate(block_out_channels):
-            resnets, attentions = nn.ModuleList(), nn.ModuleList()
-            for _ in range(layers_per_block):
-                resnets.append(
-                    ResnetBlock2D(
-                        in_channels=channels,
-                        out_channels=width,
-                        temb_channels=temb_channels,
-                        dropout=dropout,
-                        groups=groups,
-                        eps=1e-6,
-                    )
-                )
-                channels = width
-                attentions.append(
-                    _self_attention(width, attention_head_dim, groups)
-                    if attention_levels[level]
-                    else nn.Identity()
-                )
-                skip_channels.append(width)
-            self.down_resnets.append(resnets)
-            self.down_attentions.append(attentions)
-            is_last = level == len(block_out_channels) - 1
-            if is_last:
-                self.downsamplers.append(nn.Identity())
-            else:
-                self.downsamplers.append(Downsample2D(width, use_conv=True, padding=1, name="op"))
-                skip_channels.append(width)
+        def resnet_block(cin: int, cout: int) -> ResnetBlock2D:
+            return ResnetBlock2D(
+                in_channels=cin, out_channels=cout, temb_channels=temb_channels,
+                dropout=dropout, groups=groups, eps=1e-6,
+            )  # fmt: skip
+
+        skip_channels = self._build_encoder(
+            block_out_channels, layers_per_block, resnet_block, attention
+        )
+        channels = block_out_channels[-1]
 
         # Middle: SPADE block, attention, SPADE block.
         self.mid_block1 = spade_block(channels, channels)
@@ -191,26 +176,52 @@ class SemanticUNet(ModelMixin, ConfigMixin):
         self.mid_block2 = spade_block(channels, channels)
 
         # Decoder: SPADE blocks on [hidden, skip], consuming skips in reverse order.
+        self._build_decoder(
+            block_out_channels, layers_per_block, skip_channels, spade_block, attention
+        )
+        channels = block_out_channels[0]
+        self.norm_out = nn.GroupNorm(groups, channels, eps=1e-6)
+        self.conv_out = nn.Conv2d(channels, out_channels, kernel_size=3, padding=1)
+
+    def _build_encoder(self, widths, layers_per_block, resnet_block, attention) -> list[int]:
+        """down_resnets / down_attentions / downsamplers; returns the skip widths, in order."""
+        self.down_resnets = nn.ModuleList()
+        self.down_attentions = nn.ModuleList()
+        self.downsamplers = nn.ModuleList()
+        skip_channels = [widths[0]]
+        channels = widths[0]
+        for level, width in enumerate(widths):
+            resnets, attentions = nn.ModuleList(), nn.ModuleList()
+            for _ in range(layers_per_block):
+                resnets.append(resnet_block(channels, width))
+                channels = width
+                attentions.append(attention(width, level))
+                skip_channels.append(width)
+            self.down_resnets.append(resnets)
+            self.down_attentions.append(attentions)
+            if level == len(widths) - 1:
+                self.downsamplers.append(nn.Identity())
+            else:
+                self.downsamplers.append(Downsample2D(width, use_conv=True, padding=1, name="op"))
+                skip_channels.append(width)
+        return skip_channels
+
+    def _build_decoder(self, widths, layers_per_block, skip_channels, spade_block, attention):
+        """up_resnets / up_attentions / upsamplers, popping `skip_channels` from the end."""
         self.up_resnets = nn.ModuleList()
         self.up_attentions = nn.ModuleList()
         self.upsamplers = nn.ModuleList()
-        for level in reversed(range(len(block_out_channels))):
-            width = block_out_channels[level]
+        channels = widths[-1]
+        for level in reversed(range(len(widths))):
+            width = widths[level]
             resnets, attentions = nn.ModuleList(), nn.ModuleList()
             for _ in range(layers_per_block + 1):
                 resnets.append(spade_block(channels + skip_channels.pop(), width))
                 channels = width
-                attentions.append(
-                    _self_attention(width, attention_head_dim, groups)
-                    if attention_levels[level]
-                    else nn.Identity()
-                )
+                attentions.append(attention(width, level))
             self.up_resnets.append(resnets)
             self.up_attentions.append(attentions)
             self.upsamplers.append(Upsample2D(width, use_conv=True) if level > 0 else nn.Identity())
-
-        self.norm_out = nn.GroupNorm(groups, channels, eps=1e-6)
-        self.conv_out = nn.Conv2d(channels, out_channels, kernel_size=3, padding=1)
 
     def forward(
         self,
