@@ -114,97 +114,108 @@ def _invoke(command: click.Command, args: list[str], capture: Path | None = None
     typer.echo(buffer.getvalue().rstrip())
 
 
+@dataclass
+class Stage:
+    """One demo stage: `pairforge` argument lists run in order; `capture` keeps stdout (JSON)."""
+
+    name: str
+    commands: list[list[str]]
+    capture: Path | None = None
+
+
+def _training_stages(out: Path, plan: DemoPlan, seed: int) -> list[Stage]:
+    stages = []
+    data = out / "data"
+    if not (data / "dataset.yaml").exists():
+        grains = ["data", "grains", str(data), "--preset", plan.grain_preset, "--seed", str(seed)]
+        stages.append(Stage("data", [grains]))
+    for role in ("image", "joint", "mask", "sdm"):
+        sets = [f"data.path={data}", f"optim.max_minutes={plan.train_minutes[role]}",
+                f"seed={seed}", *plan.train_overrides]  # fmt: skip
+        args = ["train", plan.configs[role], "--out", str(out / "runs" / role)]
+        for value in sets:
+            args += ["--set", value]
+        stages.append(Stage(f"train {role}", [args]))
+    return stages
+
+
+def _generation_stages(out: Path, plan: DemoPlan, seed: int) -> list[Stage]:
+    runs, syn = out / "runs", out / "synthetic"
+    common = ["--n", str(plan.num_pairs), "--precision", "auto", "--seed", str(seed)]
+    joint = ["generate", "--pipeline", "joint", "--run", str(runs / "joint"), *common,
+             "--out", str(syn / "joint")]  # fmt: skip
+    two_stage = ["generate", "--pipeline", "two-stage", "--mask-run", str(runs / "mask"),
+                 "--sdm-run", str(runs / "sdm"), *common, "--out", str(syn / "two-stage")]  # fmt: skip
+    return [Stage("generate joint", [joint]), Stage("generate two-stage", [two_stage])]
+
+
+def _segmentation_stages(out: Path, plan: DemoPlan, seed: int) -> list[Stage]:
+    # Features of the image-only DDPM: it saw every training image and no mask, so the head's
+    # labels are the only ones its chain touched.
+    data, image_run, head = out / "data", out / "runs" / "image", out / "seg" / "head"
+    budget, seg_json = str(plan.labeled_tiles), out / "eval" / "seg"
+    fit = ["seg", "fit", "--run", str(image_run), "--data", str(data), "--max-images", budget,
+           "--out", str(head), "--seed", str(seed), *plan.seg_options]  # fmt: skip
+    evaluate = ["seg", "eval", str(head), "--data", str(data), "--split", "test", "--json"]
+    baseline = ["seg", "baseline", "--run", str(image_run), "--data", str(data), "--max-images",
+                budget, "--epochs", str(plan.baseline_epochs), "--seed", str(seed), "--json"]  # fmt: skip
+    return [
+        Stage("segmentation head", [fit]),
+        Stage("segmentation head eval", [evaluate], capture=seg_json / "seg_head.json"),
+        Stage("supervised baseline", [baseline], capture=seg_json / "seg_baseline.json"),
+    ]
+
+
+def _evaluation_stages(out: Path, plan: DemoPlan) -> list[Stage]:
+    data, syn, ev = out / "data", out / "synthetic", out / "eval"
+    stages = []
+    for pipeline in ("joint", "two-stage"):
+        # Real reference: the train split only; domain features: the neutral image-only DDPM,
+        # the same network for both pipelines.
+        fid = ["eval", "fid", str(data), str(syn / pipeline), "--out", str(ev / pipeline),
+               "--real-split", "train", "--domain-run", str(out / "runs" / "image"),
+               *plan.fid_options]  # fmt: skip
+        stats = ["eval", "stats", str(data), str(syn / pipeline), "--out", str(ev / pipeline)]
+        stages += [Stage(f"FID {pipeline}", [fid]), Stage(f"mask statistics {pipeline}", [stats])]
+    for pipeline in plan.downstream_pipelines:
+        downstream = ["eval", "downstream", str(data), str(syn / pipeline), "--out",
+                      str(ev / pipeline), *plan.downstream_options]  # fmt: skip
+        stages.append(Stage(f"downstream {pipeline}", [downstream]))
+    return stages
+
+
+def demo_stages(out: Path, plan: DemoPlan, seed: int = 0) -> list[Stage]:
+    """Every stage before the report, in order (the data stage only if out/data is missing)."""
+    return [
+        *_training_stages(out, plan, seed),
+        *_generation_stages(out, plan, seed),
+        *_segmentation_stages(out, plan, seed),
+        *_evaluation_stages(out, plan),
+    ]
+
+
 def run_demo(out: Path, plan: DemoPlan, cli: click.Command, seed: int = 0) -> Path:
     """Run every stage into `out` with the `pairforge` root command `cli`; returns the report
     path. Timings go to out/demo.json."""
     out.mkdir(parents=True, exist_ok=True)
-    data, runs, syn, ev = out / "data", out / "runs", out / "synthetic", out / "eval"
     timings: dict[str, float] = {}
     start = time.perf_counter()
 
-    def stage(name: str, *commands: list[str], capture: Path | None = None) -> None:
+    def run(stage: Stage) -> None:
         t0 = time.perf_counter()
         elapsed = (t0 - start) / 60
-        typer.secho(f"\n== {name}  (demo time so far {elapsed:.1f} min)", bold=True, err=True)
-        for args in commands:
-            _invoke(cli, args, capture=capture)
-        timings[name] = round(time.perf_counter() - t0, 1)
+        typer.secho(f"\n== {stage.name}  (demo time so far {elapsed:.1f} min)", bold=True, err=True)
+        for args in stage.commands:
+            _invoke(cli, args, capture=stage.capture)
+        timings[stage.name] = round(time.perf_counter() - t0, 1)
 
-    if not (data / "dataset.yaml").exists():
-        stage(
-            "data",
-            ["data", "grains", str(data), "--preset", plan.grain_preset, "--seed", str(seed)],
-        )
-    for role in ("image", "joint", "mask", "sdm"):
-        sets = [
-            f"data.path={data}",
-            f"optim.max_minutes={plan.train_minutes[role]}",
-            f"seed={seed}",
-        ]
-        sets += plan.train_overrides
-        args = ["train", plan.configs[role], "--out", str(runs / role)]
-        for s in sets:
-            args += ["--set", s]
-        stage(f"train {role}", args)
-    n = str(plan.num_pairs)
-    stage(
-        "generate joint",
-        ["generate", "--pipeline", "joint", "--run", str(runs / "joint"), "--n", n, "--precision", "auto",
-         "--seed", str(seed), "--out", str(syn / "joint")],
-    )  # fmt: skip
-    stage(
-        "generate two-stage",
-        ["generate", "--pipeline", "two-stage", "--mask-run", str(runs / "mask"), "--sdm-run",
-         str(runs / "sdm"), "--n", n, "--precision", "auto", "--seed", str(seed), "--out", str(syn / "two-stage")],
-    )  # fmt: skip
-    head = out / "seg" / "head"
-    budget = str(plan.labeled_tiles)
-    # Features of the image-only DDPM: it saw every training image and no mask, so the head's
-    # labels are the only ones its chain touched.
-    stage(
-        "segmentation head",
-        ["seg", "fit", "--run", str(runs / "image"), "--data", str(data), "--max-images", budget,
-         "--out", str(head), "--seed", str(seed), *plan.seg_options],
-    )  # fmt: skip
-    stage(
-        "segmentation head eval",
-        ["seg", "eval", str(head), "--data", str(data), "--split", "test", "--json"],
-        capture=ev / "seg" / "seg_head.json",
-    )  # fmt: skip
-    stage(
-        "supervised baseline",
-        ["seg", "baseline", "--run", str(runs / "image"), "--data", str(data), "--max-images", budget,
-         "--epochs", str(plan.baseline_epochs), "--seed", str(seed), "--json"],
-        capture=ev / "seg" / "seg_baseline.json",
-    )  # fmt: skip
-    for pipeline in ("joint", "two-stage"):
-        # Real reference: the train split only; domain features: the neutral image-only DDPM,
-        # the same network for both pipelines.
-        stage(
-            f"FID {pipeline}",
-            ["eval", "fid", str(data), str(syn / pipeline), "--out", str(ev / pipeline),
-             "--real-split", "train", "--domain-run", str(runs / "image"), *plan.fid_options],
-        )  # fmt: skip
-        stage(
-            f"mask statistics {pipeline}",
-            ["eval", "stats", str(data), str(syn / pipeline), "--out", str(ev / pipeline)],
-        )  # fmt: skip
-    for pipeline in plan.downstream_pipelines:
-        stage(
-            f"downstream {pipeline}",
-            ["eval", "downstream", str(data), str(syn / pipeline), "--out", str(ev / pipeline),
-             *plan.downstream_options],
-        )  # fmt: skip
+    for stage in demo_stages(out, plan, seed):
+        run(stage)
     report = out / "report.html"
     total = round(time.perf_counter() - start, 1)
-    atomic_write_text(
-        out / "demo.json",
-        json.dumps(
-            {"plan": asdict(plan), "seed": seed, "seconds": timings, "total_seconds": total},
-            indent=2,
-        ),
-    )
-    stage("report", ["report", str(out), "--out", str(report), "--title", "pairforge demo"])
+    record = {"plan": asdict(plan), "seed": seed, "seconds": timings, "total_seconds": total}
+    atomic_write_text(out / "demo.json", json.dumps(record, indent=2))
+    run(Stage("report", [["report", str(out), "--out", str(report), "--title", "pairforge demo"]]))
     typer.secho(f"\ndemo finished in {total / 60:.1f} min: open {report}", bold=True, err=True)
     return report
 
