@@ -76,9 +76,10 @@ def test_fit_segment_save_load_roundtrip(tmp_path):
     torch.testing.assert_close(again.entropy, prediction.entropy)
 
 
-def test_load_rejects_a_model_with_other_widths(tmp_path):
+def _saved_one_member_head(tmp_path, seed: int):
+    """A 1-member, 1-epoch head on the tiny model, saved to tmp_path/head."""
     source = load_feature_source(_model_dir(tmp_path))
-    images, masks = _blobs(4, 2)
+    images, masks = _blobs(4, seed)
     head, _ = fit_head(
         source,
         images,
@@ -88,6 +89,11 @@ def test_load_rejects_a_model_with_other_widths(tmp_path):
         progress=False,
     )
     head.save(tmp_path / "head")
+    return head, source, images
+
+
+def test_load_rejects_a_model_with_other_widths(tmp_path):
+    _saved_one_member_head(tmp_path, seed=2)
     other = build_model("UNet2DModel", "tiny", 2, 2, 16, overrides={"block_out_channels": (8, 16)})
     other.save_pretrained(tmp_path / "other")
     with pytest.raises(PairforgeError, match="expects"):
@@ -95,17 +101,7 @@ def test_load_rejects_a_model_with_other_widths(tmp_path):
 
 
 def test_head_fitted_on_one_schedule_refuses_another(tmp_path):
-    source = load_feature_source(_model_dir(tmp_path))
-    images, masks = _blobs(4, 3)
-    head, _ = fit_head(
-        source,
-        images,
-        masks,
-        num_classes=2,
-        settings=HeadSettings(num_models=1, max_epochs=1),
-        progress=False,
-    )
-    head.save(tmp_path / "head")
+    head, source, images = _saved_one_member_head(tmp_path, seed=3)
     # Same weights, same timesteps 50/150/250, but a cosine schedule: other noise levels.
     cosine = tmp_path / "cosine"
     source.model.save_pretrained(cosine)
