@@ -12,9 +12,9 @@ ZEN3_CPU = "processor\t: 0\nflags\t\t: fpu sse sse2 fma avx avx2 vaes sha_ni\n"
 
 
 def test_native_bf16_is_read_from_the_cpu_flags():
-    assert precision.cpu_has_native_bf16.__wrapped__(AMX_CPU)
-    assert not precision.cpu_has_native_bf16.__wrapped__(ZEN3_CPU)
-    assert not precision.cpu_has_native_bf16.__wrapped__("")
+    assert precision.cpuinfo_has_native_bf16(AMX_CPU)
+    assert not precision.cpuinfo_has_native_bf16(ZEN3_CPU)
+    assert not precision.cpuinfo_has_native_bf16("")
 
 
 @pytest.mark.parametrize("native,expected", [(True, "bf16"), (False, "fp32")])

@@ -19,19 +19,22 @@ PRECISIONS = ("auto", "fp32", "bf16")
 NATIVE_BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
-    """True if the CPU lists AMX-BF16 or AVX512-BF16 (Linux /proc/cpuinfo; False elsewhere)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
+def cpuinfo_has_native_bf16(cpuinfo: str) -> bool:
+    """True if a /proc/cpuinfo text lists AMX-BF16 or AVX512-BF16 among its flags."""
     flags = set()
     for line in cpuinfo.splitlines():
         if line.startswith("flags"):
             flags.update(line.split(":", 1)[-1].split())
     return any(flag in flags for flag in NATIVE_BF16_CPU_FLAGS)
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """This machine's CPU has native bf16 (Linux /proc/cpuinfo; False where it cannot be read)."""
+    try:
+        return cpuinfo_has_native_bf16(Path("/proc/cpuinfo").read_text())
+    except OSError:
+        return False
 
 
 def native_bf16(device_type: str) -> bool:
