@@ -96,6 +96,21 @@ def test_mask_run_samples_masks(data_path, tmp_path):
     ]
 
 
+def test_sample_bf16_without_native_support_warns(data_path, tmp_path, monkeypatch):
+    from pairforge import precision
+    from pairforge.train.sample_dataset import sample_run_to_dataset
+
+    run_dir = tmp_path / "run"
+    args = ["train", "tiny", "--set", f"data.path={data_path}", "--set", "task=mask"]
+    assert CliRunner().invoke(app, [*args, "--out", str(run_dir)]).exit_code == 0
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(UserWarning, match="emulated"):
+        sample_run_to_dataset(
+            run_dir, tmp_path / "masks", 1, steps=2, bf16=True, device="cpu", progress=False
+        )
+    assert (tmp_path / "masks" / "masks" / "sample-000000.png").is_file()
+
+
 def test_dry_run_prints_resolved_config(tmp_path):
     result = CliRunner().invoke(
         app, ["train", "tiny", "--set", "optim.lr=3e-4", "--dry-run", "--out", str(tmp_path / "r")]

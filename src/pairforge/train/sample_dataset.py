@@ -42,6 +42,7 @@ def sample_run_to_dataset(
     )
     from pairforge.core.run import load_run
     from pairforge.core.unconditional import SamplingSettings, draw_unconditional
+    from pairforge.precision import resolve_precision
 
     if n < 1:
         raise PairforgeError(f"--n {n}: the number of samples must be >= 1.")
@@ -54,9 +55,10 @@ def sample_run_to_dataset(
             f"{run_dir} is a {run.task!r} run, which needs a condition (mask or low-res image); "
             "use `pairforge generate` for sdm / sr runs."
         )
-    sampling = SamplingSettings(
-        sampler, steps, device, torch.bfloat16 if bf16 else torch.float32, progress=False
-    )
+    # The same resolution as training and generate: explicit bf16 without native support warns.
+    precision = resolve_precision("bf16" if bf16 else "fp32", torch.device(device).type)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    sampling = SamplingSettings(sampler, steps, device, dtype, progress=False)
 
     def draw(indices: list[int], seeds: list[int]) -> DrawnBatch:
         drawn = draw_unconditional(run, seeds, sampling)
