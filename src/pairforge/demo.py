@@ -116,10 +116,10 @@ def _invoke(command: click.Command, args: list[str], capture: Path | None = None
 
 @dataclass
 class Stage:
-    """One demo stage: `pairforge` argument lists run in order; `capture` keeps stdout (JSON)."""
+    """One demo stage: one `pairforge` command (its arguments); `capture` keeps stdout (JSON)."""
 
     name: str
-    commands: list[list[str]]
+    args: list[str]
     capture: Path | None = None
 
 
@@ -128,14 +128,14 @@ def _training_stages(out: Path, plan: DemoPlan, seed: int) -> list[Stage]:
     data = out / "data"
     if not (data / "dataset.yaml").exists():
         grains = ["data", "grains", str(data), "--preset", plan.grain_preset, "--seed", str(seed)]
-        stages.append(Stage("data", [grains]))
+        stages.append(Stage("data", grains))
     for role in ("image", "joint", "mask", "sdm"):
         sets = [f"data.path={data}", f"optim.max_minutes={plan.train_minutes[role]}",
                 f"seed={seed}", *plan.train_overrides]  # fmt: skip
         args = ["train", plan.configs[role], "--out", str(out / "runs" / role)]
         for value in sets:
             args += ["--set", value]
-        stages.append(Stage(f"train {role}", [args]))
+        stages.append(Stage(f"train {role}", args))
     return stages
 
 
@@ -146,7 +146,7 @@ def _generation_stages(out: Path, plan: DemoPlan, seed: int) -> list[Stage]:
              "--out", str(syn / "joint")]  # fmt: skip
     two_stage = ["generate", "--pipeline", "two-stage", "--mask-run", str(runs / "mask"),
                  "--sdm-run", str(runs / "sdm"), *common, "--out", str(syn / "two-stage")]  # fmt: skip
-    return [Stage("generate joint", [joint]), Stage("generate two-stage", [two_stage])]
+    return [Stage("generate joint", joint), Stage("generate two-stage", two_stage)]
 
 
 def _segmentation_stages(out: Path, plan: DemoPlan, seed: int) -> list[Stage]:
@@ -160,9 +160,9 @@ def _segmentation_stages(out: Path, plan: DemoPlan, seed: int) -> list[Stage]:
     baseline = ["seg", "baseline", "--run", str(image_run), "--data", str(data), "--max-images",
                 budget, "--epochs", str(plan.baseline_epochs), "--seed", str(seed), "--json"]  # fmt: skip
     return [
-        Stage("segmentation head", [fit]),
-        Stage("segmentation head eval", [evaluate], capture=seg_json / "seg_head.json"),
-        Stage("supervised baseline", [baseline], capture=seg_json / "seg_baseline.json"),
+        Stage("segmentation head", fit),
+        Stage("segmentation head eval", evaluate, capture=seg_json / "seg_head.json"),
+        Stage("supervised baseline", baseline, capture=seg_json / "seg_baseline.json"),
     ]
 
 
@@ -176,11 +176,11 @@ def _evaluation_stages(out: Path, plan: DemoPlan) -> list[Stage]:
                "--real-split", "train", "--domain-run", str(out / "runs" / "image"),
                *plan.fid_options]  # fmt: skip
         stats = ["eval", "stats", str(data), str(syn / pipeline), "--out", str(ev / pipeline)]
-        stages += [Stage(f"FID {pipeline}", [fid]), Stage(f"mask statistics {pipeline}", [stats])]
+        stages += [Stage(f"FID {pipeline}", fid), Stage(f"mask statistics {pipeline}", stats)]
     for pipeline in plan.downstream_pipelines:
         downstream = ["eval", "downstream", str(data), str(syn / pipeline), "--out",
                       str(ev / pipeline), *plan.downstream_options]  # fmt: skip
-        stages.append(Stage(f"downstream {pipeline}", [downstream]))
+        stages.append(Stage(f"downstream {pipeline}", downstream))
     return stages
 
 
@@ -205,8 +205,7 @@ def run_demo(out: Path, plan: DemoPlan, cli: click.Command, seed: int = 0) -> Pa
         t0 = time.perf_counter()
         elapsed = (t0 - start) / 60
         typer.secho(f"\n== {stage.name}  (demo time so far {elapsed:.1f} min)", bold=True, err=True)
-        for args in stage.commands:
-            _invoke(cli, args, capture=stage.capture)
+        _invoke(cli, stage.args, capture=stage.capture)
         timings[stage.name] = round(time.perf_counter() - t0, 1)
 
     for stage in demo_stages(out, plan, seed):
@@ -215,7 +214,7 @@ def run_demo(out: Path, plan: DemoPlan, cli: click.Command, seed: int = 0) -> Pa
     total = round(time.perf_counter() - start, 1)
     record = {"plan": asdict(plan), "seed": seed, "seconds": timings, "total_seconds": total}
     atomic_write_text(out / "demo.json", json.dumps(record, indent=2))
-    run(Stage("report", [["report", str(out), "--out", str(report), "--title", "pairforge demo"]]))
+    run(Stage("report", ["report", str(out), "--out", str(report), "--title", "pairforge demo"]))
     typer.secho(f"\ndemo finished in {total / 60:.1f} min: open {report}", bold=True, err=True)
     return report
 
