@@ -165,6 +165,13 @@ class Dataset:
         self._check_finite(arr, files)
         return arr
 
+    def image_size(self, sample_id: str) -> tuple[int, int]:
+        """(H, W) of a sample's image in px (read once, then remembered)."""
+        sizes = self.__dict__.setdefault("_sizes", {})
+        if sample_id not in sizes:
+            sizes[sample_id] = tuple(int(n) for n in self.read_image(sample_id).shape[1:])
+        return sizes[sample_id]
+
     def _check_finite(self, arr: np.ndarray, files: list[Path]) -> None:
         """Raise naming the file, channel and count if (C, H, W) `arr` holds NaN or inf.
 

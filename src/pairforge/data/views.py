@@ -222,6 +222,16 @@ class RandomCropDataset(torch.utils.data.Dataset):
                 "masks; label them or train on the labeled split only"
             )
         self.with_mask = all(labeled)
+        # A budgeted view (`data.budget`): crops lie inside the budget's labeled tiles.
+        budget = getattr(ds, "budget", None)
+        self.tile_size = None if budget is None else budget.tile_size
+        self.cells: list[list[tuple[int, int]]] = []
+        if budget is not None and crop_size > budget.tile_size:
+            raise PairforgeError(
+                f"crop_size {crop_size} is larger than the {budget.tile_size} px label tiles, so "
+                "no crop fits inside the labeled tiles; draw the budget with tiles of at least "
+                f"{crop_size} px (data.label_tile) or lower data.crop_size"
+            )
         for sample_id in ids:
             image, mask = ds.read_pair(sample_id)
             if min(image.shape[1:]) < crop_size:
@@ -231,11 +241,35 @@ class RandomCropDataset(torch.utils.data.Dataset):
                 )
             self.images.append(torch.from_numpy(self.normalizer.encode(image)))
             self.masks.append(torch.from_numpy(mask) if self.with_mask else None)
-        areas = np.array([im.shape[1] * im.shape[2] for im in self.images], dtype=np.float64)
+            if budget is not None:
+                self.cells.append(sorted(ds.tile_grid(sample_id)))
+        if budget is not None:  # each labeled tile weighs the same
+            areas = np.array([len(c) for c in self.cells], dtype=np.float64)
+        else:
+            areas = np.array([im.shape[1] * im.shape[2] for im in self.images], dtype=np.float64)
         self.weights = areas / areas.sum()
         if length is None:
-            length = int(max(1, round(areas.sum() / crop_size**2)) * 4)
+            covered = areas.sum() * (budget.tile_size**2 if budget is not None else 1)
+            length = int(max(1, round(covered / crop_size**2)) * 4)
         self.length = length
+
+    def _budget_position(self, k: int, rng, height: int, width: int) -> tuple[int, int]:
+        """Top-left of a crop inside the labeled tiles of image k: a random offset from a
+        random labeled tile, kept where every tile the crop touches is labeled (adjacent tiles
+        of a large budget), else folded back inside the drawn tile."""
+        cells, t, c = self.cells[k], self.tile_size, self.crop_size
+        row, col = cells[int(rng.integers(0, len(cells)))]
+        dy, dx = int(rng.integers(0, t)), int(rng.integers(0, t))
+        y, x = row * t + dy, col * t + dx
+        labeled = set(cells)
+        touched = {
+            (r, q)
+            for r in range(y // t, (y + c - 1) // t + 1)
+            for q in range(x // t, (x + c - 1) // t + 1)
+        }
+        if y + c <= height and x + c <= width and touched <= labeled:
+            return y, x
+        return row * t + dy % (t - c + 1), col * t + dx % (t - c + 1)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -248,8 +282,11 @@ class RandomCropDataset(torch.utils.data.Dataset):
         k = int(rng.choice(len(self.images), p=self.weights))
         image = self.images[k]
         _, h, w = image.shape
-        y = int(rng.integers(0, h - self.crop_size + 1))
-        x = int(rng.integers(0, w - self.crop_size + 1))
+        if self.tile_size is None:
+            y = int(rng.integers(0, h - self.crop_size + 1))
+            x = int(rng.integers(0, w - self.crop_size + 1))
+        else:
+            y, x = self._budget_position(k, rng, h, w)
         crop = image[:, y : y + self.crop_size, x : x + self.crop_size]
         factor = self.crop_size / self.resolution
         out = {"image": downsample_image(crop, factor).float()}

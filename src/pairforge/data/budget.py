@@ -1,0 +1,426 @@
+"""Label budgets: which labeled tiles a run may read masks from, chosen by a seed.
+
+A budget is part of the data: `BudgetedDataset` is a view of a dataset in which only the
+budget's tiles carry masks (every other pixel reads as unlabeled, `IGNORE_INDEX`), so any code
+handed the view can only touch the labels the budget allows. Images stay whole: an image-only
+model may see every image; only masks are budgeted.
+
+How a budget is drawn (`make_budget`): the candidate tiles are the non-overlapping
+`tile_size` grid cells, fully inside their measurement, of every sample of the label split that
+has a mask file, in split order and row-major. One seeded permutation orders them; the budget
+of size B is the first B tiles of that order (tiles whose pixels are all unlabeled are skipped
+when the dataset declares an `ignore_index`). So budgets of one seed are nested (the 8-tile
+budget lies inside the 32-tile one), and the choice reads no mask values: changing any label
+outside the budget, or any test label, leaves the choice bit-identical.
+
+Selection inside the budget: every `select_every`-th drawn tile (positions k, 2k, 3k, ... in
+draw order, 1-based) is a selection tile (early stopping, best epoch); the others are fit
+tiles. Selection tiles are nested across budgets too. A budget with no selection tile (fewer
+than k tiles) means a fixed schedule: no early stopping, the last epoch is kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pairforge.data.codec import IGNORE_INDEX
+from pairforge.errors import PairforgeError
+
+# Stream id of the budget permutation, so it shares no draws with other uses of the same seed.
+BUDGET_STREAM = 0xB0D6E7
+DEFAULT_SELECT_EVERY = 4
+ALL = "all"
+
+Tile = tuple[str, int, int]  # (sample id, y, x) of a tile's top-left corner, full-resolution px
+
+
+def parse_labels(text: str | int | None, flag: str = "--labels") -> int | None:
+    """`--labels` text -> number of tiles, None for 'all'. PairforgeError naming the flag."""
+    if text is None or (isinstance(text, str) and text.strip().lower() == ALL):
+        return None
+    try:
+        value = int(text)
+    except (TypeError, ValueError):
+        raise PairforgeError(
+            f"{flag} {text!r}: give a number of labeled tiles (e.g. 8) or 'all'"
+        ) from None
+    if value < 1:
+        raise PairforgeError(f"{flag} {value}: give at least 1 labeled tile, or 'all'")
+    return value
+
+
+@dataclass(frozen=True)
+class LabelBudget:
+    """The labeled tiles one run may read masks from.
+
+    dataset: the dataset's name; split: the label split the tiles come from; tile_size: tile
+    side in full-resolution px; seed: the draw's seed; size: requested tiles (None: all);
+    pool: candidate tiles; tiles: the chosen tiles in draw order; select_every: k (see the
+    module docstring; 0: no selection tiles).
+    """
+
+    dataset: str
+    split: str
+    tile_size: int
+    seed: int
+    size: int | None
+    pool: int
+    tiles: tuple[Tile, ...]
+    select_every: int = DEFAULT_SELECT_EVERY
+    _tile_set: frozenset = field(default=frozenset(), compare=False, repr=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "_tile_set", frozenset(self.tiles))
+
+    # -- parts ------------------------------------------------------------------------------
+    def is_select(self, position: int) -> bool:
+        """Whether the tile drawn at 0-based `position` is a selection tile."""
+        k = self.select_every
+        return k > 0 and (position + 1) % k == 0
+
+    @property
+    def fit_tiles(self) -> list[Tile]:
+        return [t for i, t in enumerate(self.tiles) if not self.is_select(i)]
+
+    @property
+    def select_tiles(self) -> list[Tile]:
+        return [t for i, t in enumerate(self.tiles) if self.is_select(i)]
+
+    def part(self, name: str) -> list[Tile]:
+        """Tiles of one part: "fit", "select" or "all"."""
+        if name == "fit":
+            return self.fit_tiles
+        if name == "select":
+            return self.select_tiles
+        if name == "all":
+            return list(self.tiles)
+        raise PairforgeError(f"budget part {name!r}: use fit, select or all")
+
+    @property
+    def ids(self) -> list[str]:
+        """Samples with at least one budget tile, in first-drawn order."""
+        return list(dict.fromkeys(t[0] for t in self.tiles))
+
+    @property
+    def labeled_pixels(self) -> int:
+        """Labeled full-resolution pixels the budget lets a run read."""
+        return len(self.tiles) * self.tile_size**2
+
+    @property
+    def label(self) -> str:
+        """Short name: '8' or 'all' (the budget axis of a plot or table)."""
+        return ALL if self.size is None else str(self.size)
+
+    def describe(self) -> str:
+        """One line, e.g. "8 labeled tiles of 128 px (6 fit + 2 select) of split 'train' of
+        'demo-grains', seed 0"."""
+        select = len(self.select_tiles)
+        parts = f"{len(self.tiles) - select} fit + {select} select" if select else "no selection"
+        return (
+            f"{len(self.tiles)} labeled tiles of {self.tile_size} px ({parts}) of split "
+            f"{self.split!r} of {self.dataset!r}, seed {self.seed}"
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """Counts for a result table: tiles, fit, select, pixels, seed, split, tile size."""
+        return {
+            "budget": self.label,
+            "tiles": len(self.tiles),
+            "fit_tiles": len(self.fit_tiles),
+            "select_tiles": len(self.select_tiles),
+            "pixels": self.labeled_pixels,
+            "tile_size": self.tile_size,
+            "seed": self.seed,
+            "split": self.split,
+            "dataset": self.dataset,
+        }
+
+    # -- containment ------------------------------------------------------------------------
+    def covers(self, other: LabelBudget) -> bool:
+        """Whether every pixel `other` may read lies inside this budget's tiles."""
+        if other.dataset != self.dataset:
+            return False
+        if other.tile_size == self.tile_size:
+            return other._tile_set <= self._tile_set
+        t = self.tile_size
+        for sample_id, y, x in other.tiles:
+            end_y, end_x = y + other.tile_size, x + other.tile_size
+            if y % t or x % t or end_y % t or end_x % t:
+                return False  # not aligned with this budget's grid: some pixels outside it
+            for cy in range(y, end_y, t):
+                for cx in range(x, end_x, t):
+                    if (sample_id, cy, cx) not in self._tile_set:
+                        return False
+        return True
+
+    # -- storage ----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "split": self.split,
+            "tile_size": self.tile_size,
+            "seed": self.seed,
+            "size": self.size,
+            "pool": self.pool,
+            "select_every": self.select_every,
+            "tiles": [list(t) for t in self.tiles],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "label budget") -> LabelBudget:
+        try:
+            return cls(
+                dataset=str(data["dataset"]),
+                split=str(data["split"]),
+                tile_size=int(data["tile_size"]),
+                seed=int(data["seed"]),
+                size=None if data["size"] is None else int(data["size"]),
+                pool=int(data["pool"]),
+                tiles=tuple((str(i), int(y), int(x)) for i, y, x in data["tiles"]),
+                select_every=int(data.get("select_every", DEFAULT_SELECT_EVERY)),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise PairforgeError(
+                f"{where}: not a valid label budget ({type(err).__name__}: {err}); it is written "
+                "by pairforge (train, seg fit, generate); re-create the file"
+            ) from None
+
+
+def budget_from_record(value: Any, where: str) -> LabelBudget | None:
+    """A budget stored in a record (dict) or None (the record's labels are not budgeted)."""
+    return None if value is None else LabelBudget.from_dict(value, where)
+
+
+def require_covered(
+    inner: LabelBudget | None, outer: LabelBudget, what: str, fix: str = ""
+) -> None:
+    """PairforgeError unless `what` (which read the masks of `inner`; None: every mask of its
+    split, no budget) touched only labels inside `outer`. The message names both."""
+    if inner is not None and outer.covers(inner):
+        return
+    used = (
+        "every mask of its training split (no label budget)"
+        if inner is None
+        else f"the budget {inner.describe()}"
+    )
+    outside = "" if inner is None else f" ({_outside_count(inner, outer)} of its tiles outside)"
+    raise PairforgeError(
+        f"{what} read {used}{outside}, which is not inside the budget it is evaluated at: "
+        f"{outer.describe()}; "
+        + (fix or "train it on that budget (same --labels, --label-seed and tile size)")
+    )
+
+
+def _outside_count(inner: LabelBudget, outer: LabelBudget) -> int:
+    if inner.dataset != outer.dataset:
+        return len(inner.tiles)
+    return sum(
+        not outer.covers(
+            LabelBudget(inner.dataset, inner.split, inner.tile_size, 0, 1, 1, (t,), 0)
+        )
+        for t in inner.tiles
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Drawing a budget
+# ---------------------------------------------------------------------------------------------
+def candidate_tiles(ds, split: str, tile_size: int) -> list[Tile]:
+    """Non-overlapping `tile_size` grid cells, fully inside their sample, of the samples of
+    `split` that have a mask file (split order, row-major). Reads image sizes, no mask values."""
+    ids = [i for i in ds.ids(split) if ds.has_mask(i)]
+    if not ids:
+        raise PairforgeError(
+            f"{ds.root}: split {split!r} has no labeled samples (splits: "
+            f"{sorted(ds.spec.splits) or 'none'}); label some, or pass --label-split with a "
+            "labeled split"
+        )
+    tiles: list[Tile] = []
+    for sample_id in ids:
+        height, width = ds.image_size(sample_id)
+        for y in range(0, height - tile_size + 1, tile_size):
+            for x in range(0, width - tile_size + 1, tile_size):
+                tiles.append((sample_id, y, x))
+    if not tiles:
+        raise PairforgeError(
+            f"{ds.root}: the labeled samples of split {split!r} are all smaller than the "
+            f"{tile_size} px label tiles; use a smaller tile size (--label-tile / data.label_tile)"
+        )
+    return tiles
+
+
+def make_budget(
+    ds,
+    size: int | None,
+    seed: int,
+    tile_size: int,
+    split: str = "train",
+    select_every: int = DEFAULT_SELECT_EVERY,
+) -> LabelBudget:
+    """Draw the budget of `size` tiles (None: all) of seed `seed` (see the module docstring).
+
+    PairforgeError when the split has fewer labeled tiles than `size`, naming how many it has.
+    """
+    if tile_size < 1:
+        raise PairforgeError(f"label tile size {tile_size}: must be >= 1 px")
+    pool = candidate_tiles(ds, split, tile_size)
+    if size is not None and size > len(pool):
+        raise PairforgeError(
+            f"--labels {size}: split {split!r} of {ds.root} has {len(pool)} labeled tiles of "
+            f"{tile_size} px; ask for at most {len(pool)}, or 'all'"
+        )
+    order = np.random.default_rng(np.random.SeedSequence([int(seed), BUDGET_STREAM])).permutation(
+        len(pool)
+    )
+    wanted = len(pool) if size is None else size
+    chosen: list[Tile] = []
+    may_be_empty = ds.spec.ignore_index is not None  # else every mask pixel is labeled
+    for index in order:
+        if len(chosen) == wanted:
+            break
+        tile = pool[int(index)]
+        if may_be_empty and not _has_labeled_pixel(ds, tile, tile_size):
+            continue
+        chosen.append(tile)
+    if size is not None and len(chosen) < size:
+        raise PairforgeError(
+            f"--labels {size}: split {split!r} of {ds.root} has only {len(chosen)} tiles of "
+            f"{tile_size} px with labeled pixels; ask for at most {len(chosen)}, or 'all'"
+        )
+    return LabelBudget(
+        dataset=ds.spec.name,
+        split=split,
+        tile_size=tile_size,
+        seed=int(seed),
+        size=size,
+        pool=len(pool),
+        tiles=tuple(chosen),
+        select_every=select_every,
+    )
+
+
+def _has_labeled_pixel(ds, tile: Tile, tile_size: int) -> bool:
+    sample_id, y, x = tile
+    mask = ds.read_mask(sample_id)
+    return bool((mask[y : y + tile_size, x : x + tile_size] != IGNORE_INDEX).any())
+
+
+# ---------------------------------------------------------------------------------------------
+# The budgeted view
+# ---------------------------------------------------------------------------------------------
+class BudgetedDataset:
+    """A dataset in which only the budget's tiles carry masks.
+
+    Everything but masks is the underlying dataset's (attributes are forwarded). `read_mask`
+    returns IGNORE_INDEX outside the budget's tiles, and None for samples without a budget
+    tile; `has_mask` is True only for samples with one.
+    """
+
+    def __init__(self, dataset, budget: LabelBudget):
+        if budget.dataset != dataset.spec.name:
+            raise PairforgeError(
+                f"{dataset.root}: label budget of dataset {budget.dataset!r} does not belong to "
+                f"dataset {dataset.spec.name!r}"
+            )
+        self.base = dataset
+        self.budget = budget
+        self._windows: dict[str, list[tuple[int, int]]] = {}
+        for sample_id, y, x in budget.tiles:
+            self._windows.setdefault(sample_id, []).append((y, x))
+
+    def __getattr__(self, name: str):
+        return getattr(self.base, name)
+
+    def has_mask(self, sample_id: str) -> bool:
+        return sample_id in self._windows
+
+    def read_mask(self, sample_id: str, expected_shape: tuple[int, int] | None = None):
+        if sample_id not in self._windows:
+            return None
+        full = self.base.read_mask(sample_id, expected_shape)
+        out = np.full_like(full, IGNORE_INDEX)
+        t = self.budget.tile_size
+        for y, x in self._windows[sample_id]:
+            out[y : y + t, x : x + t] = full[y : y + t, x : x + t]
+        return out
+
+    def read_pair(self, sample_id: str):
+        image = self.base.read_image(sample_id)
+        return image, self.read_mask(sample_id, expected_shape=image.shape[1:])
+
+    def tile_grid(self, sample_id: str) -> set[tuple[int, int]]:
+        """(row, column) grid cells of the sample's budget tiles."""
+        t = self.budget.tile_size
+        return {(y // t, x // t) for y, x in self._windows.get(sample_id, [])}
+
+
+def budget_tiles(
+    view: BudgetedDataset,
+    part: str,
+    crop_size: int,
+    resolution: int,
+    normalizer=None,
+) -> dict:
+    """The tiles of one part of the view's budget, at a model's scale.
+
+    Each budget tile is cut into (tile_size / crop_size)^2 `crop_size` tiles, area-downsampled
+    to `resolution` (masks by majority). Returns {"image": float32 (N, C, res, res) normalized,
+    "mask": int64 (N, res, res), "source": [(id, y, x)] full-res px}; N may be 0.
+    """
+    import torch
+
+    from pairforge.data.views import downsample_image, downsample_mask
+
+    budget = view.budget
+    if budget.tile_size % crop_size:
+        raise PairforgeError(
+            f"label tiles of {budget.tile_size} px cannot be cut into the model's {crop_size} px "
+            f"crops; draw the budget with a tile size that is a multiple of {crop_size} "
+            "(--label-tile / data.label_tile)"
+        )
+    normalizer = normalizer or view.normalizer
+    factor = crop_size / resolution
+    tiles = budget.part(part)
+    by_id: dict[str, list[int]] = {}
+    for position, (sample_id, _, _) in enumerate(tiles):
+        by_id.setdefault(sample_id, []).append(position)
+    cut: list[list] = [[] for _ in tiles]  # per budget tile: its (image, mask, source) crops
+    for sample_id, positions in by_id.items():  # one sample in memory at a time
+        image, mask = view.read_pair(sample_id)
+        for position in positions:
+            _, y, x = tiles[position]
+            for dy in range(0, budget.tile_size, crop_size):
+                for dx in range(0, budget.tile_size, crop_size):
+                    top, left = y + dy, x + dx
+                    crop = image[:, top : top + crop_size, left : left + crop_size]
+                    mcrop = mask[top : top + crop_size, left : left + crop_size]
+                    cut[position].append(
+                        (
+                            downsample_image(torch.from_numpy(normalizer.encode(crop)), factor),
+                            downsample_mask(torch.from_numpy(mcrop), factor, view.num_classes),
+                            (sample_id, top, left),
+                        )
+                    )
+    flat = [item for crops in cut for item in crops]  # draw order
+    images = [item[0] for item in flat]
+    masks = [item[1] for item in flat]
+    source = [item[2] for item in flat]
+    channels = view.num_channels
+    return {
+        "image": torch.stack(images).float()
+        if images
+        else torch.zeros(0, channels, resolution, resolution),
+        "mask": torch.stack(masks).long()
+        if masks
+        else torch.zeros(0, resolution, resolution, dtype=torch.long),
+        "source": source,
+    }
+
+
+def describe_budgets(budgets: Iterable[LabelBudget | None]) -> str:
+    """Comma list of budget descriptions (None: 'no budget')."""
+    return "; ".join("no budget" if b is None else b.describe() for b in budgets)
