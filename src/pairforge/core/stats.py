@@ -62,7 +62,7 @@ def verdict(ci: Sequence[float] | None) -> str:
 
 
 def format_difference(diff: Mapping[str, Any], scale: float = 100.0) -> str:
-    """"+1.2 [-0.5, +2.9]: no significant difference" (values times `scale`)."""
+    """ "+1.2 [-0.5, +2.9]: no significant difference" (values times `scale`)."""
     mean = scale * diff["mean"]
     if diff["ci"] is None:
         return f"{mean:+.1f} (one seed: no interval)"

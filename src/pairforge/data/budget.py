@@ -219,9 +219,7 @@ def _outside_count(inner: LabelBudget, outer: LabelBudget) -> int:
     if inner.dataset != outer.dataset:
         return len(inner.tiles)
     return sum(
-        not outer.covers(
-            LabelBudget(inner.dataset, inner.split, inner.tile_size, 0, 1, 1, (t,), 0)
-        )
+        not outer.covers(LabelBudget(inner.dataset, inner.split, inner.tile_size, 0, 1, 1, (t,), 0))
         for t in inner.tiles
     )
 
