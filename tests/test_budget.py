@@ -70,6 +70,8 @@ def test_budgets_are_deterministic_nested_and_split_into_fit_and_select(grains):
     other_seed = make_budget(ds, 8, 1, TILE)
     assert other_seed.tiles != b8.tiles
     assert b8.summary()["pixels"] == 8 * TILE * TILE
+    assert b8.summary()["fingerprint"] == make_budget(ds, 8, 0, TILE).fingerprint
+    assert len({b.fingerprint for b in (b8, b32, other_seed)}) == 3
     assert LabelBudget.from_dict(b32.to_dict()) == b32
 
 

@@ -125,8 +125,19 @@ class LabelBudget:
             f"{self.split!r} of {self.dataset!r}, seed {self.seed}"
         )
 
+    @property
+    def fingerprint(self) -> str:
+        """16 hex digits of the sha256 of the budget (dataset, split, tiles in draw order,
+        selection rule): two results with the same fingerprint read the same labels."""
+        import hashlib
+        import json
+
+        text = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
     def summary(self) -> dict[str, Any]:
-        """Counts for a result table: tiles, fit, select, pixels, seed, split, tile size."""
+        """Counts for a result table: tiles, fit, select, pixels, seed, split, tile size, and
+        the fingerprint of the exact tiles."""
         return {
             "budget": self.label,
             "tiles": len(self.tiles),
@@ -137,6 +148,7 @@ class LabelBudget:
             "seed": self.seed,
             "split": self.split,
             "dataset": self.dataset,
+            "fingerprint": self.fingerprint,
         }
 
     # -- containment ------------------------------------------------------------------------
