@@ -72,12 +72,13 @@ def test_fit_eval_predict_autolabel_and_baseline(setup):
     tmp = setup
     out = _invoke([
         "seg", "fit", "--run", tmp / "run", "--data", tmp / "data", "--out", tmp / "head",
-        "--max-images", 10, "--num-models", 2, "--epochs", 3, "--timesteps", "50,150",
+        "--labels", 10, "--num-models", 2, "--epochs", 3, "--timesteps", "50,150",
     ])  # fmt: skip
-    assert "head written to" in out and "10 tiles" in out
+    # 10 labeled tiles: every 4th (2) selects, 8 are fit tiles.
+    assert "head written to" in out and "10 labeled tiles of 32 px (8 fit + 2 select)" in out
     meta = json.loads((tmp / "head" / "head.json").read_text())
     assert meta["class_names"] == ["binder", "grain"] and meta["crop_size"] == 32
-    assert len(meta["train_tiles"]) == 10
+    assert len(meta["train_tiles"]) == 8 and len(meta["label_budget"]["tiles"]) == 10
 
     report = json.loads(
         _invoke(["seg", "eval", tmp / "head", "--data", tmp / "data", "--split", "test", "--json"])
@@ -117,7 +118,7 @@ def test_fit_eval_predict_autolabel_and_baseline(setup):
                 tmp / "run",
                 "--data",
                 tmp / "data",
-                "--max-images",
+                "--labels",
                 10,
                 "--epochs",
                 2,
@@ -166,7 +167,7 @@ def test_eval_of_a_head_on_its_own_labels_is_exactly_one(setup, combine):
     tmp = setup
     _invoke([
         "seg", "fit", "--run", tmp / "run", "--data", tmp / "data", "--out", tmp / "head",
-        "--max-images", 10, "--num-models", 3, "--epochs", 2, "--timesteps", "50,150",
+        "--labels", 10, "--num-models", 3, "--epochs", 2, "--timesteps", "50,150",
     ])  # fmt: skip
     labels, tiles = _head_labels(tmp / "head", tmp / "data", combine=combine)
     assert set(np.unique(labels)) == {0, 1}  # both classes present: 1.0 is not vacuous
@@ -188,7 +189,7 @@ def test_fit_with_noise_levels_records_resolved_timesteps(setup):
     tmp = setup
     out = _invoke([
         "seg", "fit", "--run", tmp / "run", "--data", tmp / "data", "--out", tmp / "head",
-        "--max-images", 4, "--num-models", 1, "--epochs", 1, "--noise-levels", "baranchuk",
+        "--labels", 4, "--num-models", 1, "--epochs", 1, "--noise-levels", "baranchuk",
     ])  # fmt: skip
     # The tiny run uses the linear schedule: the published levels are t = 50, 150, 250 there.
     assert "at t [50, 150, 250] (abar 0.970, 0.786, 0.521)" in out
@@ -199,7 +200,7 @@ def test_fit_with_noise_levels_records_resolved_timesteps(setup):
     assert [round(v, 2) for v in features["logsnr"]] == [3.47, 1.30, 0.09]
     _invoke([
         "seg", "fit", "--run", tmp / "run", "--data", tmp / "data", "--out", tmp / "head2",
-        "--max-images", 4, "--num-models", 1, "--epochs", 1, "--noise-levels", "logsnr:2,0",
+        "--labels", 4, "--num-models", 1, "--epochs", 1, "--noise-levels", "logsnr:2,0",
     ])  # fmt: skip
     features = json.loads((tmp / "head2" / "head.json").read_text())["features"]
     assert [round(v) for v in features["logsnr"]] == [2, 0]
@@ -216,5 +217,5 @@ def test_bad_input_raises_pairforge_error(setup):
     with pytest.raises(PairforgeError, match="not a segmentation head"):
         _invoke(["seg", "eval", tmp / "data", "--data", tmp / "data"])
     with pytest.raises(PairforgeError, match="no split named"):
-        _invoke(["seg", "fit", "--run", tmp / "run", "--data", tmp / "data", "--split", "nope",
+        _invoke(["seg", "fit", "--run", tmp / "run", "--data", tmp / "data", "--label-split", "nope",
                  "--out", tmp / "head"])  # fmt: skip

@@ -112,6 +112,8 @@ def autolabel(
         kept_scores = [r["score"] for r in records if r["kept"]]
         return {
             "run": str(Path(run_path).resolve()),
+            # The labels behind the masks: the head's budget (the run's are in checkpoints).
+            "head": {"sha256": job_settings["head_sha256"], "label_budget": head.info.label_budget},
             "num_kept": len(kept_scores),
             "score_threshold_kept": max(kept_scores) if kept_scores else None,
         }

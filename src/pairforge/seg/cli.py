@@ -16,14 +16,17 @@ app = typer.Typer(
 )
 
 # Options shared by `fit` and `baseline` so both see exactly the same tiles.
-_SPLIT = typer.Option("train", "--split", help="Labeled split to train on.")
-_VAL_SPLIT = typer.Option(
-    "val", "--val-split", help="Split for early stopping / model selection ('' = none)."
+_LABELS = typer.Option(
+    "all",
+    "--labels",
+    help="Label budget: this many labeled tiles of the label split, drawn by --label-seed "
+    "(every 4th is a selection tile for early stopping / best epoch), or 'all'.",
 )
-_MAX_IMAGES = typer.Option(
-    None, "--max-images", min=1, help="Use this many randomly chosen training tiles."
+_LABEL_SEED = typer.Option(0, "--label-seed", min=0, help="Seed of the label budget's draw.")
+_LABEL_TILE = typer.Option(
+    None, "--label-tile", min=1, help="Label tile side in source px [default: the crop size]."
 )
-_DATA_SEED = typer.Option(0, "--data-seed", min=0, help="Seed of the --max-images choice.")
+_LABEL_SPLIT = typer.Option("train", "--label-split", help="Split the labeled tiles come from.")
 _CROP = typer.Option(
     None, "--crop-size", min=1, help="Source tile side in px [default: the run's crop_size]."
 )
@@ -86,6 +89,14 @@ def _print_report(report: dict, as_json: bool, title: str) -> None:
         return
     mean = report["mean_iou"]
     typer.echo(f"{title} on {report['split']} ({report['num_images']} tiles): mIoU {mean:.4f}")
+    labels = report.get("labels")
+    if labels:
+        typer.echo(
+            f"  labels read: {labels.get('tiles')} tiles ({labels.get('fit_tiles')} fit + "
+            f"{labels.get('select_tiles')} select), {labels.get('pixels')} px"
+        )
+    for warning in report.get("warnings", []):
+        typer.echo(f"warning: {warning}", err=True)
     for name, value in report["per_class_iou"].items():
         typer.echo(f"  {name:>20s}: " + ("absent" if value is None else f"{value:.4f}"))
 
@@ -95,10 +106,10 @@ def fit_command(
     run: Path = _FIT_RUN,
     data: Path = _FIT_DATA,
     out: Path = _FIT_OUT,
-    split: str = _SPLIT,
-    val_split: str = _VAL_SPLIT,
-    max_images: int = _MAX_IMAGES,
-    data_seed: int = _DATA_SEED,
+    labels: str = _LABELS,
+    label_seed: int = _LABEL_SEED,
+    label_tile: int = _LABEL_TILE,
+    label_split: str = _LABEL_SPLIT,
     crop_size: int = _CROP,
     resolution: int = _RESOLUTION,
     timesteps: str = _TIMESTEPS,
@@ -115,16 +126,21 @@ def fit_command(
     seed: int = _SEED,
     device: str = _DEVICE,
 ) -> None:
-    """Fit a pixel-MLP ensemble on diffusion features of a few labeled tiles.
+    """Fit a pixel-MLP ensemble on diffusion features of a label budget's tiles.
+
+    The budget's fit tiles train the ensemble, its select tiles stop it early (a budget under
+    4 tiles has none: a holdout of the fit tiles does). A feature run trained on masks (joint)
+    must have trained inside the same budget.
 
     Examples:
 
-      pairforge seg fit --run runs/demo-image --data data/grains --max-images 8 --out heads/g8
+      pairforge seg fit --run runs/demo-image --data data/grains --labels 8 --out heads/g8
 
       pairforge seg fit --run my_unet_dir --data data/cells --resolution 64 --timesteps 50,150
 
       pairforge seg fit --run runs/demo-image --data data/grains --noise-levels baranchuk
     """
+    from pairforge.data.budget import parse_labels
     from pairforge.seg.commands import fit_head_on_dataset, fit_summary
     from pairforge.seg.data import TileChoice
     from pairforge.seg.features import feature_config_from_flags
@@ -141,10 +157,14 @@ def fit_command(
         class_balance=class_balance,
         seed=seed,
     )
-    tiles = TileChoice(split, val_split, max_images, data_seed, crop_size, resolution)
+    tiles = TileChoice(
+        parse_labels(labels), label_seed, label_tile, label_split, crop_size, resolution
+    )
     fitted = fit_head_on_dataset(
         run, data, tiles, feature_config, settings, cache_dir=cache, device=device
     )
+    for warning in fitted.warnings:
+        typer.echo(f"warning: {warning}", err=True)
     fitted.head.save(out)
     typer.echo(fit_summary(out, fitted))
 
@@ -254,11 +274,11 @@ def baseline_command(
     run: Path = typer.Option(
         None, "--run", help="Take crop size, resolution and normalizer from this run."
     ),
-    split: str = _SPLIT,
-    val_split: str = _VAL_SPLIT,
+    labels: str = _LABELS,
+    label_seed: int = _LABEL_SEED,
+    label_tile: int = _LABEL_TILE,
+    label_split: str = _LABEL_SPLIT,
     eval_split: str = typer.Option("test", "--eval-split", help="Held-out split to report."),
-    max_images: int = _MAX_IMAGES,
-    data_seed: int = _DATA_SEED,
     crop_size: int = _CROP,
     resolution: int = _RESOLUTION,
     epochs: int = typer.Option(
@@ -273,16 +293,22 @@ def baseline_command(
     seed: int = _SEED,
     device: str = _DEVICE,
 ) -> None:
-    """Supervised smp U-Net on the same tiles as `seg fit`; best epoch by val mIoU; test IoU.
+    """Supervised smp U-Net on the same label budget as `seg fit`; test IoU.
+
+    The budget's fit tiles train it, its select tiles choose the best epoch (a budget under 4
+    tiles has none: fixed schedule, last epoch). --json includes "labels" (tiles, pixels).
 
     Example:
 
-      pairforge seg baseline --run runs/demo-image --data data/grains --max-images 8 --json
+      pairforge seg baseline --run runs/demo-image --data data/grains --labels 8 --json
     """
+    from pairforge.data.budget import parse_labels
     from pairforge.seg.commands import BaselineSettings, run_baseline
     from pairforge.seg.data import TileChoice
 
-    tiles = TileChoice(split, val_split, max_images, data_seed, crop_size, resolution)
+    tiles = TileChoice(
+        parse_labels(labels), label_seed, label_tile, label_split, crop_size, resolution
+    )
     settings = BaselineSettings(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, arch=arch, encoder=encoder
     )

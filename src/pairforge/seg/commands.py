@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,26 +16,34 @@ import torch
 from pairforge.errors import PairforgeError
 from pairforge.io import atomic_write_text
 from pairforge.seg.data import (
+    BudgetTiles,
     LabeledTiles,
     TileChoice,
+    budget_tile_sets,
     class_names,
     dataset_normalizer,
+    draw_budget,
     labeled_tiles,
     training_tiles,
 )
 from pairforge.seg.features import FeatureConfig
-from pairforge.seg.head import HeadSettings, SegmentationHead, fit_head
+from pairforge.seg.head import HeadInfo, HeadSettings, SegmentationHead, fit_head
 from pairforge.seg.source import load_feature_source, tile_scale
 
 
 @dataclass
 class FittedHead:
-    """A head fitted by `fit_head_on_dataset`, its fit history (`fit_head`) and its training
-    tiles."""
+    """A head fitted by `fit_head_on_dataset`, its fit history (`fit_head`), its label budget's
+    tiles and the warnings to show the user."""
 
     head: SegmentationHead
     history: dict[str, Any]
-    train: LabeledTiles
+    tiles: BudgetTiles
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def train(self) -> LabeledTiles:
+        return self.tiles.fit
 
 
 def fit_head_on_dataset(
@@ -48,15 +56,25 @@ def fit_head_on_dataset(
     cache_dir: str | Path | None = None,
     device: str = "cpu",
 ) -> FittedHead:
-    """Fit a head on the labeled tiles of a dataset folder at the feature source's scale.
+    """Fit a head on a label budget of a dataset folder at the feature source's scale.
 
-    run: pairforge run or diffusers UNet2DModel folder (`load_feature_source`). The head
-    records the class names, the tile scale, the normalizer (the run's, else the dataset's) and
-    the source of every training tile.
+    run: pairforge run or diffusers UNet2DModel folder (`load_feature_source`). The budget's
+    fit tiles train the ensemble; its select tiles stop it early (none: the ensemble holds out
+    `settings.val_fraction` of the fit tiles, still inside the budget). A feature run trained
+    on masks must have read only labels inside the budget (`check_feature_run`). The head
+    records the class names, the tile scale, the normalizer (the run's, else the dataset's),
+    the budget, every training tile and how early stopping was done.
     """
     source = load_feature_source(run)
     crop, res = tile_scale(source, tiles.crop_size, tiles.resolution)
-    train, val = training_tiles(data, tiles, crop, res, source.normalizer)
+    dataset, budget = draw_budget(data, tiles, crop)
+    warnings = check_feature_run(source, run, budget)
+    chosen = budget_tile_sets(dataset, budget, crop, res, source.normalizer)
+    train, select = chosen.fit, chosen.select
+    if train.images.shape[0] == 0:
+        raise PairforgeError(
+            f"--labels {budget.label}: {budget.describe()} leaves no fit tile; ask for more tiles"
+        )
     names = class_names(data)
     head, history = fit_head(
         source,
@@ -64,8 +82,8 @@ def fit_head_on_dataset(
         train.masks,
         num_classes=len(names),
         settings=settings,
-        val_images=val.images if val else None,
-        val_masks=val.masks if val else None,
+        val_images=select.images if select else None,
+        val_masks=select.masks if select else None,
         feature_config=feature_config,
         cache_dir=cache_dir,
         device=device,
@@ -74,24 +92,76 @@ def fit_head_on_dataset(
             "crop_size": crop,
             "resolution": res,
             "normalizer": (source.normalizer or dataset_normalizer(data)).to_dict(),
+            "label_budget": budget.to_dict(),
             "train_tiles": [list(s) for s in train.source],
         },
     )
-    return FittedHead(head, history, train)
+    recorded = head.info.model_dump(mode="json", exclude_unset=True)
+    head.info = HeadInfo.model_validate(
+        {**recorded, "selection": _selection_record(chosen, history)}
+    )
+    return FittedHead(head, history, chosen, warnings)
+
+
+def _selection_record(chosen: BudgetTiles, history: dict[str, Any]) -> dict[str, Any]:
+    """How the ensemble was stopped early, for head.json: on the budget's select tiles, or
+    on a holdout of its fit tiles (positions in train_tiles) when the budget has none."""
+    best = [m["best_epoch"] for m in history["members"]]
+    if chosen.select is not None:
+        return {
+            "early_stopping": "select tiles of the label budget",
+            "select_tiles": [list(s) for s in chosen.select.source],
+            "best_epochs": best,
+        }
+    return {"early_stopping": "holdout of the fit tiles (the budget has no select tiles)",
+            "holdout_tiles": [int(i) for i in history["val_images"]], "best_epochs": best}  # fmt: skip
+
+
+def check_feature_run(source, run: str | Path, budget) -> list[str]:
+    """The labels a feature model saw must lie inside the head's budget.
+
+    A pairforge run trained on masks (a joint run: its features carry its labels) passes only
+    when its label budget lies inside `budget` (`require_covered`; trained on every mask ->
+    PairforgeError at any budget). Returns warnings: a foreign diffusers folder cannot be
+    checked.
+    """
+    from pairforge.data.budget import require_covered
+
+    if not source.is_run:
+        return [
+            f"feature model {run} is not a pairforge run: pairforge cannot check which labels it "
+            "saw; if it was trained on masks, the head's label count is too low"
+        ]
+    if source.reads_masks:
+        require_covered(
+            source.label_budget,
+            budget,
+            f"feature run {run}",
+            fix="train the feature run on the same label budget (train --labels / --label-seed "
+            "/ --label-tile), or use an image-only run",
+        )
+    return []
 
 
 def fit_summary(out: str | Path, fitted: FittedHead) -> str:
-    """One line on a fitted head: tiles, pixels x features, noise levels, time, member val mIoU."""
+    """One line on a fitted head: budget, tiles, pixels x features, noise levels, time, member
+    val mIoU and how early stopping was done."""
     head, history = fitted.head, fitted.history
     members = history["members"]
     val_scores = [m["best_val_miou"] for m in members if m["best_val_miou"] is not None]
     levels = head.extractor.config
+    stopping = (
+        "early stopping on the budget's select tiles"
+        if fitted.tiles.select is not None
+        else "no select tiles in the budget: early stopping on a holdout of its fit tiles"
+    )
     return (
-        f"head written to {out}: {len(fitted.train.source)} tiles, {history['num_pixels']} "
+        f"head written to {out}: {fitted.tiles.budget.describe()}; {len(fitted.train.source)} "
+        f"fit tiles, {history['num_pixels']} "
         f"pixels x {head.extractor.feature_dim} features at t {list(levels.timesteps)} (abar "
         f"{', '.join(f'{a:.3f}' for a in levels.abar)}); features "
         f"{history['feature_seconds']:.1f} s, "
-        f"MLPs {history['mlp_seconds']:.1f} s"
+        f"MLPs {history['mlp_seconds']:.1f} s; {stopping}"
         + (f"; member val mIoU {min(val_scores):.3f}..{max(val_scores):.3f}" if val_scores else "")
     )
 
@@ -156,8 +226,9 @@ def iou_report(
 def evaluate_head(
     head: SegmentationHead, data: str | Path, split: str, combine: str = "mean"
 ) -> dict[str, Any]:
-    """IoU report (`iou_report` + "combine") of a head on the tiles of a labeled split, at the
-    head's scale and with its normalizer."""
+    """IoU report (`iou_report` + "combine", "labels") of a head on the tiles of a labeled
+    split, at the head's scale and with its normalizer. "labels": the head's label budget
+    summary (tiles, fit / select tiles, pixels) - the training labels behind the score."""
     from pairforge.core.metrics import confusion_matrix
     from pairforge.data.normalize import ChannelNormalizer
 
@@ -168,7 +239,28 @@ def evaluate_head(
     names = head.info.class_names or class_names(data)
     report = iou_report(confusion, names, split, len(tiles.source))
     report["combine"] = combine
+    report["labels"] = head_labels(head)
+    budget = head.label_budget
+    if budget is not None and budget.split == split:
+        report["warnings"] = [
+            f"split {split!r} is the head's label split: its own training tiles are scored too"
+        ]
     return report
+
+
+def head_labels(head: SegmentationHead) -> dict[str, Any]:
+    """The budget summary of a head; a head from before budgets: what it recorded (its
+    training tile count; its selection labels are unknown)."""
+    budget = head.label_budget
+    if budget is not None:
+        return budget.summary()
+    extra = head.info.model_extra or {}
+    return {
+        "budget": None,
+        "tiles": len(extra["train_tiles"]) if "train_tiles" in extra else None,
+        "note": "head fitted before label budgets were recorded: its early-stopping labels "
+        "are not known; fit it again with --labels",
+    }
 
 
 @dataclass(frozen=True)
@@ -197,23 +289,27 @@ def run_baseline(
     device: str = "cpu",
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train the supervised baseline on the tiles `seg fit` uses and report IoU on `eval_split`.
+    """Train the supervised baseline on the label budget `seg fit` uses; report IoU on
+    `eval_split`.
 
-    The scale and normalizer come from `run` when given (else from --resolution / --crop-size
-    and the dataset). With `out` the model is saved there (safetensors + JSON). Returns
-    `iou_report` + "best_epoch", "best_val_miou".
+    The budget's fit tiles train it, its select tiles choose the best epoch (no select tiles:
+    fixed schedule, the last epoch). The scale and normalizer come from `run` when given (else
+    from --resolution / --crop-size and the dataset). With `out` the model is saved there
+    (safetensors + JSON, with the budget). Returns `iou_report` + "best_epoch",
+    "best_val_miou", "selection", "labels" (the budget's summary).
     """
     from pairforge.core.metrics import confusion_matrix
     from pairforge.core.supervised import predict_supervised, save_supervised, train_supervised
 
     crop, res, normalizer = _baseline_scale(data, run, tiles)
-    train, val = training_tiles(data, tiles, crop, res, normalizer)
+    chosen = training_tiles(data, tiles, crop, res, normalizer)
+    train, select, budget = chosen.fit, chosen.select, chosen.budget
     names = class_names(data)
     model, history = train_supervised(
         train.images,
         train.masks,
-        val.images if val else None,
-        val.masks if val else None,
+        select.images if select else None,
+        select.masks if select else None,
         num_classes=len(names),
         **asdict(settings),
         device=device,
@@ -224,6 +320,12 @@ def run_baseline(
     report = iou_report(confusion, names, eval_split, len(test.source))
     report["best_epoch"] = history["best_epoch"]
     report["best_val_miou"] = history["best_val_miou"]
+    report["selection"] = (
+        "best epoch on the budget's select tiles"
+        if select is not None
+        else "no select tiles in the budget: fixed schedule, last epoch"
+    )
+    report["labels"] = budget.summary()
     if out is not None:
         save_supervised(
             model,
@@ -231,7 +333,8 @@ def run_baseline(
             arch=settings.arch,
             encoder=settings.encoder,
             extra={"class_names": names, "crop_size": crop, "resolution": res,
-                   "normalizer": normalizer.to_dict()},
+                   "normalizer": normalizer.to_dict(), "label_budget": budget.to_dict(),
+                   "best_epoch": history["best_epoch"], "selection": report["selection"]},
         )  # fmt: skip
     return report
 

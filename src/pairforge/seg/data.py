@@ -3,7 +3,9 @@ head and baseline.
 
 Measurements are cut into non-overlapping `crop_size` tiles and area-downsampled to
 `resolution` (the scale the diffusion model was trained at; `pairforge.data.views.load_tiles`),
-so the feature head and the supervised baseline see identical pixels.
+so the feature head and the supervised baseline see identical pixels. Training tiles are a label
+budget's (`pairforge.data.budget`: masks read only inside the budget's tiles); every tile of a
+split is read only to evaluate (`labeled_tiles`, e.g. on test).
 """
 
 from __future__ import annotations
@@ -15,23 +17,25 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pairforge.data.budget import LabelBudget
 from pairforge.errors import PairforgeError
 
 
 @dataclass(frozen=True)
 class TileChoice:
-    """Which labeled tiles `seg fit` and `seg baseline` train on (the same for both).
+    """Which labeled tiles `seg fit` and `seg baseline` train on (the same for both): a label
+    budget (`pairforge.data.budget`).
 
-    split: labeled split to train on; val_split: split for early stopping / model selection
-    (None or "": none); max_images: that many randomly chosen training tiles (None: all), chosen
-    with `data_seed`; crop_size / resolution: source tile side and model side in px (None: the
-    run's, see `pairforge.seg.source.tile_scale`).
+    labels: budget size in tiles (None: every tile of the label split); label_seed: the
+    budget's seed; label_tile: budget tile side in source px (None: the model's crop_size);
+    label_split: the split the tiles come from; crop_size / resolution: source tile side and
+    model side in px (None: the run's, see `pairforge.seg.source.tile_scale`).
     """
 
-    split: str | None = "train"
-    val_split: str | None = "val"
-    max_images: int | None = None
-    data_seed: int = 0
+    labels: int | None = None
+    label_seed: int = 0
+    label_tile: int | None = None
+    label_split: str = "train"
     crop_size: int | None = None
     resolution: int | None = None
 
@@ -52,11 +56,9 @@ def labeled_tiles(
     crop_size: int,
     resolution: int,
     normalizer=None,
-    max_images: int | None = None,
-    data_seed: int = 0,
 ) -> LabeledTiles:
-    """Tiles of the labeled samples of `split` (None = all); `max_images` picks that many tiles
-    at random (seeded by `data_seed`), keeping the tile order stable."""
+    """Every tile of the labeled samples of `split` (None = all), for EVALUATION (e.g. a test
+    split). Training tiles come from a label budget (`training_tiles`), never from here."""
     from pairforge.data.dataset import load_dataset
     from pairforge.data.views import load_tiles
 
@@ -71,15 +73,7 @@ def labeled_tiles(
     tiles = load_tiles(
         dataset, ids, crop_size, resolution, normalizer=normalizer or dataset.normalizer
     )
-    images, masks, source = tiles["image"], tiles["mask"], tiles["source"]
-    if max_images is not None and max_images < images.shape[0]:
-        chosen = np.sort(
-            np.random.default_rng(data_seed).choice(images.shape[0], max_images, replace=False)
-        )
-        index = torch.from_numpy(chosen)
-        images, masks = images[index], masks[index]
-        source = [source[i] for i in chosen]
-    return LabeledTiles(images, masks, source)
+    return LabeledTiles(tiles["image"], tiles["mask"], tiles["source"])
 
 
 def class_names(data: str | Path) -> list[str]:
@@ -88,24 +82,50 @@ def class_names(data: str | Path) -> list[str]:
     return [c.name for c in load_dataset(data).spec.classes]
 
 
+@dataclass
+class BudgetTiles:
+    """The tiles of a label budget at a model's scale: fit (training) and select (early
+    stopping / best epoch; None when the budget has no selection tile: fixed schedule)."""
+
+    budget: LabelBudget
+    fit: LabeledTiles
+    select: LabeledTiles | None
+
+
+def draw_budget(data: str | Path, choice: TileChoice, crop_size: int):
+    """(dataset, LabelBudget of `choice`): tile side `choice.label_tile`, else `crop_size`."""
+    from pairforge.data.budget import make_budget
+    from pairforge.data.dataset import load_dataset
+
+    dataset = load_dataset(data)
+    tile = choice.label_tile or crop_size
+    return dataset, make_budget(dataset, choice.labels, choice.label_seed, tile, choice.label_split)
+
+
 def training_tiles(
     data: str | Path, choice: TileChoice, crop_size: int, resolution: int, normalizer=None
-) -> tuple[LabeledTiles, LabeledTiles | None]:
-    """(train, val) tiles of `choice` at one scale; val None without a val split. All val
-    tiles are kept (max_images picks training tiles only)."""
-    train = labeled_tiles(
-        data,
-        choice.split,
-        crop_size,
-        resolution,
-        normalizer,
-        max_images=choice.max_images,
-        data_seed=choice.data_seed,
-    )
-    val = None
-    if choice.val_split:
-        val = labeled_tiles(data, choice.val_split, crop_size, resolution, normalizer)
-    return train, val
+) -> BudgetTiles:
+    """The budget of `choice` and its fit / select tiles at one scale. Masks are read only
+    through a `BudgetedDataset`, so no label outside the budget is touched."""
+    dataset, budget = draw_budget(data, choice, crop_size)
+    return budget_tile_sets(dataset, budget, crop_size, resolution, normalizer)
+
+
+def budget_tile_sets(
+    dataset, budget: LabelBudget, crop_size: int, resolution: int, normalizer=None
+) -> BudgetTiles:
+    """Fit / select tiles of `budget` on `dataset` (a loaded Dataset) at one scale."""
+    from pairforge.data.budget import BudgetedDataset, budget_tiles
+
+    view = BudgetedDataset(dataset, budget)
+    normalizer = normalizer or dataset.normalizer
+
+    def part(name: str) -> LabeledTiles:
+        tiles = budget_tiles(view, name, crop_size, resolution, normalizer)
+        return LabeledTiles(tiles["image"], tiles["mask"], tiles["source"])
+
+    select = part("select") if budget.select_tiles else None
+    return BudgetTiles(budget, part("fit"), select)
 
 
 def dataset_normalizer(data: str | Path):

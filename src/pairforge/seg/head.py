@@ -37,7 +37,9 @@ class HeadInfo(BaseModel):
 
     source: the diffusion model's path; image_channels / num_classes / class_names;
     resolution / crop_size: model px per source px scale (None if unknown); normalizer:
-    ChannelNormalizer.to_dict() or None. Further keys given to `fit_head(info=...)` (e.g. the
+    ChannelNormalizer.to_dict() or None; label_budget: LabelBudget.to_dict() of the labeled tiles
+    the head read (fit + select), None for heads fitted before budgets existed (they still
+    load). Further keys given to `fit_head(info=...)` (e.g. the
     training tiles) are written too; loading keeps the fields above only.
     """
 
@@ -51,6 +53,7 @@ class HeadInfo(BaseModel):
     resolution: int | None = None
     crop_size: int | None = None
     class_names: list[str] | None = None
+    label_budget: dict[str, Any] | None = None
 
     @classmethod
     def from_head_json(cls, meta: dict[str, Any]) -> HeadInfo:
@@ -84,6 +87,13 @@ class SegmentationHead:
         from pairforge.data.normalize import ChannelNormalizer
 
         return ChannelNormalizer.from_dict(self.info.normalizer)
+
+    @property
+    def label_budget(self):
+        """The LabelBudget the head was fitted on, or None (a head from before budgets)."""
+        from pairforge.data.budget import budget_from_record
+
+        return budget_from_record(self.info.label_budget, "head.json label_budget")
 
     @property
     def scale(self) -> float:

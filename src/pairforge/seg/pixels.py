@@ -250,7 +250,7 @@ def _over_budget_message(estimate: MemoryEstimate, counts: list[int], budget: in
         fit = int(room / per_pixel / len(counts))
         if fit > 0:
             fixes.append(f"--pixels-per-image {fit} (or fewer) fits")
-    fixes.append("fewer images (--max-images), fewer timesteps or blocks, or a smaller batch")
+    fixes.append("fewer labeled tiles (--labels), fewer timesteps or blocks, or a smaller batch")
     return (
         f"pixel features need {_gib(need)} of RAM ({estimate.num_pixels} pixels x "
         f"{estimate.feature_dim} features as float16 + a {_gib(estimate.working_bytes)} working "

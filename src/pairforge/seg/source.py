@@ -22,6 +22,9 @@ class FeatureSource:
     normalizer: ChannelNormalizer of a pairforge run, None for a plain diffusers directory
         (then the data set's own normalizer is used).
     path: where it was loaded from (stored in a head's config). task: run task or "image".
+    is_run: a pairforge run (its record says which labels it read); reads_masks: the model was
+        trained on masks (a joint run: its features carry its labels); label_budget: the
+        LabelBudget it trained under (None: every mask of its split, or no masks at all).
     """
 
     model: torch.nn.Module
@@ -31,6 +34,9 @@ class FeatureSource:
     path: str = ""
     task: str = "image"
     extra: dict[str, Any] = field(default_factory=dict)
+    is_run: bool = False
+    reads_masks: bool = False
+    label_budget: Any = None
 
 
 def load_feature_source(path: str | Path, image_channels: int | None = None) -> FeatureSource:
@@ -88,6 +94,7 @@ def _load_pairforge_run(root: Path) -> FeatureSource:
     in_channels = int(run.model.config.in_channels)
     # x0 = cat(image, codec(mask)): image channels come first (core.tasks.TaskLayout).
     image_channels = int(run.record.image_channels or in_channels)
+    reads_masks, label_budget = _run_labels(run, root)
     return FeatureSource(
         model=run.model,
         scheduler_config=dict(run.scheduler_config),
@@ -103,7 +110,26 @@ def _load_pairforge_run(root: Path) -> FeatureSource:
             # Class fractions of the run's training masks, if the run recorded them.
             "class_fractions": run.record.class_fractions,
         },
+        is_run=True,
+        reads_masks=reads_masks,
+        label_budget=label_budget,
     )
+
+
+def _run_labels(run, root: Path):
+    """(reads_masks, LabelBudget | None) of a loaded run: LoadedRun's properties where it has
+    them, else the record's keys (older records: the task's needs_masks, no budget)."""
+    from pairforge.data.budget import budget_from_record
+
+    info = run.info
+    reads = getattr(run, "reads_masks", None)
+    if reads is None:
+        reads = info.get("reads_masks", run.task_spec.needs_masks)
+    if hasattr(type(run), "label_budget"):
+        budget = run.label_budget
+    else:
+        budget = budget_from_record(info.get("label_budget"), f"{root}/model/pairforge.json")
+    return bool(reads), budget
 
 
 def tile_scale(
