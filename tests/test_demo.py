@@ -7,21 +7,55 @@ import pytest
 from typer.testing import CliRunner
 
 from pairforge.cli import app
-from pairforge.demo import DemoPlan
+from pairforge.demo import DemoPlan, demo_stages
 from pairforge.eval.fid import MEAN_ROW_KIND, MEAN_ROW_LABEL
 
 
 def test_demo_dry_run_prints_the_plan():
-    result = CliRunner().invoke(app, ["demo", "--dry-run", "--minutes", "30"])
+    result = CliRunner().invoke(app, ["demo", "--dry-run", "--minutes", "60"])
     assert result.exit_code == 0, result.output
     plan = json.loads(result.output)
-    full = DemoPlan.full(15.0)
+    full = DemoPlan.full(30.0)
     assert plan["train_minutes"]["joint"] == pytest.approx(2 * full.train_minutes["joint"])
+    assert plan["joint_minutes"] == pytest.approx(2 * full.joint_minutes)
     assert plan["grain_preset"] == "demo"
-    # The neutral image-only DDPM is trained too, on a short budget (2.5 of 15 minutes).
+    # The neutral image-only DDPM is trained too, on a short budget (2.5 of 30 minutes).
     assert plan["configs"]["image"] == "demo-image"
     assert full.train_minutes["image"] == pytest.approx(2.5)
     assert plan["train_minutes"]["image"] == pytest.approx(5.0)
+    # Budget-honest by default: 8, 32 and all labeled tiles, 3 seeds.
+    assert plan["budgets"] == ["8", "32", "all"] and plan["seeds"] == [0, 1, 2]
+    result = CliRunner().invoke(
+        app, ["demo", "--dry-run", "--seeds", "0,1,2,3,4", "--budgets", "8,ALL"]
+    )
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output)
+    assert plan["seeds"] == [0, 1, 2, 3, 4] and plan["budgets"] == ["8", "all"]
+    result = CliRunner().invoke(app, ["demo", "--dry-run", "--budgets", "eight"])
+    assert result.exit_code != 0 and "--budgets 'eight'" in str(result.exception)
+
+
+def test_demo_stages_keep_every_figure_inside_its_budget(tmp_path):
+    """Generators, heads and the downstream experiment of one (budget, seed) read the same
+    budget; the head reads the image-only DDPM; mask and SDM train on the 'all' budget."""
+    plan = DemoPlan.full()
+    stages = {stage.name: stage.args for stage in demo_stages(tmp_path, plan)}
+    image_run = str(tmp_path / "runs" / "image")
+    for budget in ("8", "32"):
+        for seed in (0, 1, 2):
+            train = stages[f"train joint-b{budget}-s{seed}"]
+            assert f"data.labels={budget}" in train and f"data.label_seed={seed}" in train
+            fit = stages[f"segmentation head b{budget}-s{seed}"]
+            assert fit[fit.index("--run") + 1] == image_run
+            assert fit[fit.index("--labels") + 1] == budget
+            assert fit[fit.index("--label-seed") + 1] == str(seed)
+    assert "train joint-ball-s1" not in stages  # the 'all' tiles are the same at every seed
+    assert "data.labels=all" in stages["train mask"] and "data.labels=all" in stages["train sdm"]
+    assert not any("data.labels" in a for a in stages["train image"])
+    downstream = stages["downstream"]
+    assert downstream[downstream.index("--budgets") + 1] == "8,32,all"
+    assert downstream[downstream.index("--seeds") + 1] == "0,1,2"
+    assert sum(a.startswith(str(tmp_path / "synthetic" / "joint-")) for a in downstream) == 7
 
 
 @pytest.mark.slow
@@ -32,35 +66,48 @@ def test_quick_demo_end_to_end(tmp_path):
     for path in [
         "data/dataset.yaml",
         "runs/image/model/pairforge.json",
-        "runs/joint/model/pairforge.json",
+        "runs/joint-b4-s0/model/pairforge.json",
+        "runs/joint-ball-s0/model/pairforge.json",
         "runs/mask/model/pairforge.json",
         "runs/sdm/model/pairforge.json",
-        "synthetic/joint/manifest.json",
+        "synthetic/joint-b4-s0/manifest.json",
+        "synthetic/joint-ball-s0/manifest.json",
         "synthetic/two-stage/manifest.json",
-        "seg/head",
-        "eval/seg/seg_head.json",
-        "eval/seg/seg_baseline.json",
+        "seg/head-b4-s0",
+        "eval/seg/seg_head-b4-s0.json",
+        "eval/seg/seg_head-ball-s0.json",
         "eval/joint/fid.json",
         "eval/two-stage/fid.json",
         "eval/joint/mask_stats.json",
-        "eval/joint/downstream.json",
+        "eval/downstream/downstream.json",
+        "eval/few-label/few_label.json",
+        "eval/few-label/few_label.png",
         "report.html",
         "demo.json",
     ]:
         assert (out / path).exists(), path
     assert json.loads((out / "runs/image/model/pairforge.json").read_text())["task"] == "image"
-    # The stages print rerunnable commands; head and baseline read the image-only DDPM.
+    joint = json.loads((out / "runs/joint-b4-s0/model/pairforge.json").read_text())
+    assert len(joint["label_budget"]["tiles"]) == 4 and joint["label_budget"]["seed"] == 0
+    # The stages print rerunnable commands; the heads read the image-only DDPM.
     image_run = str(out / "runs" / "image")
     assert f"$ pairforge seg fit --run {image_run} " in result.output
-    assert f"$ pairforge seg baseline --run {image_run} " in result.output
-    assert json.loads((out / "seg/head/head.json").read_text())["source"] == image_run
+    assert json.loads((out / "seg/head-b4-s0/head.json").read_text())["source"] == image_run
 
-    head = json.loads((out / "eval/seg/seg_head.json").read_text())
+    head = json.loads((out / "eval/seg/seg_head-b4-s0.json").read_text())
     per_class = [v for v in head["per_class_iou"].values() if v is not None]
     assert len(head["per_class_iou"]) == 3 and head["split"] == "test"
     assert head["mean_iou"] == pytest.approx(sum(per_class) / len(per_class), abs=1e-9)
+    assert head["labels"]["tiles"] == 4 and head["labels"]["pixels"] == 4 * 32 * 32
+    few = json.loads((out / "eval/few-label/few_label.json").read_text())
+    assert [row["budget"] for row in few["rows"]] == ["4", "all"]
+    row = few["rows"][0]
+    assert row["tiles"] == 4 and row["head"]["mean"] == pytest.approx(head["mean_iou"])
+    assert row["head_vs_baseline"]["differences"] == [
+        pytest.approx(head["mean_iou"] - row["baseline"]["mean"])
+    ]
     timings = json.loads((out / "demo.json").read_text())["seconds"]
-    assert {"train image", "train joint", "generate two-stage", "segmentation head"} <= set(timings)
+    assert {"train image", "train joint-b4-s0", "generate two-stage", "downstream"} <= set(timings)
 
     html = (out / "report.html").read_text()
     for section in ("FID", "Mask statistics", "Downstream", "Segmentation with few labels"):

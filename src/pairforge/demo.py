@@ -30,15 +30,26 @@ from pairforge.io import atomic_write_text
 
 @dataclass
 class DemoPlan:
-    """Sizes of one demo run. `full()` targets ~15 minutes on 2 CPU cores (9.5 of them training:
-    image 2.5, joint 3, mask 1.25, SDM 2.75); `quick()` ~1-2 minutes with tiny models (for smoke
-    tests: the numbers it produces mean nothing)."""
+    """Sizes of one demo run. `full()` targets ~30 minutes on 2 CPU cores; `quick()` ~2-3 minutes
+    with tiny models (for smoke tests: the numbers it produces mean nothing).
+
+    Label budgets: at each budget in `budgets` ("all" = every tile of the train split) and each
+    seed in `seeds` the demo draws the budget's tiles (seeded, nested: `pairforge.data.budget`),
+    trains a joint generator on exactly those labels (`joint_minutes`; the 'all' generator once,
+    its tiles are the same for every seed), generates pairs from it, fits the few-label head on the
+    image-only DDPM (which saw every image and no mask) and runs the downstream experiment, whose
+    real-only segmenter is the supervised baseline. Selection (early stopping, best epoch) uses
+    the budget's own selection tiles, so every figure touched only its budget's labels.
+    """
 
     grain_preset: str = "demo"
     # The image-only DDPM trains first: the segmentation head and the domain FID row read it.
+    # mask and sdm: the two-stage showcase (FID, mask statistics), trained on the 'all' budget.
     train_minutes: dict[str, float] = field(
-        default_factory=lambda: {"image": 2.5, "joint": 3.0, "mask": 1.25, "sdm": 2.75}
+        default_factory=lambda: {"image": 2.5, "joint": 2.5, "mask": 1.25, "sdm": 2.5}
     )
+    # Joint generators of the small budgets: they see 8 or 32 tiles, so they train shortly.
+    joint_minutes: float = 0.75
     train_overrides: list[str] = field(default_factory=list)
     configs: dict[str, str] = field(
         default_factory=lambda: {
@@ -48,12 +59,10 @@ class DemoPlan:
             "sdm": "demo-sdm",
         }
     )
-    num_pairs: int = 96
-    labeled_tiles: int = 8
+    budgets: list[str] = field(default_factory=lambda: ["8", "32", "all"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    num_pairs: int = 64
     seg_options: list[str] = field(default_factory=lambda: ["--num-models", "10"])
-    # The baseline needs ~300 epochs on 8 tiles to reach its best validation mIoU; fewer would
-    # make the diffusion-feature head look better than it is.
-    baseline_epochs: int = 400
     # Inception on CPU runs ~5-10 images/s: FID on a 128-tile random subset of the real set
     # (statistics cached after the first pipeline) against all generated pairs. FID from so few
     # samples is biased upward; the report states the counts.
@@ -61,15 +70,15 @@ class DemoPlan:
         default_factory=lambda: ["--max-items", "128", "--kid-subset-size", "48"]
     )
     downstream_options: list[str] = field(
-        default_factory=lambda: ["--budgets", "8,32", "--seeds", "0,1,2", "--steps", "200"]
+        default_factory=lambda: ["--conditions", "real,mixed", "--steps", "200"]
     )
-    downstream_pipelines: list[str] = field(default_factory=lambda: ["joint"])
 
     @classmethod
-    def full(cls, minutes: float = 15.0) -> DemoPlan:
+    def full(cls, minutes: float = 30.0) -> DemoPlan:
         plan = cls()
-        scale = minutes / 15.0
+        scale = minutes / 30.0
         plan.train_minutes = {k: v * scale for k, v in plan.train_minutes.items()}
+        plan.joint_minutes *= scale
         return plan
 
     @classmethod
@@ -77,6 +86,7 @@ class DemoPlan:
         return cls(
             grain_preset="tiny",
             train_minutes={"image": 1.0, "joint": 1.0, "mask": 1.0, "sdm": 1.0},
+            joint_minutes=1.0,
             train_overrides=[
                 "model.preset=tiny",
                 "model.block_out_channels=null",
@@ -90,14 +100,18 @@ class DemoPlan:
                 "log.checkpoint_every=3",
                 "log.progress=false",
             ],
+            budgets=["4", "all"],
+            seeds=[0],
             num_pairs=6,
-            labeled_tiles=4,
             seg_options=["--num-models", "2", "--epochs", "2", "--timesteps", "50,150"],
-            baseline_epochs=2,
             fid_options=["--kid-subset-size", "4", "--kid-subsets", "5", "--max-items", "6"],
-            downstream_options=["--budgets", "2", "--seeds", "0", "--steps", "2"],
-            downstream_pipelines=["joint"],
+            downstream_options=["--conditions", "real,mixed", "--steps", "2"],
         )
+
+    def budget_seeds(self, budget: str) -> list[int]:
+        """Seeds whose generator is trained at `budget`: one for 'all' (the same tiles at every
+        seed), every seed otherwise."""
+        return self.seeds[:1] if budget == "all" else list(self.seeds)
 
 
 def _invoke(command: click.Command, args: list[str], capture: Path | None = None) -> None:
@@ -123,64 +137,98 @@ class Stage:
     capture: Path | None = None
 
 
+def _tag(budget: str, seed: int) -> str:
+    """Folder suffix of one (budget, seed): b8-s0, ball-s0."""
+    return f"b{budget}-s{seed}"
+
+
+def _train(plan: DemoPlan, out: Path, role: str, run: str, minutes: float, sets: list[str]):
+    args = ["train", plan.configs[role], "--out", str(out / "runs" / run)]
+    for value in [f"data.path={out / 'data'}", f"optim.max_minutes={minutes:g}", *sets,
+                  *plan.train_overrides]:  # fmt: skip
+        args += ["--set", value]
+    return Stage(f"train {run}", args)
+
+
 def _training_stages(out: Path, plan: DemoPlan, seed: int) -> list[Stage]:
     stages = []
     data = out / "data"
     if not (data / "dataset.yaml").exists():
         grains = ["data", "grains", str(data), "--preset", plan.grain_preset, "--seed", str(seed)]
         stages.append(Stage("data", grains))
-    for role in ("image", "joint", "mask", "sdm"):
-        sets = [f"data.path={data}", f"optim.max_minutes={plan.train_minutes[role]}",
-                f"seed={seed}", *plan.train_overrides]  # fmt: skip
-        args = ["train", plan.configs[role], "--out", str(out / "runs" / role)]
-        for value in sets:
-            args += ["--set", value]
-        stages.append(Stage(f"train {role}", args))
+    minutes = plan.train_minutes
+    # image-only: every training image, no mask. mask + SDM: the two-stage showcase on 'all'.
+    stages.append(_train(plan, out, "image", "image", minutes["image"], [f"seed={seed}"]))
+    for role in ("mask", "sdm"):
+        labels = ["data.labels=all", f"data.label_seed={seed}", f"seed={seed}"]
+        stages.append(_train(plan, out, role, role, minutes[role], labels))
+    for budget in plan.budgets:
+        for s in plan.budget_seeds(budget):
+            labels = [f"data.labels={budget}", f"data.label_seed={s}", f"seed={s}"]
+            run_minutes = minutes["joint"] if budget == "all" else plan.joint_minutes
+            stages.append(
+                _train(plan, out, "joint", f"joint-{_tag(budget, s)}", run_minutes, labels)
+            )
     return stages
 
 
 def _generation_stages(out: Path, plan: DemoPlan, seed: int) -> list[Stage]:
     runs, syn = out / "runs", out / "synthetic"
-    common = ["--n", str(plan.num_pairs), "--precision", "auto", "--seed", str(seed)]
-    joint = ["generate", "--pipeline", "joint", "--run", str(runs / "joint"), *common,
-             "--out", str(syn / "joint")]  # fmt: skip
+    stages = []
+    for budget in plan.budgets:
+        for s in plan.budget_seeds(budget):
+            name = f"joint-{_tag(budget, s)}"
+            args = ["generate", "--pipeline", "joint", "--run", str(runs / name), "--n",
+                    str(plan.num_pairs), "--precision", "auto", "--seed", str(s), "--out",
+                    str(syn / name)]  # fmt: skip
+            stages.append(Stage(f"generate {name}", args))
     two_stage = ["generate", "--pipeline", "two-stage", "--mask-run", str(runs / "mask"),
-                 "--sdm-run", str(runs / "sdm"), *common, "--out", str(syn / "two-stage")]  # fmt: skip
-    return [Stage("generate joint", joint), Stage("generate two-stage", two_stage)]
+                 "--sdm-run", str(runs / "sdm"), "--n", str(plan.num_pairs), "--precision",
+                 "auto", "--seed", str(seed), "--out", str(syn / "two-stage")]  # fmt: skip
+    stages.append(Stage("generate two-stage", two_stage))
+    return stages
 
 
-def _segmentation_stages(out: Path, plan: DemoPlan, seed: int) -> list[Stage]:
+def _segmentation_stages(out: Path, plan: DemoPlan) -> list[Stage]:
     # Features of the image-only DDPM: it saw every training image and no mask, so the head's
     # labels are the only ones its chain touched.
-    data, image_run, head = out / "data", out / "runs" / "image", out / "seg" / "head"
-    budget, seg_json = str(plan.labeled_tiles), out / "eval" / "seg"
-    fit = ["seg", "fit", "--run", str(image_run), "--data", str(data), "--max-images", budget,
-           "--out", str(head), "--seed", str(seed), *plan.seg_options]  # fmt: skip
-    evaluate = ["seg", "eval", str(head), "--data", str(data), "--split", "test", "--json"]
-    baseline = ["seg", "baseline", "--run", str(image_run), "--data", str(data), "--max-images",
-                budget, "--epochs", str(plan.baseline_epochs), "--seed", str(seed), "--json"]  # fmt: skip
-    return [
-        Stage("segmentation head", fit),
-        Stage("segmentation head eval", evaluate, capture=seg_json / "seg_head.json"),
-        Stage("supervised baseline", baseline, capture=seg_json / "seg_baseline.json"),
-    ]
+    data, image_run, seg_json = out / "data", out / "runs" / "image", out / "eval" / "seg"
+    stages = []
+    for budget in plan.budgets:
+        for s in plan.seeds:
+            head = out / "seg" / f"head-{_tag(budget, s)}"
+            fit = ["seg", "fit", "--run", str(image_run), "--data", str(data), "--labels", budget,
+                   "--label-seed", str(s), "--seed", str(s), "--out", str(head),
+                   *plan.seg_options]  # fmt: skip
+            evaluate = ["seg", "eval", str(head), "--data", str(data), "--split", "test", "--json"]
+            capture = seg_json / f"seg_head-{_tag(budget, s)}.json"
+            stages.append(Stage(f"segmentation head {_tag(budget, s)}", fit))
+            stages.append(Stage(f"head eval {_tag(budget, s)}", evaluate, capture=capture))
+    return stages
 
 
 def _evaluation_stages(out: Path, plan: DemoPlan) -> list[Stage]:
     data, syn, ev = out / "data", out / "synthetic", out / "eval"
     stages = []
-    for pipeline in ("joint", "two-stage"):
+    # The showcase sets: both pipelines' generators trained on the 'all' budget.
+    showcase = {"joint": f"joint-{_tag('all', plan.seeds[0])}", "two-stage": "two-stage"}
+    for label, name in showcase.items():
         # Real reference: the train split only; domain features: the neutral image-only DDPM,
         # the same network for both pipelines.
-        fid = ["eval", "fid", str(data), str(syn / pipeline), "--out", str(ev / pipeline),
+        fid = ["eval", "fid", str(data), str(syn / name), "--out", str(ev / label),
                "--real-split", "train", "--domain-run", str(out / "runs" / "image"),
                *plan.fid_options]  # fmt: skip
-        stats = ["eval", "stats", str(data), str(syn / pipeline), "--out", str(ev / pipeline)]
-        stages += [Stage(f"FID {pipeline}", fid), Stage(f"mask statistics {pipeline}", stats)]
-    for pipeline in plan.downstream_pipelines:
-        downstream = ["eval", "downstream", str(data), str(syn / pipeline), "--out",
-                      str(ev / pipeline), *plan.downstream_options]  # fmt: skip
-        stages.append(Stage(f"downstream {pipeline}", downstream))
+        stats = ["eval", "stats", str(data), str(syn / name), "--out", str(ev / label)]
+        stages += [Stage(f"FID {label}", fid), Stage(f"mask statistics {label}", stats)]
+    sets = [str(syn / f"joint-{_tag(b, s)}") for b in plan.budgets for s in plan.budget_seeds(b)]
+    downstream = ["eval", "downstream", str(data), *sets, "--out", str(ev / "downstream"),
+                  "--budgets", ",".join(plan.budgets), "--seeds",
+                  ",".join(str(s) for s in plan.seeds), *plan.downstream_options]  # fmt: skip
+    stages.append(Stage("downstream", downstream))
+    few_label = ["eval", "few-label", str(ev / "downstream" / "downstream.json"),
+                 *sorted(str(ev / "seg" / f"seg_head-{_tag(b, s)}.json") for b in plan.budgets
+                         for s in plan.seeds), "--out", str(ev / "few-label")]  # fmt: skip
+    stages.append(Stage("few-label comparison", few_label))
     return stages
 
 
@@ -189,7 +237,7 @@ def demo_stages(out: Path, plan: DemoPlan, seed: int = 0) -> list[Stage]:
     return [
         *_training_stages(out, plan, seed),
         *_generation_stages(out, plan, seed),
-        *_segmentation_stages(out, plan, seed),
+        *_segmentation_stages(out, plan),
         *_evaluation_stages(out, plan),
     ]
 
@@ -219,13 +267,36 @@ def run_demo(out: Path, plan: DemoPlan, cli: click.Command, seed: int = 0) -> Pa
     return report
 
 
+def _budget_text(text: str) -> str:
+    from pairforge.data.budget import parse_labels
+
+    value = parse_labels(text, "--budgets")
+    return "all" if value is None else str(value)
+
+
+def _parse_list(text: str, flag: str, convert) -> list:
+    try:
+        values = [convert(part.strip()) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise PairforgeError(f"{flag} {text!r}: give a comma list, e.g. 0,1,2") from None
+    if not values:
+        raise PairforgeError(f"{flag} {text!r}: give at least one value")
+    return values
+
+
 def demo_command(
     ctx: typer.Context,
     out: Path = typer.Option(
         Path("runs/demo"), "--out", help="Folder for data, runs, samples, eval and report."
     ),
     minutes: float = typer.Option(
-        15.0, "--minutes", min=1.0, help="Approximate total time budget (scales training)."
+        30.0, "--minutes", min=1.0, help="Approximate total time budget (scales training)."
+    ),
+    seeds: str = typer.Option(
+        None, "--seeds", help="Label-budget seeds, comma list [default: 0,1,2; quick: 0]."
+    ),
+    budgets: str = typer.Option(
+        None, "--budgets", help="Label budgets in tiles, comma list [default: 8,32,all]."
     ),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed of the data, training and sampling."),
     quick: bool = typer.Option(
@@ -238,6 +309,10 @@ def demo_command(
     Example: pairforge demo --out runs/demo
     """
     plan = DemoPlan.quick() if quick else DemoPlan.full(minutes)
+    if seeds:
+        plan.seeds = _parse_list(seeds, "--seeds", int)
+    if budgets:
+        plan.budgets = _parse_list(budgets, "--budgets", _budget_text)
     if dry_run:
         typer.echo(json.dumps(asdict(plan), indent=2))
         return
