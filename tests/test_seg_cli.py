@@ -108,6 +108,9 @@ def test_fit_eval_predict_autolabel_and_baseline(setup):
     manifest = json.loads((tmp / "auto" / "manifest.json").read_text())
     assert manifest["num_kept"] == 2 and len(manifest["samples"]) == 3
     assert manifest["uncertainty"] == "js"
+    # The labels behind the auto-labels: the head's hash and budget.
+    assert manifest["head"]["label_budget"] == meta["label_budget"]
+    assert len(manifest["head"]["sha256"]) == 64
 
     baseline = json.loads(
         _invoke(
@@ -130,6 +133,7 @@ def test_fit_eval_predict_autolabel_and_baseline(setup):
     )
     assert baseline["num_images"] == report["num_images"]  # same test tiles as the head
     assert baseline["best_epoch"] in (1, 2)
+    assert baseline["labels"]["tiles"] == 10 and baseline["labels"]["pixels"] == 10 * 32 * 32
     from pairforge.core.supervised import load_supervised
 
     model, config = load_supervised(tmp / "sup")

@@ -254,10 +254,10 @@ def head_labels(head: SegmentationHead) -> dict[str, Any]:
     budget = head.label_budget
     if budget is not None:
         return budget.summary()
-    extra = head.info.model_extra or {}
+    train_tiles = head.info.train_tiles
     return {
         "budget": None,
-        "tiles": len(extra["train_tiles"]) if "train_tiles" in extra else None,
+        "tiles": None if train_tiles is None else len(train_tiles),
         "note": "head fitted before label budgets were recorded: its early-stopping labels "
         "are not known; fit it again with --labels",
     }

@@ -39,7 +39,7 @@ class HeadInfo(BaseModel):
     resolution / crop_size: model px per source px scale (None if unknown); normalizer:
     ChannelNormalizer.to_dict() or None; label_budget: LabelBudget.to_dict() of the labeled tiles
     the head read (fit + select), None for heads fitted before budgets existed (they still
-    load). Further keys given to `fit_head(info=...)` (e.g. the
+    load); train_tiles: (sample id, y, x) source px of every fit tile. Further keys given to `fit_head(info=...)` (e.g. the
     training tiles) are written too; loading keeps the fields above only.
     """
 
@@ -54,6 +54,7 @@ class HeadInfo(BaseModel):
     crop_size: int | None = None
     class_names: list[str] | None = None
     label_budget: dict[str, Any] | None = None
+    train_tiles: list[list[Any]] | None = None  # (sample id, y, x) of each training tile
 
     @classmethod
     def from_head_json(cls, meta: dict[str, Any]) -> HeadInfo:
