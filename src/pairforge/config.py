@@ -6,7 +6,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pairforge.errors import PairforgeError, format_validation_error
 
@@ -26,6 +33,47 @@ class DataConfig(_Section):
     resolution: int = Field(64, ge=8, description="model side in pixels; crops are downsampled")
     augment: bool = Field(True, description="random flips and 90-degree rotations")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    labels: int | Literal["all"] | None = Field(
+        None,
+        description="label budget of tasks that read masks: the number of labeled tiles of "
+        "data.split the run may read masks from, drawn by data.label_seed ('all' = every tile "
+        "of the split; None = every mask of data.split, no budget)",
+    )
+    label_seed: int = Field(0, ge=0, description="seed of the label budget's tile draw")
+    label_tile: int | None = Field(
+        None, ge=8, description="label tile side in source px; None = data.crop_size"
+    )
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels_count_or_all(cls, value: Any) -> int | str | None:
+        """One clear message for a bad budget (not one per member of the union)."""
+        if value is None:
+            return None
+        if isinstance(value, str) and value.strip().lower() == "all":
+            return "all"
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+        raise ValueError(
+            "give a number of labeled tiles >= 1 (e.g. 8), 'all' (every tile of data.split) or "
+            "null (every mask of data.split, no budget)"
+        )
+
+    @model_validator(mode="after")
+    def _label_tile_fits_crops(self) -> DataConfig:
+        # Training crops lie inside the labeled tiles, so a tile must hold a whole crop.
+        if self.label_tile is not None and self.label_tile < self.crop_size:
+            raise ValueError(
+                f"data.label_tile {self.label_tile} is smaller than data.crop_size "
+                f"{self.crop_size}; training crops lie inside the labeled tiles, so use "
+                f"data.label_tile >= {self.crop_size} (or leave it unset: the crop size)"
+            )
+        return self
+
+    @property
+    def label_tile_size(self) -> int:
+        """Side of the label tiles in source px: label_tile, else crop_size."""
+        return self.label_tile if self.label_tile is not None else self.crop_size
 
 
 class ModelConfig(_Section):

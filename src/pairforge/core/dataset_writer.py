@@ -120,11 +120,25 @@ def module_sha256(module) -> str:
 
 
 def checkpoint_entry(run, run_dir: Path | None) -> dict[str, Any]:
-    """The manifest's description of a run: {path (resolved or None), task, sha256}."""
+    """The manifest's description of a run: {path (resolved or None), task, sha256,
+    reads_masks (whether its training read masks), label_budget (LabelBudget.to_dict() of
+    those masks, None: every mask of its split, or none)}.
+
+    `run` is a core.run.LoadedRun; objects without its label properties (stand-ins) count as
+    their task's default: reads masks if the task needs them, no budget.
+    """
+    from pairforge.core.tasks import get_task
+
+    reads_masks = getattr(run, "reads_masks", None)
+    if reads_masks is None:
+        reads_masks = get_task(run.task).needs_masks
+    budget = getattr(run, "label_budget", None)
     return {
         "path": str(Path(run_dir).resolve()) if run_dir else None,
         "task": run.task,
         "sha256": checkpoint_hashes(run_dir),
+        "reads_masks": bool(reads_masks),
+        "label_budget": None if budget is None else budget.to_dict(),
     }
 
 

@@ -32,6 +32,10 @@ class RunRecord(BaseModel):
     prediction:      "epsilon" | "v_prediction"; step: the training step of the weights.
     sdm / sr:        the task's SDMConfig / SRConfig settings (None for other tasks).
     class_fractions: optional class fractions of the training masks.
+    label_budget:    LabelBudget.to_dict() of the masks training read (data.labels), None
+                     when it read every mask of its split or none; reads_masks: whether
+                     training read masks at all (task.needs_masks). Older records lack both
+                     (None); `core.run.LoadedRun` then answers from the task.
     """
 
     model_config = ConfigDict(extra="allow")
@@ -53,6 +57,8 @@ class RunRecord(BaseModel):
     sdm: dict[str, Any] | None = None
     sr: dict[str, Any] | None = None
     class_fractions: list[float] | None = None
+    label_budget: dict[str, Any] | None = None
+    reads_masks: bool | None = None
 
     def to_json_dict(self) -> dict[str, Any]:
         """The record as written to pairforge.json."""

@@ -16,6 +16,7 @@ import torch
 
 from pairforge.core.record import REQUIRED_KEYS, RunRecord
 from pairforge.core.tasks import Task, TaskLayout, get_task
+from pairforge.data.budget import LabelBudget, budget_from_record
 from pairforge.data.codec import MaskCodec
 from pairforge.data.normalize import ChannelNormalizer
 from pairforge.data.spec import DatasetSpec
@@ -106,6 +107,7 @@ class LoadedRun:
     spec:             DatasetSpec of the training data (channels, classes, colors).
     resolution:       model side in px; crop_size: source crop side in px.
     config:           the resolved TrainConfig, None when RUN/config.yaml is missing.
+    label_budget / reads_masks: the labels training read (properties, from the record).
     """
 
     path: Path
@@ -126,6 +128,21 @@ class LoadedRun:
     @property
     def task_spec(self) -> Task:
         return get_task(self.record.task)
+
+    @property
+    def label_budget(self) -> LabelBudget | None:
+        """The label budget training read masks from; None: every mask of its split, or none
+        (see `reads_masks`), and for records written before label budgets."""
+        return budget_from_record(
+            self.record.label_budget, f"{self.path / MODEL_DIR / INFO_FILE} label_budget"
+        )
+
+    @property
+    def reads_masks(self) -> bool:
+        """Whether training read masks: the record's value; older records: the task's."""
+        if self.record.reads_masks is not None:
+            return self.record.reads_masks
+        return self.task_spec.needs_masks
 
     @property
     def info(self) -> dict[str, Any]:

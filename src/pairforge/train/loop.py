@@ -56,8 +56,9 @@ def _check_same_run(previous: dict, config: TrainConfig, run_dir: Path) -> None:
             else:
                 yield f"{prefix}{k}", v
 
-    before = dict(flat(previous))
     after = dict(flat(yaml.safe_load(config.to_yaml())))
+    # A key the run's config.yaml lacks (written before the key existed) had its default.
+    before = {k: _default_of(k) for k in after} | dict(flat(previous))
     changed = [
         k
         for k in sorted(set(before) | set(after))
@@ -70,6 +71,20 @@ def _check_same_run(previous: dict, config: TrainConfig, run_dir: Path) -> None:
             f"{after.get(key)!r}; a run resumes only with the same settings. Use another --out "
             "for a new run (changed: " + ", ".join(changed) + ")."
         )
+
+
+def _default_of(key: str):
+    """The default value of a dotted TrainConfig key, in its YAML form (None if unknown)."""
+    from pydantic import BaseModel
+
+    model, value = TrainConfig, None
+    for part in key.split("."):
+        field = model.model_fields.get(part) if model is not None else None
+        if field is None:
+            return None
+        value = field.default
+        model = value.__class__ if isinstance(value, BaseModel) else None
+    return list(value) if isinstance(value, tuple) else value
 
 
 def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None) -> Path:
@@ -105,12 +120,17 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
     is_main = accelerator.is_main_process
     bf16 = resolve_precision(config.precision, device.type) == "bf16"
 
-    # Run directory: the resolved config; an existing run must have the same settings.
-    _prepare_run_dir(config, run_dir, accelerator)
-
     # Data: random crops; items indexed by (step, micro-batch, rank) for exact resumption.
+    # Read before the run folder is written, so bad data or a bad label budget (data.labels)
+    # leaves no config.yaml that a corrected rerun would have to match.
     items_needed = opt.max_steps * opt.grad_accumulation * world * opt.batch_size
     ds, crops = _training_crops(config, task, items_needed)
+    budget = getattr(ds, "budget", None)  # the LabelBudget of data.labels, or None
+
+    # Run directory: the resolved config; an existing run must have the same settings (and,
+    # with data.labels, the same label budget).
+    _prepare_run_dir(config, run_dir, accelerator)
+    _check_same_budget(run_dir, budget)
     layout = task.make_layout(ds.num_channels, ds.num_classes, config.mask_codec)
     task_settings = TrainingSettings(
         config.sdm.cond_drop_prob, config.sr.noise_aug_max, config.sr.scale_factor
@@ -160,12 +180,13 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
     outputs = RunOutputs(
         run_dir, config, accelerator, task, layout, ds.spec, crops.normalizer, scheduler_config,
         raw_model, ema, optimizer, bf16, preview_batch, last_saved=start_step,
+        label_budget=budget,
     )  # fmt: skip
 
     # Training.
     model.train()
     show_progress = log.progress if progress is None else progress
-    metrics = TrainingLog(config, run_dir, accelerator, start_step, show_progress, bf16)
+    metrics = TrainingLog(config, run_dir, accelerator, start_step, show_progress, bf16, budget)
     started = time.perf_counter()
     step = start_step
     # optim.max_minutes bounds the run's total training time, like max_steps bounds its steps,
@@ -301,8 +322,13 @@ def _prepare_run_dir(config: TrainConfig, run_dir: Path, accelerator) -> None:
 
 
 def _training_crops(config: TrainConfig, task, items_needed: int):
-    """(dataset, RandomCropDataset) of the training split: labeled samples only when the task
-    needs masks; items_needed training items plus log.num_samples preview conditions."""
+    """(data, RandomCropDataset) of the training split: labeled samples only when the task
+    needs masks; items_needed training items plus log.num_samples preview conditions.
+
+    With data.labels (tasks that read masks only) the data is the `BudgetedDataset` view of
+    the label budget drawn on data.split: crops (and preview conditions) lie inside its tiles,
+    so the run reads no mask pixel outside them; `data.budget` is then the LabelBudget.
+    """
     from pairforge.data.dataset import load_dataset
     from pairforge.data.views import RandomCropDataset
 
@@ -321,6 +347,11 @@ def _training_crops(config: TrainConfig, task, items_needed: int):
             f"{'labeled ' if task.needs_masks else ''}samples; "
             f"available splits: {sorted(ds.spec.splits)}."
         )
+    budget = training_budget(config, task, ds)
+    if budget is not None:
+        from pairforge.data.budget import BudgetedDataset
+
+        ds, ids = BudgetedDataset(ds, budget), budget.ids
     crops = RandomCropDataset(
         ds,
         ids,
@@ -332,6 +363,65 @@ def _training_crops(config: TrainConfig, task, items_needed: int):
         seed=config.seed,
     )
     return ds, crops
+
+
+def check_labels_option(config: TrainConfig, task) -> None:
+    """PairforgeError when data.labels is set for a task that reads no masks."""
+    if config.data.labels is not None and not task.needs_masks:
+        raise PairforgeError(
+            f"data.labels={config.data.labels}: task {task.name} reads no masks, so there is "
+            "no label budget to draw; remove data.labels (an image model may see every image)"
+        )
+
+
+def training_budget(config: TrainConfig, task, ds):
+    """The LabelBudget of data.labels drawn on `ds` (the training data), or None without one."""
+    from pairforge.data.budget import make_budget
+
+    check_labels_option(config, task)
+    if config.data.labels is None:
+        return None
+    size = None if config.data.labels == "all" else int(config.data.labels)
+    try:
+        return make_budget(
+            ds, size, config.data.label_seed, config.data.label_tile_size, config.data.split
+        )
+    except PairforgeError as err:
+        # make_budget names the CLI flag (--labels); training is configured by data.labels.
+        text = str(err).replace(f"--labels {size}:", f"data.labels={size}:", 1)
+        raise PairforgeError(f"{config.data.path}: {text}" if text == str(err) else text) from None
+
+
+def _check_same_budget(run_dir: Path, budget) -> None:
+    """A resumed run must train on the budget it started with (data.path may have moved)."""
+    import json
+
+    from pairforge.core.run import INFO_FILE, MODEL_DIR
+
+    try:
+        record = json.loads((run_dir / MODEL_DIR / INFO_FILE).read_text())
+    except (OSError, ValueError):
+        return  # no weights yet: nothing was trained on another budget
+    if not isinstance(record, dict) or "label_budget" not in record:
+        return  # written before label budgets existed, i.e. without one
+    now = None if budget is None else budget.to_dict()
+    if record["label_budget"] != now:
+        was = _describe_budget_dict(record["label_budget"])
+        raise PairforgeError(
+            f"{run_dir}: this run was trained on {was}, but data.path now gives "
+            f"{'no label budget' if budget is None else 'the budget ' + budget.describe()}; the "
+            "data changed. Resume with the dataset the run started on, or use another --out."
+        )
+
+
+def _describe_budget_dict(value) -> str:
+    from pairforge.data.budget import budget_from_record
+
+    try:
+        budget = budget_from_record(value, "label_budget")
+    except PairforgeError:
+        return "an unreadable label budget"
+    return "no label budget" if budget is None else f"the budget {budget.describe()}"
 
 
 def _trim_metrics(metrics_path: Path, start_step: int) -> None:

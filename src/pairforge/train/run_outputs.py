@@ -32,7 +32,8 @@ class RunOutputs:
 
     raw_model: the unwrapped model; ema: train.ema.EMA or None; spec / normalizer: the training
     data's (recorded in pairforge.json); preview_batch: {"image", "mask"} conditions of sdm / sr
-    previews (None for unconditional tasks); last_saved: the newest checkpoint's step.
+    previews (None for unconditional tasks); last_saved: the newest checkpoint's step;
+    label_budget: the data.budget.LabelBudget the run reads masks from (None: no budget).
     """
 
     run_dir: Path
@@ -49,6 +50,7 @@ class RunOutputs:
     bf16: bool
     preview_batch: dict[str, torch.Tensor] | None
     last_saved: int = 0
+    label_budget: Any = None
 
     @property
     def sampling_model(self) -> torch.nn.Module:
@@ -74,6 +76,8 @@ class RunOutputs:
             crop_size=config.data.crop_size,
             prediction=config.diffusion.prediction,
             step=step,
+            label_budget=None if self.label_budget is None else self.label_budget.to_dict(),
+            reads_masks=self.task.needs_masks,
             **self.task.record_settings(config),
         )
 
@@ -159,7 +163,8 @@ class RunOutputs:
 
 class TrainingLog:
     """Progress bar, RUN/metrics.jsonl and tensorboard: the mean loss and the throughput over
-    the steps since the last row (time spent saving excluded)."""
+    the steps since the last row (time spent saving excluded). With a label budget the bar
+    first says it (LabelBudget.describe())."""
 
     def __init__(
         self,
@@ -169,6 +174,7 @@ class TrainingLog:
         start_step: int,
         show: bool,
         bf16: bool,
+        label_budget=None,
     ):
         from tqdm.auto import tqdm
 
@@ -182,6 +188,8 @@ class TrainingLog:
             desc=f"train {config.task} {'bf16' if bf16 else 'fp32'}", unit="step",
             dynamic_ncols=True,
         )  # fmt: skip
+        if label_budget is not None and self.is_main and show:
+            self.bar.write(f"labels: {label_budget.describe()}")
         self.tensorboard = None
         if self.is_main and config.log.tensorboard:
             self.tensorboard = open_tensorboard(run_dir)
