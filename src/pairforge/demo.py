@@ -298,6 +298,12 @@ def demo_command(
     budgets: str = typer.Option(
         None, "--budgets", help="Label budgets in tiles, comma list [default: 8,32,all]."
     ),
+    train_sets: list[str] = typer.Option(
+        None,
+        "--set",
+        help="Extra `train --set key=value` for every training run (repeatable), "
+        "e.g. data.crop_size=64 for a dataset put in OUT/data beforehand.",
+    ),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed of the data, training and sampling."),
     quick: bool = typer.Option(
         False, "--quick", help="Tiny models and data: a 1-2 minute smoke run."
@@ -306,6 +312,9 @@ def demo_command(
 ) -> None:
     """Run the whole pipeline on built-in grain measurements and write OUT/report.html.
 
+    A dataset already in OUT/data is used instead of the grains (e.g. `pairforge data nuclei
+    OUT/data`, then `pairforge demo --out OUT --set data.crop_size=64`).
+
     Example: pairforge demo --out runs/demo
     """
     plan = DemoPlan.quick() if quick else DemoPlan.full(minutes)
@@ -313,6 +322,7 @@ def demo_command(
         plan.seeds = _parse_list(seeds, "--seeds", int)
     if budgets:
         plan.budgets = _parse_list(budgets, "--budgets", _budget_text)
+    plan.train_overrides += list(train_sets or [])
     if dry_run:
         typer.echo(json.dumps(asdict(plan), indent=2))
         return

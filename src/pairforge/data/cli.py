@@ -51,6 +51,26 @@ def grains(
     typer.echo(f"wrote {report['samples']} measurements to {path} ({fractions})")
 
 
+@app.command("nuclei")
+def nuclei(
+    out: Path = typer.Argument(..., help="Folder to write the dataset into."),
+    package_dir: Path = typer.Option(
+        None, "--package-dir", help="stardist package folder [default: the installed one]."
+    ),
+) -> None:
+    """Write the real fluorescence nuclei image the stardist wheel ships (512 px, nucleus /
+    background) as 3 train + 1 test quadrants. Needs `pip install --no-deps stardist==0.9.2`.
+
+    Example: pairforge data nuclei data/nuclei
+    """
+    from pairforge.data.check import check_dataset
+    from pairforge.data.nuclei import write_nuclei_dataset
+
+    path = write_nuclei_dataset(out, package_dir)
+    report = check_dataset(path)
+    typer.echo(f"wrote {report['samples']} measurements ({report['labeled']} labeled) to {path}")
+
+
 @app.command("import")
 def import_(
     format: ImportFormat = typer.Argument(..., help="Layout of SRC."),
