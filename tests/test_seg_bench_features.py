@@ -52,7 +52,7 @@ def test_bench_features_compares_sets_and_fills(tmp_path, capsys):
     bench = _bench()
     result = bench.main([
         "--data", str(tmp_path / "data"), "--run", str(tmp_path / "run"),
-        "--joint-run", str(tmp_path / "joint"), "--seeds", "0", "--max-images", "4",
+        "--joint-run", str(tmp_path / "joint"), "--seeds", "0", "--labels", "4",
         "--sets", "t:50,150", "baranchuk", "--mask-fills", "zeros", "mean",
         "--num-models", "2", "--mlp-epochs", "2", "--json", str(tmp_path / "out.json"),
     ])  # fmt: skip
@@ -70,9 +70,12 @@ def test_bench_features_compares_sets_and_fills(tmp_path, capsys):
     assert rows[1]["timesteps"] == [50, 150, 250]
     assert [round(a, 3) for a in rows[1]["abar"]] == [0.970, 0.786, 0.521]
     for row in rows:
-        # Selection inside the training labels: 1 of the 4 chosen tiles held out.
-        assert len(row["train_tiles"]) == 4 and len(row["holdout_tiles"]) == 1
+        # Selection inside the label budget: of its 4 tiles the 4th drawn selects, 3 fit.
+        assert len(row["train_tiles"]) == 3 and len(row["select_tiles"]) == 1
+        assert row["holdout_tiles"] == []
+        assert row["labels"]["tiles"] == 4 and row["labels"]["pixels"] == 4 * 32 * 32
         assert 0.0 <= row["miou_mean"] <= 1.0 and 0.0 <= row["miou_vote"] <= 1.0
+        assert 0.0 <= row["select_miou_mean"] <= 1.0
     # Same seed -> the same labeled tiles for every setting (paired comparison).
     assert all(r["train_tiles"] == rows[0]["train_tiles"] for r in rows)
     mean_row = rows[4]
@@ -86,6 +89,7 @@ def test_bench_features_compares_sets_and_fills(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert "vote - mean" in out and "not few-label results" in out
+    assert "chosen on the budget's select tiles (image run)" in out
 
 
 def test_bench_features_rejects_a_bad_set_before_any_work(tmp_path):
@@ -93,3 +97,19 @@ def test_bench_features_rejects_a_bad_set_before_any_work(tmp_path):
         _bench().main(["--data", str(tmp_path / "nope"), "--run", str(tmp_path / "nope"),
                        "--sets", "sigma:0.1"])  # fmt: skip
     assert not (tmp_path / "nope").exists()
+
+
+def test_bench_features_small_budget_holds_out_fit_tiles(tmp_path, capsys):
+    _tiny_run(tmp_path / "run")
+    _toy_dataset(tmp_path / "data")
+    result = _bench().main([
+        "--data", str(tmp_path / "data"), "--run", str(tmp_path / "run"), "--seeds", "0", "1",
+        "--labels", "2", "--sets", "t:50", "--num-models", "1", "--mlp-epochs", "1",
+    ])  # fmt: skip
+    first, second = result["rows"]
+    # 2 tiles: no select tile, so early stopping holds out 1 of the 2 fit tiles.
+    assert len(first["train_tiles"]) == 2 and first["select_tiles"] == []
+    assert len(first["holdout_tiles"]) == 1 and first["select_miou_mean"] is None
+    assert first["train_tiles"] != second["train_tiles"]  # seeds are label seeds
+    assert result["summary"][0]["select_miou_mean"] is None
+    assert "no setting chosen" in capsys.readouterr().out
