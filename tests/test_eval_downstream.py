@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from test_eval_fixtures import write_dataset
 
+from pairforge.data.budget import make_budget
 from pairforge.data.dataset import load_dataset
 from pairforge.data.views import downsample_mask
 from pairforge.errors import PairforgeError
@@ -21,12 +22,28 @@ from pairforge.eval.downstream_summary import format_downstream_table, summarize
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
+def write_set(root, real, size, seed, count=6, tile=16, budget="draw"):
+    """A tiny synthetic set (16 px pairs) whose manifest says its joint generator read the
+    budget (size, seed) of `real` (budget=None: no budget recorded, every mask)."""
+    if budget == "draw":
+        budget = make_budget(load_dataset(real), size, seed, tile).to_dict()
+    folder = write_dataset(root, count, 16, seed=100 + seed)
+    entry = {"path": None, "task": "joint", "sha256": {}, "reads_masks": True}
+    manifest = {"pipeline": "joint", "checkpoints": {"joint": {**entry, "label_budget": budget}}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
     root = tmp_path_factory.mktemp("downstream")
     real = write_dataset(root / "real", 6, 48, seed=0, splits={"train": 3, "val": 1, "test": 2})
-    synthetic = write_dataset(root / "synthetic", 10, 16, seed=1)
-    return real, synthetic
+    sets = {
+        (size, seed): write_set(root / f"syn-{size}-{seed}", real, size, seed)
+        for size in (4, 8)
+        for seed in (0, 1, 2)
+    }
+    return real, sets
 
 
 def test_tiles_count_every_pixel_once(datasets):
@@ -40,52 +57,70 @@ def test_tiles_count_every_pixel_once(datasets):
 
 
 def test_tiny_experiment_end_to_end(datasets, tmp_path):
-    real, synthetic = datasets
+    real, sets = datasets
     config = DownstreamConfig(
-        budgets=[4],
+        budgets=[4, 8],
         seeds=[0, 1, 2],
-        steps=4,
+        steps=6,
         batch_size=4,
-        crop_size=32,
+        crop_size=16,
         resolution=16,
         synthetic_fraction=0.5,
-        max_synthetic=6,
+        max_synthetic=5,
         encoder="mobilenet_v2",  # builds in 0.1 s; resnet18 takes ~3 s per run on this CPU
     )
     lines = []
-    result = run_downstream(real, synthetic, config, log=lines.append)
+    result = run_downstream(real, list(sets.values()), config, log=lines.append)
     runs = result["runs"]
-    # Per seed: synthetic once, then real and mixed at each budget.
-    assert len(runs) == 3 * (1 + 2) and len(lines) == len(runs)
+    # Per seed and budget: real, synthetic and mixed.
+    assert len(runs) == 3 * 2 * 3 and len(lines) == len(runs)
     for run in runs:
-        assert run["selection"] == "val_miou" and 1 <= run["best_epoch"] <= run["epochs"]
-        # The selected epoch is the first best of the recorded val curve, and the test mIoU the
-        # mean of the per-class test IoUs.
-        curve = run["val_miou_per_epoch"]
-        assert len(curve) == run["epochs"] and run["best_val_miou"] == max(curve)
+        assert run["selection"].startswith("select_miou") and 1 <= run["best_epoch"] <= 2
+        # The selected epoch is the first best of the recorded selection curve (select tiles),
+        # and the test mIoU the mean of the per-class test IoUs.
+        curve = run["select_miou_per_epoch"]
+        assert len(curve) == run["epochs"] and run["best_select_miou"] == max(curve)
         assert run["best_epoch"] == 1 + curve.index(max(curve))
         assert len(run["test_per_class_iou"]) == 2
         assert run["test_miou"] == pytest.approx(np.mean(run["test_per_class_iou"]), abs=1e-12)
-    # All runs: same samples per epoch (the largest set, mixed 4 + 4) and the same epochs.
-    assert {(r["epoch_samples"], r["epochs"]) for r in runs} == {(8, 2)}
-    mixed = [r for r in runs if r["condition"] == "mixed" and r["budget"] == 4]
-    assert all(r["n_real"] == 4 and r["n_synthetic"] == 4 for r in mixed)
-    assert all(
-        r["n_synthetic"] == 6 and r["budget"] is None for r in runs if r["condition"] == "synthetic"
-    )
+        # Every run's labels are its budget's, whatever the condition.
+        size = int(run["budget"])
+        assert run["labels"]["tiles"] == size and run["labels"]["seed"] == run["seed"]
+        assert run["labels"]["select_tiles"] == size // 4
+        assert run["labels"]["pixels"] == size * 16 * 16
+        # A matching set is used at its own (budget, seed) only.
+        expected = None if run["condition"] == "real" else str(sets[(size, run["seed"])])
+        assert run["synthetic_set"] == expected
+    # All runs: same samples per epoch (the largest set, mixed 6 fit tiles + 6 -> capped at
+    # the set's 6 pairs) and the same epochs.
+    assert {(r["epoch_samples"], r["epochs"]) for r in runs} == {(12, 2)}
+    mixed = [r for r in runs if r["condition"] == "mixed" and r["budget"] == "4"]
+    assert all(r["n_real"] == 3 and r["n_synthetic"] == 3 for r in mixed)
+    synthetic = [r for r in runs if r["condition"] == "synthetic"]
+    assert all(r["n_synthetic"] == 5 and r["n_real"] == 0 for r in synthetic)
     summary = {(r["condition"], r["budget"]): r for r in result["summary"]}
-    assert set(summary) == {("synthetic", None), ("real", 4), ("mixed", 4)}
-    row = summary[("real", 4)]
-    values = [r["test_miou"] for r in runs if r["condition"] == "real" and r["budget"] == 4]
+    assert set(summary) == {(c, b) for c in ("real", "synthetic", "mixed") for b in ("4", "8")}
+    row = summary[("real", "4")]
+    values = [r["test_miou"] for r in runs if r["condition"] == "real" and r["budget"] == "4"]
     assert row["n_seeds"] == 3 and row["test_miou_mean"] == pytest.approx(np.mean(values))
     assert row["test_miou_std"] == pytest.approx(np.std(values, ddof=1))
+    # Labels touched: the budget's, identical for every condition at one budget.
+    assert {summary[(c, "8")]["labels"]["tiles"] for c in ("real", "synthetic", "mixed")} == {8}
+    assert summary[("mixed", "8")]["labels"]["pixels"] == 8 * 256
+    comparisons = {(c["condition"], c["budget"]): c for c in result["comparisons"]}
+    assert set(comparisons) == {(c, b) for c in ("synthetic", "mixed") for b in ("4", "8")}
+    diff = comparisons[("mixed", "8")]
+    by_seed = {(r["condition"], r["seed"]): r["test_miou"] for r in runs if r["budget"] == "8"}
+    assert diff["differences"] == [by_seed[("mixed", s)] - by_seed[("real", s)] for s in range(3)]
     assert result["data"]["test_measurements"] == ["s004", "s005"]
+    assert "val_measurements" not in result["data"] and "val_split" not in result["settings"]
 
     paths = write_downstream(result, tmp_path / "eval")
     assert json.loads(paths["json"].read_text())["summary"] == json.loads(
         json.dumps(result["summary"])
     )
-    assert "| mixed | 4 | 4 | 3 |" in paths["table"].read_text()
+    table = paths["table"].read_text()
+    assert "| mixed | 4 | 4 / 1024 | 3 |" in table and "Between seeds vary" in table
     assert paths["plot"].read_bytes()[:4] == b"\x89PNG"
 
 
@@ -106,12 +141,16 @@ def test_summary_of_one_seed_has_no_std():
             "n_real": 2,
             "n_synthetic": 0,
             "test_miou": 0.5,
-            "best_val_miou": 0.4,
+            "best_select_miou": 0.4,
+            "labels": {"budget": "2", "tiles": 2, "fit_tiles": 2, "select_tiles": 0,
+                       "pixels": 512, "tile_size": 16, "split": "train"},
         }
-    ]
+    ]  # fmt: skip
     (row,) = summarize_runs(runs)
     assert row["test_miou_std"] is None and row["test_miou_mean"] == 0.5
-    assert "| real | 2 | 0 | 1 | 50.00 |" in format_downstream_table({"summary": [row]})
+    assert row["test_miou_ci"] is None and row["select_miou_mean"] == 0.4
+    table = format_downstream_table({"summary": [row], "comparisons": []})
+    assert "| real | 2 | 2 / 512 | 1 | 50.00 | - |" in table
 
 
 def test_missing_test_labels_and_bad_settings_are_errors(tmp_path):
@@ -133,8 +172,8 @@ TINY_REAL = dict(
     seeds=[0],
     steps=4,
     batch_size=2,
-    crop_size=32,
-    resolution=16,
+    crop_size=16,
+    resolution=8,
     encoder="mobilenet_v2",
 )
 
@@ -151,7 +190,7 @@ def test_test_masks_change_test_scores_only_never_the_selection(datasets, tmp_pa
     config = DownstreamConfig(**TINY_REAL)
     (first,) = run_downstream(real, None, config, log=None)["runs"]
     (second,) = run_downstream(flipped, None, config, log=None)["runs"]
-    for key in ("best_epoch", "best_val_miou", "val_miou_per_epoch", "epochs"):
+    for key in ("best_epoch", "best_select_miou", "select_miou_per_epoch", "epochs", "labels"):
         assert first[key] == second[key], key
     assert first["test_miou"] != pytest.approx(second["test_miou"], abs=1e-6)
     assert first["test_per_class_iou"] != second["test_per_class_iou"]
@@ -180,9 +219,8 @@ def test_test_miou_of_a_constant_prediction_is_the_known_value(datasets, monkeyp
 @pytest.mark.parametrize(
     ("flags", "shared", "roles"),
     [
-        ({"val_split": "train"}, "s000, s001, s002", "train split 'train' and the val split"),
-        ({"test_split": "val"}, "s003", "val split 'val' and the test split 'val'"),
-        ({"train_split": "test"}, "s004, s005", "train split 'test' and the test split"),
+        ({"test_split": "train"}, "s000, s001, s002", "label split 'train' and the test split"),
+        ({"label_split": "test"}, "s004, s005", "label split 'test' and the test split"),
     ],
 )
 def test_splits_sharing_samples_are_refused_naming_the_ids(datasets, flags, shared, roles):
@@ -190,4 +228,4 @@ def test_splits_sharing_samples_are_refused_naming_the_ids(datasets, flags, shar
     config = DownstreamConfig(**{**TINY_REAL, **flags})
     with pytest.raises(PairforgeError, match=f"samples {shared} are in both the {roles}") as err:
         run_downstream(real, None, config, log=None)
-    assert "--val-split" in str(err.value)
+    assert "--label-split and --test-split" in str(err.value)

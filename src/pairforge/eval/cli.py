@@ -226,24 +226,51 @@ def stats(
         typer.echo(format_mask_stats_table(result))
 
 
+def _budget_list(text: str) -> list[int | str]:
+    """`--budgets` text ("8,32,all") -> tile counts and 'all'; PairforgeError naming the flag."""
+    from pairforge.data.budget import parse_labels
+
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise PairforgeError(f"--budgets {text!r}: give tile counts or 'all', e.g. 8,32,all")
+    budgets: list[int | str] = []
+    for part in parts:
+        try:
+            value = parse_labels(part, "--budgets")
+        except PairforgeError:
+            raise PairforgeError(
+                f"--budgets {text!r}: {part!r} is neither a tile count nor 'all'; give e.g. "
+                "8,32,all"
+            ) from None
+        budgets.append("all" if value is None else value)
+    return budgets
+
+
 @app.command(
     "downstream",
     help="Train the same segmenter on real-only, synthetic-only and real + synthetic data at "
-    "several label budgets and seeds; select epochs on the val split, report test mIoU mean "
-    "+- std. Writes downstream.json, downstream.md, downstream.png."
-    "\n\nExample:\n\n  pairforge eval downstream data/grains gen/joint --out eval/joint "
-    "--budgets 8,32,128 --seeds 0,1,2",
+    "several label budgets (tile counts of the label split, or all) and seeds. At "
+    "(budget, seed) the real crops are the budget's fit tiles, the epoch is chosen on its "
+    "select tiles, and the synthetic set is the one generated from exactly its labels "
+    "(checked from manifest.json). Reports test mIoU mean +- std and the paired difference "
+    "to real-only with a 95 % interval. Writes downstream.json, downstream.md, downstream.png."
+    "\n\nExample:\n\n  pairforge eval downstream data/grains gen/b8-s0 gen/b8-s1 gen/all "
+    "--out eval/joint --budgets 8,all --seeds 0,1",
 )
 def downstream(
-    real_dir: Path = typer.Argument(..., help="real dataset with labeled train/val/test splits"),
-    synthetic_dir: Path | None = typer.Argument(
-        None, help="synthetic dataset (omit with --conditions real)"
+    real_dir: Path = typer.Argument(..., help="real dataset with labeled label and test splits"),
+    synthetic_dirs: list[Path] | None = typer.Argument(
+        None,
+        help="synthetic sets, one per (budget, seed) (an 'all' set serves every seed); omit "
+        "with --conditions real",
     ),
     out: Path = typer.Option(..., "--out", help="eval folder for the results"),
     budgets: str = typer.Option(
-        "8,32", "--budgets", help="labeled real training crops, e.g. 8,32,128"
+        "8,32,all", "--budgets", help="labeled tiles per budget, or 'all', e.g. 8,32,all"
     ),
-    seeds: str = typer.Option("0,1,2", "--seeds", help="one run per seed (>= 3 recommended)"),
+    seeds: str = typer.Option(
+        "0,1,2,3,4", "--seeds", help="budget draw + segmenter seeds (>= 3 for an interval)"
+    ),
     conditions: str = typer.Option("real,synthetic,mixed", "--conditions"),
     synthetic_fraction: float = typer.Option(
         0.5, "--synthetic-fraction", help="share of synthetic pairs in mixed training sets"
@@ -260,8 +287,12 @@ def downstream(
     ),
     crop_size: int | None = typer.Option(None, "--crop-size", min=1),
     resolution: int | None = typer.Option(None, "--resolution", min=1),
-    train_split: str = typer.Option("train", "--train-split"),
-    val_split: str = typer.Option("val", "--val-split", help="model selection split"),
+    label_tile: int | None = typer.Option(
+        None, "--label-tile", min=1, help="label tile side in source px (default: crop size)"
+    ),
+    label_split: str = typer.Option(
+        "train", "--label-split", help="split the budgets' tiles are drawn from"
+    ),
     test_split: str = typer.Option("test", "--test-split", help="held-out test split"),
     device: str = typer.Option("cpu", "--device"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved settings only"),
@@ -272,7 +303,7 @@ def downstream(
     from pairforge.eval.downstream_summary import format_downstream_table
 
     config = DownstreamConfig(
-        budgets=_int_list(budgets, "--budgets"),
+        budgets=_budget_list(budgets),
         seeds=_int_list(seeds, "--seeds"),
         conditions=[c.strip() for c in conditions.split(",") if c.strip()],
         synthetic_fraction=synthetic_fraction,
@@ -284,15 +315,15 @@ def downstream(
         encoder=encoder,
         crop_size=crop_size,
         resolution=resolution,
-        train_split=train_split,
-        val_split=val_split,
+        label_tile=label_tile,
+        label_split=label_split,
         test_split=test_split,
         device=device,
     )
     if dry_run:
         typer.echo(json.dumps(config.model_dump(), indent=2))
         return
-    result = run_downstream(real_dir, synthetic_dir, config, log=typer.echo)
+    result = run_downstream(real_dir, synthetic_dirs or [], config, log=typer.echo)
     paths = write_downstream(result, out)
     typer.echo(format_downstream_table(result))
     typer.echo(f"wrote {paths['json']}, {paths['table']}, {paths['plot']}")

@@ -1,17 +1,20 @@
-"""The downstream experiment's data: labeled real train ids, val / test tiles (each pixel counted
-once), seeded real training crops, the synthetic pairs, and the seeded repeat order."""
+"""The downstream experiment's data: the label budgets (one per budget size and seed) with their
+fit / select tiles at model scale, the test tiles (each pixel counted once), and the seeded
+repeat order of a training set."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from pairforge.core.seeds import downstream_order_seed
+from pairforge.data.budget import BudgetedDataset, LabelBudget, budget_tiles, make_budget
 from pairforge.data.codec import IGNORE_INDEX
 from pairforge.errors import PairforgeError
+
+BudgetKey = tuple[str, int]  # (budget label '8' | 'all', seed)
 
 
 @dataclass
@@ -19,39 +22,47 @@ class DownstreamData:
     """What every training run of one experiment shares.
 
     real: the real `Dataset`; normalizer: its normalizer (synthetic pairs use it too);
-    train_ids: labeled measurements of the train split; val, test: `labeled_tiles` dicts
-    {"image", "mask", "ids"}; synthetic_images (N, C, res, res) / synthetic_masks (N, res, res)
-    tensors, or None when no condition needs synthetic data.
+    test: `labeled_tiles` dict {"image", "mask", "ids"} of the test split; budgets: the
+    `LabelBudget` of each (budget label, seed), drawn from the label split; sets: the
+    `SyntheticSet` each (budget label, seed) trains on (None: no synthetic data).
     """
 
     real: object
     normalizer: object
     crop_size: int
     resolution: int
-    train_ids: list[str]
-    val: dict
     test: dict
-    synthetic_images: object | None = None
-    synthetic_masks: object | None = None
+    budgets: dict[BudgetKey, LabelBudget]
+    sets: dict = field(default_factory=dict)
+    _parts: dict = field(default_factory=dict, repr=False)
 
     @property
     def num_classes(self) -> int:
         return self.real.num_classes
 
-    @property
-    def available(self) -> int:
-        """Synthetic pairs that exist (0 without synthetic data)."""
-        return 0 if self.synthetic_images is None else int(self.synthetic_images.shape[0])
+    def part(self, key: BudgetKey, name: str) -> dict:
+        """The fit or select tiles of budget `key` at model scale ({"image" (N, C, res, res),
+        "mask" (N, res, res), "source"}); read once, through the budgeted view only."""
+        if (key, name) not in self._parts:
+            view = BudgetedDataset(self.real, self.budgets[key])
+            self._parts[(key, name)] = budget_tiles(
+                view, name, self.crop_size, self.resolution, self.normalizer
+            )
+        return self._parts[(key, name)]
+
+    def crops_per_tile(self) -> int:
+        """Model crops cut from one label tile ((tile / crop)^2)."""
+        tile = next(iter(self.budgets.values())).tile_size
+        return (tile // self.crop_size) ** 2
 
 
 def check_disjoint_splits(roles: dict[tuple[str, str], list[str]], real_dir) -> None:
-    """PairforgeError when two of train / val / test share a sample.
+    """PairforgeError when two roles (label split, test split) share a sample.
 
     Args:
-        roles: {(role, split name): sample ids}, role one of train, val, test.
-    A training sample in val makes model selection reward memorization; any sample in test and
-    another role makes the test score optimistic. dataset.yaml splits are disjoint, so overlaps
-    come from flags naming one split twice (e.g. --val-split train).
+        roles: {(role, split name): sample ids}, role e.g. label, test.
+    A sample in test and another role makes the test score optimistic. dataset.yaml splits are
+    disjoint, so overlaps come from flags naming one split twice (e.g. --test-split train).
     """
     items = list(roles.items())
     for first in range(len(items)):
@@ -65,8 +76,8 @@ def check_disjoint_splits(roles: dict[tuple[str, str], list[str]], real_dir) -> 
                 )
                 raise PairforgeError(
                     f"{real_dir}: samples {shown} are in both the {role_a} split {split_a!r} and "
-                    f"the {role_b} split {split_b!r}; pass disjoint splits (--train-split, "
-                    "--val-split, --test-split name different splits of dataset.yaml)"
+                    f"the {role_b} split {split_b!r}; pass disjoint splits (--label-split and "
+                    "--test-split name different splits of dataset.yaml)"
                 )
 
 
@@ -85,7 +96,7 @@ def labeled_tiles(ds, split: str, crop_size: int, resolution: int, normalizer) -
     if not labeled:
         raise PairforgeError(
             f"{ds.root}: split {split!r} has no labeled samples ({len(ids)} unlabeled); the "
-            "downstream experiment needs labeled val and test measurements"
+            "downstream experiment needs labeled test measurements"
         )
     tiles = load_tiles(ds, labeled, crop_size, resolution, normalizer=normalizer)
     masks = tiles["mask"].clone()
@@ -105,27 +116,6 @@ def labeled_tiles(ds, split: str, crop_size: int, resolution: int, normalizer) -
     return {"image": tiles["image"], "mask": masks, "ids": labeled}
 
 
-def real_training_crops(ds, ids, count: int, crop_size: int, resolution: int, normalizer, seed):
-    """`count` random labeled crops (seeded), (count, C, res, res) and (count, res, res)."""
-    import torch
-
-    from pairforge.data.views import RandomCropDataset
-
-    crops = RandomCropDataset(
-        ds,
-        ids,
-        crop_size=crop_size,
-        resolution=resolution,
-        augment=False,  # the segmenter's training loop augments
-        length=count,
-        normalizer=normalizer,
-        require_mask=True,
-        seed=seed,
-    )
-    items = [crops[i] for i in range(count)]
-    return torch.stack([i["image"] for i in items]), torch.stack([i["mask"] for i in items])
-
-
 def repeat_order(num_samples: int, length: int, seed: int):
     """Indices of `length` draws covering 0..num_samples-1 evenly (concatenated seeded permutations)."""
     import torch
@@ -136,56 +126,45 @@ def repeat_order(num_samples: int, length: int, seed: int):
     return order[:length]
 
 
+def draw_budgets(real, config, tile_size: int) -> dict[BudgetKey, LabelBudget]:
+    """The budget of every (size, seed) of `config`, drawn from its label split with tiles of
+    `tile_size` px. Reads no mask values (unless the dataset declares an ignore id)."""
+    budgets = {}
+    for seed in config.seeds:
+        for size in config.budgets:
+            budget = make_budget(
+                real,
+                None if size == "all" else int(size),
+                seed,
+                tile_size,
+                config.label_split,
+            )
+            budgets[(budget.label, seed)] = budget
+    return budgets
+
+
 def load_real_data(real, real_dir, config, crop_size: int, resolution: int) -> DownstreamData:
-    """Labeled train ids and val / test tiles of the real dataset, after checking that the
-    train, val and test splits share no sample (before any tile is read)."""
-    normalizer = real.normalizer
-    train_ids = [i for i in real.ids(config.train_split) if real.has_mask(i)]
-    if not train_ids:
+    """The budgets and the test tiles of the real dataset, after checking that the label and
+    test splits share no sample (before any tile is read)."""
+    label_ids = [i for i in real.ids(config.label_split) if real.has_mask(i)]
+    if not label_ids:
         raise PairforgeError(
-            f"{real_dir}: split {config.train_split!r} has no labeled samples; label some or "
-            "choose another --train-split"
+            f"{real_dir}: split {config.label_split!r} has no labeled samples; label some or "
+            "choose another --label-split"
         )
-    # Before any tile is read: a shared sample makes selection or test scores meaningless.
+    # Before any tile is read: a shared sample makes the test scores meaningless.
     check_disjoint_splits(
         {
-            ("train", config.train_split): train_ids,
-            ("val", config.val_split): real.ids(config.val_split),
+            ("label", config.label_split): label_ids,
             ("test", config.test_split): real.ids(config.test_split),
         },
         real_dir,
     )
     return DownstreamData(
         real=real,
-        normalizer=normalizer,
+        normalizer=real.normalizer,
         crop_size=crop_size,
         resolution=resolution,
-        train_ids=train_ids,
-        val=labeled_tiles(real, config.val_split, crop_size, resolution, normalizer),
-        test=labeled_tiles(real, config.test_split, crop_size, resolution, normalizer),
+        test=labeled_tiles(real, config.test_split, crop_size, resolution, real.normalizer),
+        budgets=draw_budgets(real, config, config.label_tile or crop_size),
     )
-
-
-def load_synthetic_pairs(synthetic_dir: str | Path, data: DownstreamData) -> None:
-    """Read the labeled synthetic pairs into `data` (real normalizer, model resolution);
-    PairforgeError when they have no masks or other classes or channels than the real data."""
-    import torch
-
-    from pairforge.eval.sets import load_eval_set
-
-    real = data.real
-    synthetic = load_eval_set(synthetic_dir, normalizer=data.normalizer, resolution=data.resolution)
-    if synthetic.masks is None:
-        raise PairforgeError(f"{synthetic_dir}: synthetic dataset has no masks")
-    if synthetic.class_names != [c.name for c in real.spec.classes]:
-        raise PairforgeError(
-            f"classes differ: real {[c.name for c in real.spec.classes]} vs synthetic "
-            f"{synthetic.class_names}"
-        )
-    if synthetic.channel_names != real.spec.channel_names:
-        raise PairforgeError(
-            f"channels differ: real {real.spec.channel_names} vs synthetic "
-            f"{synthetic.channel_names}"
-        )
-    data.synthetic_images = torch.from_numpy(synthetic.images[synthetic.labeled])
-    data.synthetic_masks = torch.from_numpy(synthetic.masks)

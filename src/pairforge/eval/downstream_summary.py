@@ -1,5 +1,6 @@
-"""Downstream results: mean +- std over seeds per (condition, budget), the Markdown table, the
-mIoU-vs-budget plot, and writing downstream.json / .md / .png."""
+"""Downstream results: mean +- std over seeds per (condition, budget), the paired differences
+against real-only (same budget, same seed), the Markdown table, and writing downstream.json /
+.md / .png."""
 
 from __future__ import annotations
 
@@ -8,104 +9,148 @@ from pathlib import Path
 
 import numpy as np
 
+from pairforge.core.stats import format_difference, mean_ci, paired_difference
 from pairforge.eval.downstream_plan import CONDITIONS
 from pairforge.io import atomic_write_text
 
+# What the labels-touched column counts (the budget's: the same for every condition).
+LABEL_KEYS = ("budget", "tiles", "fit_tiles", "select_tiles", "pixels", "tile_size", "split")
+
+
+def budget_order(budget) -> tuple:
+    """Sort key of budget labels: numbers ascending, 'all' last (older results: None first)."""
+    if budget is None:
+        return (-1, 0)
+    text = str(budget)
+    return (1, 0) if text == "all" else (0, int(text))
+
+
+def _uniform(values: list):
+    """The value when all are equal, else the sorted distinct values (e.g. pairs per seed)."""
+    distinct = sorted(set(values), key=str)
+    return distinct[0] if len(distinct) == 1 else distinct
+
 
 def summarize_runs(runs: list[dict]) -> list[dict]:
-    """Mean and sample std (ddof 1; None for one seed) of test mIoU per (condition, budget)."""
+    """Per (condition, budget): seeds, mean, sample std (ddof 1; None for one seed) and 95 % t
+    interval of test mIoU, the labels touched (the budget's tiles and pixels; None for runs of
+    older results without "labels"), real crops and synthetic pairs."""
     groups: dict[tuple, list[dict]] = {}
     for run in runs:
         groups.setdefault((run["condition"], run["budget"]), []).append(run)
     order = {c: i for i, c in enumerate(CONDITIONS)}
     summary = []
     for (condition, budget), members in sorted(
-        groups.items(), key=lambda item: (item[0][1] or 0, order[item[0][0]])
+        groups.items(), key=lambda item: (budget_order(item[0][1]), order[item[0][0]])
     ):
-        test = np.array([m["test_miou"] for m in members], dtype=np.float64)
-        val = np.array([m["best_val_miou"] for m in members], dtype=np.float64)
+        test = [float(m["test_miou"]) for m in members]
+        select = [
+            m.get("best_select_miou", m.get("best_val_miou"))
+            for m in members
+            if m.get("best_select_miou", m.get("best_val_miou")) is not None
+        ]
+        labels = [m.get("labels") for m in members]
+        interval = mean_ci(test)
         summary.append(
             {
                 "condition": condition,
                 "budget": budget,
                 "n_seeds": len(members),
-                "n_real": members[0]["n_real"],
-                "n_synthetic": members[0]["n_synthetic"],
+                "seeds": [m["seed"] for m in members],
+                "labels": None
+                if labels[0] is None
+                else {k: _uniform([lab[k] for lab in labels]) for k in LABEL_KEYS},
+                "n_real": _uniform([m["n_real"] for m in members]),
+                "n_synthetic": _uniform([m["n_synthetic"] for m in members]),
+                "synthetic_sets": sorted(
+                    {m["synthetic_set"] for m in members if m.get("synthetic_set")}
+                ),
                 "test_miou_mean": float(np.nanmean(test)),
-                "test_miou_std": float(np.nanstd(test, ddof=1)) if len(test) > 1 else None,
-                "val_miou_mean": float(np.nanmean(val)),
+                "test_miou_std": interval["std"],
+                "test_miou_ci": interval["ci"],
+                "select_miou_mean": float(np.mean(select)) if select else None,
             }
         )
     return summary
 
 
+def compare_conditions(runs: list[dict]) -> list[dict]:
+    """Per budget and condition other than real: the paired difference of test mIoU against
+    real-only over the seeds both ran (same budget, same seed: same labels and init)."""
+    by_key: dict[tuple, dict] = {}
+    for run in runs:
+        by_key.setdefault((run["condition"], run["budget"]), {})[run["seed"]] = run["test_miou"]
+    comparisons = []
+    budgets = sorted({b for _, b in by_key}, key=budget_order)
+    for budget in budgets:
+        real = by_key.get(("real", budget))
+        for condition in CONDITIONS[1:]:
+            other = by_key.get((condition, budget))
+            if real is None or other is None or not set(real) & set(other):
+                continue
+            diff = paired_difference(other, real)
+            comparisons.append({"budget": budget, "condition": condition, "versus": "real", **diff})
+    return comparisons
+
+
+def _labels_cell(labels: dict | None) -> str:
+    if labels is None:
+        return "?"
+    return f"{labels['tiles']} / {labels['pixels']}"
+
+
 def format_downstream_table(result: dict) -> str:
-    """Markdown table: test mIoU mean +- std per condition and budget."""
+    """Markdown table: per condition and budget the labels touched, seeds, test mIoU mean +- std
+    and the paired difference against real-only with its 95 % interval and verdict."""
+    if "comparisons" not in result:
+        return _format_older_table(result)
+    diffs = {(c["condition"], c["budget"]): c for c in result["comparisons"]}
+    lines = [
+        "| condition | budget | labels touched (tiles / px) | seeds | test mIoU (mean +- std) | "
+        "vs real: diff [95 % CI] |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for row in result["summary"]:
+        std = "" if row["test_miou_std"] is None else f" +- {100 * row['test_miou_std']:.2f}"
+        diff = diffs.get((row["condition"], row["budget"]))
+        versus = "-" if diff is None else format_difference(diff)
+        lines.append(
+            f"| {row['condition']} | {row['budget']} | {_labels_cell(row['labels'])} | "
+            f"{row['n_seeds']} | {100 * row['test_miou_mean']:.2f}{std} | {versus} |"
+        )
+    lines += ["", *result.get("notes", [])]
+    return "\n".join(lines)
+
+
+def _format_older_table(result: dict) -> str:
+    """The table of results written before label budgets (crop counts, val-split selection)."""
     lines = [
         "| condition | real crops | synthetic pairs | seeds | test mIoU (mean +- std) | val mIoU |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for row in result["summary"]:
         std = "" if row["test_miou_std"] is None else f" +- {100 * row['test_miou_std']:.2f}"
+        val = row.get("val_miou_mean", row.get("select_miou_mean"))
         lines.append(
             f"| {row['condition']} | {row['n_real']} | {row['n_synthetic']} | {row['n_seeds']} | "
-            f"{100 * row['test_miou_mean']:.2f}{std} | {100 * row['val_miou_mean']:.2f} |"
+            f"{100 * row['test_miou_mean']:.2f}{std} | "
+            f"{'' if val is None else f'{100 * val:.2f}'} |"
         )
-    lines.append("")
-    lines.append(
-        "mIoU in %, on tiles of the held-out test measurements; epoch chosen on the validation "
-        "split."
-    )
+    lines += ["", OLDER_FORMAT_NOTE]
     return "\n".join(lines)
 
 
-def plot_downstream(result: dict, path: str | Path) -> Path:
-    """Test mIoU vs label budget (log x), error bars = std over seeds; synthetic-only as a band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(5.5, 3.6))
-    summary = result["summary"]
-    for condition, label in (("real", "real only"), ("mixed", "real + synthetic")):
-        rows = sorted(
-            (r for r in summary if r["condition"] == condition), key=lambda r: r["budget"]
-        )
-        if rows:
-            axis.errorbar(
-                [r["budget"] for r in rows],
-                [100 * r["test_miou_mean"] for r in rows],
-                yerr=[100 * (r["test_miou_std"] or 0.0) for r in rows],
-                marker="o",
-                capsize=3,
-                label=label,
-            )
-    for row in (r for r in summary if r["condition"] == "synthetic"):
-        mean, std = 100 * row["test_miou_mean"], 100 * (row["test_miou_std"] or 0.0)
-        axis.axhline(
-            mean, color="gray", linestyle="--", label=f"synthetic only ({row['n_synthetic']})"
-        )
-        axis.axhspan(mean - std, mean + std, color="gray", alpha=0.15)
-    axis.set_xscale("log")
-    budgets = sorted({r["budget"] for r in summary if r["budget"] is not None})
-    if budgets:
-        axis.set_xticks(budgets, [str(b) for b in budgets])
-        axis.minorticks_off()
-    axis.set_xlabel("labeled real training crops")
-    axis.set_ylabel("test mIoU (%)")
-    axis.legend(fontsize=8)
-    axis.grid(alpha=0.3)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+OLDER_FORMAT_NOTE = (
+    "Older format (before label budgets): budgets were random real crops, the epoch was chosen "
+    "on the whole validation split, and there are no paired intervals; rerun `pairforge eval "
+    "downstream` for budget-honest figures."
+)
 
 
 def write_downstream(result: dict, out_dir: str | Path) -> dict[str, Path]:
     """Write downstream.json, downstream.md and downstream.png into `out_dir`."""
+    from pairforge.eval.downstream_plot import plot_downstream
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {

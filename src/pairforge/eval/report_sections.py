@@ -240,26 +240,60 @@ def _mask_stats_block(folder: Path, result: dict) -> str:
     return f"{counts}{table}{values}{plots}"
 
 
-DOWNSTREAM_COLUMNS = (
+OLDER_DOWNSTREAM_COLUMNS = (
     ("condition", "condition"),
     ("real crops", "n_real"),
     ("synthetic pairs", "n_synthetic"),
     ("seeds", "n_seeds"),
     ("test mIoU %", lambda r: 100 * r["test_miou_mean"]),
     ("std %", lambda r: None if r["test_miou_std"] is None else 100 * r["test_miou_std"]),
-    ("val mIoU %", lambda r: 100 * r["val_miou_mean"]),
+    ("val mIoU %", lambda r: 100 * r["val_miou_mean"] if "val_miou_mean" in r else None),
 )
 
 
+def _downstream_columns(result: dict) -> tuple:
+    """Columns of a budget-honest result: labels touched and the paired difference vs real."""
+    from pairforge.core.stats import format_difference
+
+    diffs = {(c["condition"], c["budget"]): c for c in result.get("comparisons", [])}
+
+    def versus(row):
+        diff = diffs.get((row["condition"], row["budget"]))
+        return "-" if diff is None else format_difference(diff)
+
+    def labels(row):
+        lab = row.get("labels") or {}
+        return f"{lab.get('tiles')} / {lab.get('pixels')}"
+
+    return (
+        ("condition", "condition"),
+        ("budget", "budget"),
+        ("labels touched (tiles / px)", labels),
+        ("seeds", "n_seeds"),
+        ("test mIoU %", lambda r: 100 * r["test_miou_mean"]),
+        ("std %", lambda r: None if r["test_miou_std"] is None else 100 * r["test_miou_std"]),
+        ("vs real: diff [95 % CI]", versus),
+    )
+
+
 def _downstream_block(folder: Path, result: dict) -> str:
-    table = _records_table(DOWNSTREAM_COLUMNS, result["summary"])
     data = result.get("data", {})
     about = (
         f"<p>test: {data.get('n_test_tiles')} tiles of "
         f"{html.escape(', '.join(data.get('test_measurements', [])))}; "
         f"model selection: {html.escape(str(data.get('model_selection')))}</p>"
     )
-    notes = "".join(f'<p class="warning">{html.escape(n)}</p>' for n in result.get("notes", []))
+    if "comparisons" in result:  # label budgets, paired intervals
+        table = _records_table(_downstream_columns(result), result["summary"])
+        notes = "".join(f"<p>{html.escape(n)}</p>" for n in result.get("notes", []))
+    else:  # written before label budgets: crop counts, val-split selection, std only
+        from pairforge.eval.downstream_summary import OLDER_FORMAT_NOTE
+
+        table = _records_table(OLDER_DOWNSTREAM_COLUMNS, result["summary"])
+        notes = "".join(
+            f'<p class="warning">{html.escape(n)}</p>'
+            for n in [OLDER_FORMAT_NOTE, *result.get("notes", [])]
+        )
     plot = _png_file_tag(folder / "downstream.png", "downstream mIoU vs label budget")
     return f"{about}{table}{notes}{plot}"
 
