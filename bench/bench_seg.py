@@ -1,14 +1,17 @@
 """Few-label segmentation benchmark: diffusion-feature head vs supervised U-Net on demo grains.
 
 Protocol: the built-in demo grains (`pairforge data grains DATA --preset demo`), tiles at the
-DDPM run's scale (crop_size px downsampled to resolution px). For each seed s: choose
-`--max-images` labeled training tiles at random (seed s) from the train split; fit the
-pixel-MLP head on the run's features (early stopping on the val split's tiles) and train the
-supervised smp U-Net on the same tiles (best epoch by val mIoU); report mIoU on every tile of
-the held-out test measurements. The two methods run interleaved per seed (shared machine).
-Also reported: feature extraction and MLP training time, the process peak RSS after each phase
-(and its growth while the seed-independent val / test features are computed), and the size
-of the stored float16 pixel features. Torch runs on one thread by default: on the shared,
+DDPM run's scale (crop_size px downsampled to resolution px). For each seed s: draw the label
+budget of `--labels` tiles of the train split with label seed s
+(`pairforge.data.budget.make_budget`, tiles of the run's crop size); fit the pixel-MLP head on
+the run's features of its fit tiles (early stopping on its select tiles, every 4th drawn) and
+train the supervised smp U-Net on the same fit tiles (best epoch on the same select tiles; a
+budget under 4 tiles has none: the head holds out a part of its fit tiles, the U-Net keeps its
+last epoch); report mIoU on every tile of the held-out test measurements. No val label is read.
+Every row records the budget ("labels": tiles and pixels). The two methods run interleaved per
+seed (shared machine). Also reported: feature extraction and MLP training time, the process
+peak RSS after each phase (and its growth while the seed-independent test features are
+computed), and the size of the stored float16 pixel features. Torch runs on one thread by default: on the shared,
 busy 2-core machine 2-thread OpenMP stalls.
 
 Usage (a few minutes on 2 CPU cores once a run exists):
@@ -114,17 +117,20 @@ def memory_check(extractor, num_images: int, size: int = 64) -> dict:
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=Path("/tmp/segbench/grains"))
     parser.add_argument("--run", type=Path, default=Path("/tmp/segbench/run"))
     parser.add_argument("--config", default="demo-image", help="training preset for --run")
     parser.add_argument("--train-minutes", type=float, default=5.0)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--max-images", type=int, default=8, help="labeled training tiles")
+    parser.add_argument(
+        "--labels", type=int, default=8,
+        help="label budget in tiles of the run's crop size (seeds = label seeds)",
+    )  # fmt: skip
     parser.add_argument("--num-models", type=int, default=10)
     parser.add_argument("--mlp-epochs", type=int, default=20)
-    parser.add_argument("--val-pixels-per-tile", type=int, default=256)
+    parser.add_argument("--select-pixels-per-tile", type=int, default=256)
     parser.add_argument("--baseline-epochs", type=int, default=600)
     parser.add_argument("--baseline-val-every", type=int, default=10)
     # One thread: on a shared, busy 2-core machine 2-thread OpenMP stalls (several x slower).
@@ -134,7 +140,7 @@ def main() -> None:
         help="also extract every pixel of this many random 64 px images and report the memory",
     )  # fmt: skip
     parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     import torch
 
@@ -143,7 +149,9 @@ def main() -> None:
 
     from pairforge.core.metrics import confusion_matrix, miou_from_confusion
     from pairforge.core.supervised import predict_supervised, train_supervised
-    from pairforge.seg.data import class_names, labeled_tiles
+    from pairforge.data.budget import make_budget
+    from pairforge.data.dataset import load_dataset
+    from pairforge.seg.data import budget_tile_sets, class_names, labeled_tiles
     from pairforge.seg.ensemble_training import EnsembleSettings, train_ensemble
     from pairforge.seg.features import DiffusionFeatureExtractor
     from pairforge.seg.pixels import extract_pixel_features
@@ -159,34 +167,29 @@ def main() -> None:
     summary_memory = memory_check(extractor, args.memory_images) if args.memory_images else {}
     if summary_memory:
         print(f"memory check: {summary_memory}", flush=True)
-    val = labeled_tiles(args.data, "val", crop, res, source.normalizer)
     test = labeled_tiles(args.data, "test", crop, res, source.normalizer)
     print(
         f"run {args.run} ({source.task}, {crop} px crops -> {res} px, {extractor.feature_dim} "
-        f"features from {extractor.feature_names}); val {len(val.source)} tiles, test "
-        f"{len(test.source)} tiles; classes {names}; torch threads {args.threads}",
+        f"features from {extractor.feature_names}); test {len(test.source)} tiles; classes "
+        f"{names}; torch threads {args.threads}",
         flush=True,
     )
 
-    # Val pixels (early stopping) and test feature maps do not depend on the seed: once.
+    # Test feature maps do not depend on the seed: once.
     start = time.perf_counter()
     with PeakRSS() as shared_memory:
-        val_pixels = extract_pixel_features(
-            extractor, val.images, val.masks, pixels_per_image=args.val_pixels_per_tile,
-            progress=False,
-        )  # fmt: skip
         test_features = torch.cat(
             [extractor.extract(test.images[i : i + 16], torch.float16)
              for i in range(0, len(test.source), 16)]
         )  # fmt: skip
     shared = {
-        "val_and_test_feature_seconds": time.perf_counter() - start,
-        "val_and_test_peak_rss_growth_bytes": shared_memory.peak_growth,
+        "test_feature_seconds": time.perf_counter() - start,
+        "test_peak_rss_growth_bytes": shared_memory.peak_growth,
         "test_feature_bytes": test_features.numel() * test_features.element_size(),
-        "val_pixels": val_pixels.estimate.num_pixels,
     }
     shared["peak_rss_after_shared_bytes"] = peak_rss()
     print(f"shared features: {shared}", flush=True)
+    dataset = load_dataset(args.data)
 
     def test_iou(prediction) -> tuple[float, list[float]]:
         mean, per_class = miou_from_confusion(confusion_matrix(prediction, test.masks, len(names)))
@@ -194,10 +197,22 @@ def main() -> None:
 
     rows = []
     for seed in args.seeds:
-        train = labeled_tiles(
-            args.data, "train", crop, res, source.normalizer, args.max_images, data_seed=seed
-        )
-        row: dict = {"seed": seed, "train_tiles": [list(s) for s in train.source]}
+        budget = make_budget(dataset, args.labels, seed, crop, "train")
+        chosen = budget_tile_sets(dataset, budget, crop, res, source.normalizer)
+        train, select = chosen.fit, chosen.select
+        row: dict = {
+            "seed": seed,
+            "labels": budget.summary(),
+            "train_tiles": [list(s) for s in train.source],
+            "select_tiles": [list(s) for s in select.source] if select else [],
+        }
+        select_pixels = None
+        if select is not None:
+            select_pixels = extract_pixel_features(
+                extractor, select.images, select.masks,
+                pixels_per_image=args.select_pixels_per_tile, progress=False,
+            )  # fmt: skip
+            row["select_pixels"] = select_pixels.estimate.num_pixels
 
         # Diffusion-feature head: features of the labeled tiles, then the MLP ensemble.
         start = time.perf_counter()
@@ -207,7 +222,7 @@ def main() -> None:
         ensemble, history = train_ensemble(
             train_pixels, len(names),
             EnsembleSettings(num_models=args.num_models, max_epochs=args.mlp_epochs, seed=seed),
-            val_pixels=val_pixels, progress=False,
+            val_pixels=select_pixels, progress=False,
         )  # fmt: skip
         row["peak_rss_after_mlp_bytes"] = peak_rss()
         start = time.perf_counter()
@@ -223,13 +238,16 @@ def main() -> None:
             train_feature_bytes_estimate=train_pixels.estimate.stored_bytes,
             train_pixels=train_pixels.estimate.num_pixels,
             mlp_best_epochs=[m["best_epoch"] for m in history["members"]],
+            # Positions in train_tiles held out for early stopping (only without select tiles).
+            holdout_tiles=[] if select is not None else history["val_images"],
         )
 
-        # Supervised baseline on the same tiles, best epoch by val mIoU.
+        # Supervised baseline on the same fit tiles, best epoch on the same select tiles.
         start = time.perf_counter()
         with PeakRSS() as baseline_memory:
             model, baseline_history = train_supervised(
-                train.images, train.masks, val.images, val.masks, num_classes=len(names),
+                train.images, train.masks, select.images if select else None,
+                select.masks if select else None, num_classes=len(names),
                 epochs=args.baseline_epochs, seed=seed, val_every=args.baseline_val_every,
                 progress=False,
             )  # fmt: skip
@@ -252,6 +270,7 @@ def main() -> None:
         return [statistics.mean(r[key][k] for r in rows) for k in range(len(names))]
 
     summary = {
+        "labels": rows[0]["labels"],
         "head_miou": mean_std([r["head_miou"] for r in rows]),
         "baseline_miou": mean_std([r["baseline_miou"] for r in rows]),
         "head_per_class_mean": per_class_mean("head_per_class"),
@@ -265,14 +284,16 @@ def main() -> None:
         **shared,
         **summary_memory,
     }
-    print(f"\nclasses {names}; {args.max_images} labeled tiles; seeds {args.seeds}")
+    print(f"\nclasses {names}; {rows[0]['labels']['tiles']} labeled tiles per seed "
+          f"({rows[0]['labels']['pixels']} px); label seeds {args.seeds}")  # fmt: skip
     for key, value in summary.items():
         print(f"  {key}: {value}")
+    result = {"args": {k: str(v) for k, v in vars(args).items()}, "classes": names,
+              "rows": rows, "summary": summary}  # fmt: skip
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        result = {"args": {k: str(v) for k, v in vars(args).items()}, "classes": names,
-                  "rows": rows, "summary": summary}  # fmt: skip
         args.json.write_text(json.dumps(result, indent=2))
+    return result
 
 
 if __name__ == "__main__":
