@@ -210,6 +210,8 @@ def test_eval_and_baseline_json_state_the_labels_read(setup):
     assert (labels["tiles"], labels["fit_tiles"], labels["select_tiles"]) == (10, 8, 2)
     assert labels["pixels"] == 10 * 32 * 32 and labels["budget"] == "10"
     assert "warnings" not in report
+    text = _invoke(["seg", "eval", tmp / "h10", "--data", tmp / "data"])
+    assert "labels read: 10 tiles (8 fit + 2 select), 10240 px" in text
     on_train = json.loads(
         _invoke(["seg", "eval", tmp / "h10", "--data", tmp / "data", "--split", "train", "--json"])
     )
@@ -230,3 +232,5 @@ def test_eval_and_baseline_json_state_the_labels_read(setup):
     old = json.loads(_invoke(["seg", "eval", tmp / "old", "--data", tmp / "data", "--json"]))
     assert old["mean_iou"] == report["mean_iou"]
     assert old["labels"]["budget"] is None and old["labels"]["tiles"] == 8
+    text = _invoke(["seg", "eval", tmp / "old", "--data", tmp / "data"])
+    assert "labels read: 8 training tiles; head fitted before label budgets" in text

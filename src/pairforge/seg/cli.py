@@ -90,7 +90,9 @@ def _print_report(report: dict, as_json: bool, title: str) -> None:
     mean = report["mean_iou"]
     typer.echo(f"{title} on {report['split']} ({report['num_images']} tiles): mIoU {mean:.4f}")
     labels = report.get("labels")
-    if labels:
+    if labels and labels.get("budget") is None:
+        typer.echo(f"  labels read: {labels.get('tiles')} training tiles; {labels.get('note')}")
+    elif labels:
         typer.echo(
             f"  labels read: {labels.get('tiles')} tiles ({labels.get('fit_tiles')} fit + "
             f"{labels.get('select_tiles')} select), {labels.get('pixels')} px"
