@@ -79,6 +79,20 @@ def test_set_parses_label_keys():
         load_config("tiny", ["data.label_tile=16"])
 
 
+def test_train_flags_set_the_label_keys():
+    runner = CliRunner()
+    args = ["train", "tiny", "--labels", "8", "--label-seed", "2", "--label-tile", "64"]
+    result = runner.invoke(app, [*args, "--dry-run"])
+    assert result.exit_code == 0, result.output
+    data = yaml.safe_load(result.output)["data"]
+    assert (data["labels"], data["label_seed"], data["label_tile"]) == (8, 2, 64)
+    result = runner.invoke(app, ["train", "tiny", "--labels", "ALL", "--dry-run"])
+    assert yaml.safe_load(result.output)["data"]["labels"] == "all"
+    result = runner.invoke(app, ["train", "tiny", "--labels", "eight", "--dry-run"])
+    assert isinstance(result.exception, PairforgeError)
+    assert "--labels 'eight'" in str(result.exception)
+
+
 @pytest.mark.parametrize("tile", [32, 48])
 def test_training_crops_lie_inside_the_budget_tiles(tmp_path, tile):
     # 96 px samples: 3 x 3 tiles of 32 px or 2 x 2 of 48 px (crops of 32 px move inside them).
@@ -115,8 +129,13 @@ class HidePositions:
         return getattr(self.view, name)
 
 
-def test_record_holds_the_budget_and_what_the_run_read(data_path, tmp_path):
-    run_dir = train(tiny_config(data_path, "task=joint", "data.labels=4"), tmp_path / "joint")
+def test_record_holds_the_budget_and_what_the_run_read(data_path, tmp_path, capsys):
+    config = tiny_config(data_path, "task=joint", "data.labels=4")
+    run_dir = train(config, tmp_path / "joint", progress=True)
+    # The start of the progress output says the budget.
+    assert "labels: 4 labeled tiles of 32 px (3 fit + 1 select) of split 'train'" in (
+        capsys.readouterr().out
+    )
     info = json.loads((run_dir / "model" / "pairforge.json").read_text())
     expected = budget_of(data_path, 4)
     assert info["label_budget"] == expected.to_dict() and info["reads_masks"] is True
@@ -124,7 +143,8 @@ def test_record_holds_the_budget_and_what_the_run_read(data_path, tmp_path):
     run = load_run(run_dir)
     assert run.label_budget == expected and run.reads_masks is True
 
-    image_dir = train(tiny_config(data_path, "task=image"), tmp_path / "image")
+    image_dir = train(tiny_config(data_path, "task=image"), tmp_path / "image", progress=True)
+    assert "labels:" not in capsys.readouterr().out
     info = json.loads((image_dir / "model" / "pairforge.json").read_text())
     assert info["label_budget"] is None and info["reads_masks"] is False
     image_run = load_run(image_dir)

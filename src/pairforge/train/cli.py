@@ -33,6 +33,21 @@ def train_command(
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Print the resolved config and exit without training."
     ),
+    labels: str = typer.Option(
+        None,
+        "--labels",
+        help="Label budget (tasks that read masks): N labeled tiles of data.split, or 'all'; "
+        "same as --set data.labels=N.",
+    ),
+    label_seed: int = typer.Option(
+        None, "--label-seed", min=0, help="Seed of the budget's tiles (data.label_seed)."
+    ),
+    label_tile: int = typer.Option(
+        None,
+        "--label-tile",
+        min=8,
+        help="Label tile side in source px (data.label_tile; default: data.crop_size).",
+    ),
 ) -> None:
     """Train a DDPM (image / joint / mask / sdm / sr) into a run directory.
 
@@ -47,11 +62,15 @@ def train_command(
 
       pairforge train demo-joint --set optim.max_minutes=5 --set precision=fp32
 
+      pairforge train demo-joint --labels 8 --label-seed 1
+
       accelerate launch --multi_gpu --num_processes 2 -m pairforge.cli train grains-64
     """
     from pairforge.config import load_config
 
-    resolved = load_config(config, list(set_ or []))
+    resolved = load_config(
+        config, [*(set_ or []), *_label_overrides(labels, label_seed, label_tile)]
+    )
     if dry_run:
         typer.echo(resolved.to_yaml(), nl=False)
         return
@@ -61,6 +80,21 @@ def train_command(
     train(resolved, run_dir)
     if os.environ.get("RANK", "0") == "0":  # one message under accelerate launch / torchrun
         typer.echo(f"run written to {run_dir} (weights in {run_dir / 'model'})")
+
+
+def _label_overrides(labels: str | None, seed: int | None, tile: int | None) -> list[str]:
+    """--labels / --label-seed / --label-tile as --set assignments of data.labels / ..."""
+    from pairforge.data.budget import parse_labels
+
+    out = []
+    if labels is not None:
+        size = parse_labels(labels, "--labels")  # the error names the flag
+        out.append(f"data.labels={'all' if size is None else size}")
+    if seed is not None:
+        out.append(f"data.label_seed={seed}")
+    if tile is not None:
+        out.append(f"data.label_tile={tile}")
+    return out
 
 
 @app.command("sample")

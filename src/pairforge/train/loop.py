@@ -104,6 +104,7 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
 
     from pairforge.core.tasks import TrainingSettings, get_task
     from pairforge.diffusion.schedule import alphas_cumprod, make_scheduler_config
+    from pairforge.train.labels import check_same_budget
     from pairforge.train.run_outputs import RunOutputs, TrainingLog
     from pairforge.train.step import NonFiniteStep, StepModel, train_step
 
@@ -130,7 +131,7 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
     # Run directory: the resolved config; an existing run must have the same settings (and,
     # with data.labels, the same label budget).
     _prepare_run_dir(config, run_dir, accelerator)
-    _check_same_budget(run_dir, budget)
+    check_same_budget(run_dir, budget)
     layout = task.make_layout(ds.num_channels, ds.num_classes, config.mask_codec)
     task_settings = TrainingSettings(
         config.sdm.cond_drop_prob, config.sr.noise_aug_max, config.sr.scale_factor
@@ -331,6 +332,7 @@ def _training_crops(config: TrainConfig, task, items_needed: int):
     """
     from pairforge.data.dataset import load_dataset
     from pairforge.data.views import RandomCropDataset
+    from pairforge.train.labels import training_budget
 
     ds = load_dataset(config.data.path)
     ids = ds.ids(config.data.split)
@@ -347,7 +349,7 @@ def _training_crops(config: TrainConfig, task, items_needed: int):
             f"{'labeled ' if task.needs_masks else ''}samples; "
             f"available splits: {sorted(ds.spec.splits)}."
         )
-    budget = training_budget(config, task, ds)
+    budget = training_budget(config, task, ds)  # None without data.labels
     if budget is not None:
         from pairforge.data.budget import BudgetedDataset
 
@@ -363,65 +365,6 @@ def _training_crops(config: TrainConfig, task, items_needed: int):
         seed=config.seed,
     )
     return ds, crops
-
-
-def check_labels_option(config: TrainConfig, task) -> None:
-    """PairforgeError when data.labels is set for a task that reads no masks."""
-    if config.data.labels is not None and not task.needs_masks:
-        raise PairforgeError(
-            f"data.labels={config.data.labels}: task {task.name} reads no masks, so there is "
-            "no label budget to draw; remove data.labels (an image model may see every image)"
-        )
-
-
-def training_budget(config: TrainConfig, task, ds):
-    """The LabelBudget of data.labels drawn on `ds` (the training data), or None without one."""
-    from pairforge.data.budget import make_budget
-
-    check_labels_option(config, task)
-    if config.data.labels is None:
-        return None
-    size = None if config.data.labels == "all" else int(config.data.labels)
-    try:
-        return make_budget(
-            ds, size, config.data.label_seed, config.data.label_tile_size, config.data.split
-        )
-    except PairforgeError as err:
-        # make_budget names the CLI flag (--labels); training is configured by data.labels.
-        text = str(err).replace(f"--labels {size}:", f"data.labels={size}:", 1)
-        raise PairforgeError(f"{config.data.path}: {text}" if text == str(err) else text) from None
-
-
-def _check_same_budget(run_dir: Path, budget) -> None:
-    """A resumed run must train on the budget it started with (data.path may have moved)."""
-    import json
-
-    from pairforge.core.run import INFO_FILE, MODEL_DIR
-
-    try:
-        record = json.loads((run_dir / MODEL_DIR / INFO_FILE).read_text())
-    except (OSError, ValueError):
-        return  # no weights yet: nothing was trained on another budget
-    if not isinstance(record, dict) or "label_budget" not in record:
-        return  # written before label budgets existed, i.e. without one
-    now = None if budget is None else budget.to_dict()
-    if record["label_budget"] != now:
-        was = _describe_budget_dict(record["label_budget"])
-        raise PairforgeError(
-            f"{run_dir}: this run was trained on {was}, but data.path now gives "
-            f"{'no label budget' if budget is None else 'the budget ' + budget.describe()}; the "
-            "data changed. Resume with the dataset the run started on, or use another --out."
-        )
-
-
-def _describe_budget_dict(value) -> str:
-    from pairforge.data.budget import budget_from_record
-
-    try:
-        budget = budget_from_record(value, "label_budget")
-    except PairforgeError:
-        return "an unreadable label budget"
-    return "no label budget" if budget is None else f"the budget {budget.describe()}"
 
 
 def _trim_metrics(metrics_path: Path, start_step: int) -> None:
