@@ -31,8 +31,9 @@ def training_budget(config: TrainConfig, task, ds):
         )
     except PairforgeError as err:
         # make_budget names the CLI flag (--labels); training is configured by data.labels.
-        text = str(err).replace(f"--labels {size}:", f"data.labels={size}:", 1)
-        raise PairforgeError(f"{config.data.path}: {text}" if text == str(err) else text) from None
+        raise PairforgeError(
+            str(err).replace(f"--labels {size}:", f"data.labels={size}:", 1)
+        ) from None
 
 
 def check_same_budget(run_dir: Path, budget) -> None:
