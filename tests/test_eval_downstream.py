@@ -27,7 +27,7 @@ def write_set(root, real, size, seed, count=6, tile=16, budget="draw"):
     budget (size, seed) of `real` (budget=None: no budget recorded, every mask)."""
     if budget == "draw":
         budget = make_budget(load_dataset(real), size, seed, tile).to_dict()
-    folder = write_dataset(root, count, 16, seed=100 + seed)
+    folder = write_dataset(root, count, 16, seed=100 + 10 * (size or 0) + seed)
     entry = {"path": None, "task": "joint", "sha256": {}, "reads_masks": True}
     manifest = {"pipeline": "joint", "checkpoints": {"joint": {**entry, "label_budget": budget}}}
     (folder / "manifest.json").write_text(json.dumps(manifest))

@@ -241,11 +241,10 @@ def _data_record(real_dir, data: DownstreamData, config) -> dict:
 
 def _protocol_notes(data: DownstreamData, config) -> list[str]:
     """What varies between seeds and what does not (the table's and the plot's footnote)."""
-    sets_vary = any(
-        len({str(data.sets.get((str(b), s)) and data.sets[(str(b), s)].path)
-             for s in config.seeds}) > 1
-        for b in config.budgets
-    )  # fmt: skip
+    paths: dict[str, set] = {}
+    for (label, _), synthetic in data.sets.items():
+        paths.setdefault(label, set()).add(None if synthetic is None else synthetic.path)
+    sets_vary = any(len(found) > 1 for found in paths.values())
     return [
         "mIoU in %, on tiles of the held-out test split "
         f"{config.test_split!r} ({int(data.test['image'].shape[0])} tiles); labels touched = "

@@ -35,7 +35,8 @@ def plot_downstream(result: dict, path: str | Path) -> Path:
     figure, axis = plt.subplots(figsize=(5.5, 3.6))
     summary = result["summary"]
     ticks: dict[float, str] = {}
-    for condition, label in LABELS.items():
+    for index, (condition, label) in enumerate(LABELS.items()):
+        dodge = 1.0 + 0.04 * (index - 1)  # conditions side by side (log x), intervals readable
         rows = sorted(
             (r for r in summary if r["condition"] == condition and r["budget"] is not None),
             key=_x,
@@ -43,7 +44,7 @@ def plot_downstream(result: dict, path: str | Path) -> Path:
         if not rows:
             continue
         axis.errorbar(
-            [_x(r) for r in rows],
+            [_x(r) * dodge for r in rows],
             [100 * r["test_miou_mean"] for r in rows],
             yerr=[_half_width(r) for r in rows],
             marker="o",
@@ -65,7 +66,7 @@ def plot_downstream(result: dict, path: str | Path) -> Path:
         axis.minorticks_off()
     new_format = "comparisons" in result
     axis.set_xlabel("labeled real tiles (budget)" if new_format else "labeled real training crops")
-    axis.set_ylabel("test mIoU (%)" + (", 95 % CI" if new_format else ""))
+    axis.set_ylabel("test mIoU (%)" + (": mean, 95 % CI" if new_format else ""))
     axis.legend(fontsize=8)
     axis.grid(alpha=0.3)
     figure.tight_layout()
