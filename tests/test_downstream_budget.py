@@ -289,3 +289,17 @@ def test_cli_budget_flags(data, tmp_path):
     assert "'most' is neither a tile count nor 'all'" in str(bad.exception)
     gone = runner.invoke(app, [*args, "--out", str(tmp_path), "--val-split", "val"])
     assert gone.exit_code != 0 and "--val-split" in gone.output
+
+
+def test_report_finds_the_real_data_and_every_synthetic_set(data, tmp_path):
+    from pairforge.eval.report_inputs import collect_results
+
+    real, sets = data
+    runs = _hand_runs({"4": [0.1, 0.2, 0.3]})
+    result = {"summary": summarize_runs(runs), "comparisons": compare_conditions(runs),
+              "data": {"real": str(real), "synthetic": [str(sets[(4, 0)]), str(sets[(4, 1)])]},
+              "notes": []}  # fmt: skip
+    write_downstream(result, tmp_path / "eval")
+    found = collect_results([tmp_path / "eval"])
+    assert [p for p, _ in found.downstream] == [tmp_path / "eval"]
+    assert sorted(found.datasets) == sorted(p.resolve() for p in (real, sets[(4, 0)], sets[(4, 1)]))

@@ -18,6 +18,7 @@ set is not also a longer training, nor one with more chances to be selected.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Literal
@@ -168,7 +169,7 @@ def run_downstream(
             "crop_size": data.crop_size,
             "resolution": data.resolution,
             "label_tile": next(iter(data.budgets.values())).tile_size,
-            "steps_per_run": epochs * -(-epoch_samples // config.batch_size),
+            "steps_per_run": epochs * math.ceil(epoch_samples / config.batch_size),
         },
         "data": _data_record(real_dir, data, config),
         "runs": runs,

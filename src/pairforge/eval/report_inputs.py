@@ -78,8 +78,13 @@ def collect_results(paths: list[str | Path]) -> ReportInputs:
             source = (result.get(role) or {}).get("source")
             _add_dataset(found, source)
     for _, result in found.downstream:
-        for role in ("real", "synthetic"):
-            _add_dataset(found, (result.get("data") or {}).get(role))
+        data = result.get("data") or {}
+        synthetic = data.get("synthetic")  # one folder (older results) or a list of sets
+        for source in [
+            data.get("real"),
+            *(synthetic if isinstance(synthetic, list) else [synthetic]),
+        ]:
+            _add_dataset(found, source)
     return found
 
 
