@@ -149,6 +149,21 @@ def test_resume_accepts_a_moved_run_but_not_other_weights(tmp_path):
         write_generated_dataset(plan, out, progress=False)
 
 
+def test_resume_of_a_set_started_before_label_budgets_were_recorded(tmp_path):
+    out = tmp_path / "gen"
+    plan = joint_plan(tmp_path, 1)
+    write_generated_dataset(plan, out, progress=False)
+    stored = out / ".generate" / "settings.json"
+    settings = json.loads(stored.read_text())
+    assert "label_budget" in settings["checkpoints"]["joint"]
+    for entry in settings["checkpoints"].values():  # as an older version wrote it
+        del entry["label_budget"], entry["reads_masks"]
+    stored.write_text(json.dumps(settings))
+    plan.num_samples = 2
+    manifest = write_generated_dataset(plan, out, progress=False)
+    assert manifest["num_samples"] == 2 and manifest["checkpoints"]["joint"]["reads_masks"]
+
+
 def write_mask_dataset(path, shapes, spec):
     """Labeled 'user-drawn' masks (images are placeholders) of the given shapes."""
     from pairforge.data.dataset import DatasetWriter

@@ -307,9 +307,15 @@ def _check_settings(out: Path, settings: dict[str, Any]) -> None:
             )
 
 
+# Entry keys not compared on resume: the path (a run folder may move) and what the run's record
+# says about its labels (a function of the weights whose hashes are compared; sets started
+# before label budgets were recorded lack them).
+_UNCOMPARED_ENTRY_KEYS = ("path", "reads_masks", "label_budget")
+
+
 def _without_paths(settings: dict[str, Any]) -> dict[str, Any]:
     checkpoints = {
-        role: {k: v for k, v in entry.items() if k != "path"}
+        role: {k: v for k, v in entry.items() if k not in _UNCOMPARED_ENTRY_KEYS}
         for role, entry in settings.get("checkpoints", {}).items()
     }
     return {**settings, "checkpoints": checkpoints}
