@@ -130,11 +130,14 @@ def _invoke(command: click.Command, args: list[str], capture: Path | None = None
 
 @dataclass
 class Stage:
-    """One demo stage: one `pairforge` command (its arguments); `capture` keeps stdout (JSON)."""
+    """One demo stage: one `pairforge` command (its arguments); `capture` keeps stdout (JSON);
+    `done`: a file the command writes last, whose presence means a rerun skips the stage (for
+    commands that do not resume by themselves)."""
 
     name: str
     args: list[str]
     capture: Path | None = None
+    done: Path | None = None
 
 
 def _tag(budget: str, seed: int) -> str:
@@ -202,8 +205,12 @@ def _segmentation_stages(out: Path, plan: DemoPlan) -> list[Stage]:
                    *plan.seg_options]  # fmt: skip
             evaluate = ["seg", "eval", str(head), "--data", str(data), "--split", "test", "--json"]
             capture = seg_json / f"seg_head-{_tag(budget, s)}.json"
-            stages.append(Stage(f"segmentation head {_tag(budget, s)}", fit))
-            stages.append(Stage(f"head eval {_tag(budget, s)}", evaluate, capture=capture))
+            stages.append(
+                Stage(f"segmentation head {_tag(budget, s)}", fit, done=head / "head.json")
+            )
+            stages.append(
+                Stage(f"head eval {_tag(budget, s)}", evaluate, capture=capture, done=capture)
+            )
     return stages
 
 
@@ -253,6 +260,9 @@ def run_demo(out: Path, plan: DemoPlan, cli: click.Command, seed: int = 0) -> Pa
         t0 = time.perf_counter()
         elapsed = (t0 - start) / 60
         typer.secho(f"\n== {stage.name}  (demo time so far {elapsed:.1f} min)", bold=True, err=True)
+        if stage.done is not None and stage.done.exists():
+            typer.echo(f"done already: {stage.done} exists (delete it to rerun)", err=True)
+            return
         _invoke(cli, stage.args, capture=stage.capture)
         timings[stage.name] = round(time.perf_counter() - t0, 1)
 
