@@ -11,9 +11,11 @@ from test_eval_fid import MeanColorFeatures
 from test_eval_fixtures import write_dataset
 from typer.testing import CliRunner
 
+from pairforge.core.stats import mean_ci, paired_difference
 from pairforge.errors import PairforgeError
 from pairforge.eval.cli import report_command
 from pairforge.eval.downstream import summarize_runs, write_downstream
+from pairforge.eval.few_label import write_few_label
 from pairforge.eval.fid import MEAN_ROW_LABEL, evaluate_fid
 from pairforge.eval.mask_stats import compare_mask_stats, plot_mask_stats
 from pairforge.eval.report import build_report, collect_results
@@ -66,6 +68,17 @@ def results_dir(tmp_path):
         "notes": [],
     }
     write_downstream(downstream, eval_dir)
+    few_label = {
+        "rows": [
+            {"budget": "8", "tiles": 8, "fit_tiles": 6, "select_tiles": 2, "pixels": 131072,
+             "seeds": [0, 1, 2], "baseline": mean_ci([0.70, 0.72, 0.71]),
+             "head": mean_ci([0.72, 0.75, 0.75]),
+             "head_vs_baseline": paired_difference({0: 0.72, 1: 0.75, 2: 0.75},
+                                                   {0: 0.70, 1: 0.72, 2: 0.71})}
+        ],
+        "notes": ["paired per seed"],
+    }  # fmt: skip
+    write_few_label(few_label, eval_dir)
     for name, miou in (("seg_head", 0.8), ("seg_baseline", 0.6)):
         seg = {"split": "test", "num_images": 8, "mean_iou": miou,
                "per_class_iou": {"binder": miou + 0.1, "grain": miou - 0.1}}  # fmt: skip
@@ -96,14 +109,23 @@ def test_report_renders_every_section(results_dir, tmp_path):
     out = build_report([results_dir], tmp_path / "report.html", title="tiny demo")
     page = out.read_text()
     assert "Missing:" not in page
-    for anchor in ("samples", "fid", "mask-stats", "segmentation", "downstream", "timing"):
+    for anchor in (
+        "samples", "fid", "mask-stats", "few-label", "segmentation", "downstream", "timing"
+    ):  # fmt: skip
         assert f'<section id="{anchor}">' in page
-    assert "<td>diffusion-feature head</td><td>test</td><td>8</td><td>80.000</td>" in page
+    # seg results without "labels" (older pairforge) say so instead of inventing a budget
+    assert (
+        "<td>diffusion-feature head</td><td>test</td><td>8</td><td>unknown</td><td>80.000</td>"
+    ) in page
+    assert (
+        "<td>8 (6 + 2) / 131,072</td><td>3</td><td>71.0 +- 1.0</td><td>74.0 +- 1.7</td>"
+    ) in page
+    assert "<td>+3.0 [+0.5, +5.5]: significant gain</td>" in page
     assert "<td>supervised baseline</td>" in page and "<td>IoU grain</td>" not in page
     assert "<th>IoU grain</th>" in page and "<td>train joint</td><td>12.500</td>" in page
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    # 2 dataset grids + run preview + 3 mask-statistics plots + downstream plot.
-    assert len(images) == 7
+    # 2 dataset grids + run preview + 3 mask-statistics plots + downstream and few-label plots.
+    assert len(images) == 8
     assert all(len(data) > 1000 for data in images)
     assert "<td>intensity</td><td>inception</td>" in page
     fid = json.loads((results_dir / "eval" / "fid.json").read_text())
@@ -133,7 +155,7 @@ def test_missing_sections_are_stated(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     page = build_report([empty], tmp_path / "r.html").read_text()
-    assert page.count('class="missing"') == 6
+    assert page.count('class="missing"') == 7
     assert "pairforge eval fid REAL_DIR FAKE_DIR --out EVAL_DIR" in page
     assert "pairforge eval downstream" in page
     with pytest.raises(PairforgeError, match="nowhere: not found"):

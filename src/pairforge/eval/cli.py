@@ -329,6 +329,36 @@ def downstream(
     typer.echo(f"wrote {paths['json']}, {paths['table']}, {paths['plot']}")
 
 
+@app.command(
+    "few-label",
+    help="Compare the few-label head and real + synthetic training with the supervised "
+    "baseline at the same label budgets and seeds, paired per seed (95 % t interval). Reads a "
+    "downstream.json (its real-only runs are the baseline) and `seg eval --json` results of "
+    "heads fitted at the same budgets; refuses pairs that read different tiles. Writes "
+    "few_label.json, few_label.md, few_label.png."
+    "\n\nExample:\n\n  pairforge eval few-label eval/downstream/downstream.json "
+    "eval/seg/seg_head-b8-s*.json --out eval/few-label",
+)
+def few_label(
+    downstream_json: Path = typer.Argument(..., help="downstream.json of `eval downstream`"),
+    heads: list[Path] = typer.Argument(None, help="`seg eval --json` results of the heads"),
+    out: Path = typer.Option(..., "--out", help="folder for the results"),
+) -> None:
+    from pairforge.eval.few_label import (
+        compare_few_label,
+        format_few_label_table,
+        read_result,
+        write_few_label,
+    )
+
+    downstream = read_result(downstream_json, "downstream result")
+    loaded = [(path, read_result(path, "seg eval result")) for path in heads or []]
+    result = compare_few_label(downstream, downstream_json, loaded)
+    paths = write_few_label(result, out)
+    typer.echo(format_few_label_table(result))
+    typer.echo(f"wrote {paths['json']}, {paths['table']}, {paths['plot']}")
+
+
 def report_command(
     run_dirs: list[Path] = typer.Argument(
         ..., help="run, eval and dataset folders (or folders holding them)"

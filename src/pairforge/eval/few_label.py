@@ -129,24 +129,34 @@ def _cell(stat: dict | None) -> str:
     return f"{100 * stat['mean']:.1f}{std}"
 
 
+FEW_LABEL_HEADER = [
+    "budget", "labels touched (tiles: fit + select / px)", "seeds", "baseline", "head",
+    "head - baseline [95 % CI]", "real + synthetic", "mixed - baseline [95 % CI]",
+]  # fmt: skip
+
+
+def few_label_rows(result: dict) -> list[list[str]]:
+    """The comparison's rows as text cells, in FEW_LABEL_HEADER order (Markdown and HTML)."""
+    rows = []
+    for row in result["rows"]:
+        touched = f"{row['tiles']} ({row['fit_tiles']} + {row['select_tiles']}) / {row['pixels']:,}"
+        rows.append(
+            [row["budget"], touched, str(len(row["seeds"])), _cell(row["baseline"]),
+             _cell(row.get("head")), _difference(row, "head_vs_baseline"),
+             _cell(row.get("mixed")), _difference(row, "mixed_vs_baseline")]
+        )  # fmt: skip
+    return rows
+
+
+def _difference(row: dict, key: str) -> str:
+    return format_difference(row[key]) if key in row else "-"
+
+
 def format_few_label_table(result: dict) -> str:
     """Markdown: per budget the labels touched, each method's test mIoU and the paired
     differences against the baseline."""
-    lines = [
-        "| budget | labels touched (tiles: fit + select / px) | seeds | baseline | head | head - "
-        "baseline [95 % CI] | real + synthetic | mixed - baseline [95 % CI] |",
-        "|---|---|---:|---:|---:|---|---:|---|",
-    ]
-    for row in result["rows"]:
-        touched = f"{row['tiles']} ({row['fit_tiles']} + {row['select_tiles']}) / {row['pixels']:,}"
-        lines.append(
-            f"| {row['budget']} | {touched} | {len(row['seeds'])} | {_cell(row['baseline'])} | "
-            f"{_cell(row.get('head'))} | "
-            + (format_difference(row["head_vs_baseline"]) if "head_vs_baseline" in row else "-")
-            + f" | {_cell(row.get('mixed'))} | "
-            + (format_difference(row["mixed_vs_baseline"]) if "mixed_vs_baseline" in row else "-")
-            + " |"
-        )
+    lines = ["| " + " | ".join(FEW_LABEL_HEADER) + " |", "|---|---|---:|---:|---:|---|---:|---|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in few_label_rows(result)]
     lines += ["", "Test mIoU in % (mean +- std over seeds) on the held-out test measurements."]
     return "\n".join(lines)
 

@@ -1,5 +1,5 @@
 """What `pairforge report` found under its paths: eval results (fid.json, mask_stats.json,
-downstream.json, seg_*.json, demo.json), run folders and datasets, scanned up to 3 levels deep."""
+downstream.json, few_label.json, seg_*.json, demo.json), run folders and datasets, scanned up to 3 levels deep."""
 
 from __future__ import annotations
 
@@ -10,7 +10,12 @@ from pathlib import Path
 
 from pairforge.errors import PairforgeError
 
-EVAL_FILES = {"fid": "fid.json", "mask_stats": "mask_stats.json", "downstream": "downstream.json"}
+EVAL_FILES = {
+    "fid": "fid.json",
+    "mask_stats": "mask_stats.json",
+    "downstream": "downstream.json",
+    "few_label": "few_label.json",
+}
 SCAN_DEPTH = 3
 SKIP_DIRS = {"images", "masks", "checkpoints", "model", "samples", "__pycache__"}
 
@@ -22,6 +27,7 @@ class ReportInputs:
     fid: list[tuple[Path, dict]] = field(default_factory=list)
     mask_stats: list[tuple[Path, dict]] = field(default_factory=list)
     downstream: list[tuple[Path, dict]] = field(default_factory=list)
+    few_label: list[tuple[Path, dict]] = field(default_factory=list)
     runs: list[Path] = field(default_factory=list)
     datasets: list[Path] = field(default_factory=list)
     segmentation: list[tuple[Path, dict]] = field(default_factory=list)

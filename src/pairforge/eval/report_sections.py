@@ -308,18 +308,28 @@ def _segmentation_section(found: ReportInputs) -> str:
     classes = sorted({c for _, r in found.segmentation for c in r.get("per_class_iou", {})})
     rows = []
     for path, result in found.segmentation:
-        per_class = result.get("per_class_iou", {})
+        per_class, labels = result.get("per_class_iou", {}), result.get("labels") or {}
+        kind, _, tag = path.stem.partition("-")  # seg_head-b8-s0: a head of budget 8, seed 0
+        name = names.get(kind, kind) + (f" ({tag})" if tag else "")
+        read = f"{labels['tiles']} / {labels['pixels']:,}" if "tiles" in labels else "unknown"
         rows.append(
-            [names.get(path.stem, path.stem), result.get("split"), result.get("num_images"),
-             100 * result["mean_iou"]]
+            [name, result.get("split"), result.get("num_images"), read, 100 * result["mean_iou"]]
             + [None if per_class.get(c) is None else 100 * per_class[c] for c in classes]
         )  # fmt: skip
     note = (
-        "<p>mIoU in % on tiles of the held-out split; both models see the same labeled "
-        "training tiles, and pick their stopping point on the validation split.</p>"
+        "<p>mIoU in % on tiles of the held-out split. Labels read: the tiles (and full-resolution "
+        "pixels) of the model's label budget, its selection tiles included; nothing else.</p>"
     )
-    header = ["model", "split", "tiles", "mIoU"] + [f"IoU {c}" for c in classes]
-    return _table(header, rows) + note
+    header = ["model", "split", "tiles", "labels read (tiles / px)", "mIoU"]
+    return _table(header + [f"IoU {c}" for c in classes], rows) + note
+
+
+def _few_label_block(folder: Path, result: dict) -> str:
+    from pairforge.eval.few_label import FEW_LABEL_HEADER, few_label_rows
+
+    notes = "".join(f"<p>{html.escape(n)}</p>" for n in result.get("notes", []))
+    plot = _png_file_tag(folder / "few_label.png", "few-label mIoU vs label budget")
+    return _table(FEW_LABEL_HEADER, few_label_rows(result)) + notes + plot
 
 
 def _timing_section(found: ReportInputs) -> str:
@@ -353,11 +363,20 @@ _downstream_section = partial(
     _downstream_block,
 )
 
+_few_label_section = partial(
+    _per_folder,
+    "few_label",
+    "no few_label.json found; run `pairforge eval few-label DOWNSTREAM_JSON HEAD_JSON... --out "
+    "EVAL_DIR`",
+    _few_label_block,
+)
+
 # (anchor, heading, render(found) -> HTML), in page order.
 SECTIONS = (
     ("samples", "Samples and overlays", _samples_section),
     ("fid", "FID / KID", _fid_section),
     ("mask-stats", "Mask statistics", _mask_stats_section),
+    ("few-label", "Few labels: head and real + synthetic vs the baseline", _few_label_section),
     ("segmentation", "Segmentation with few labels (mIoU)", _segmentation_section),
     ("downstream", "Downstream segmentation (mIoU)", _downstream_section),
     ("timing", "Wall time", _timing_section),
