@@ -151,7 +151,7 @@ def test_bad_budgets_are_refused_with_the_fix(grains):
         make_budget(ds, 129, 0, TILE)
     with pytest.raises(PairforgeError, match="no split named 'nope'"):
         make_budget(ds, 2, 0, TILE, split="nope")
-    with pytest.raises(PairforgeError, match="smaller than the 512 px label tiles"):
+    with pytest.raises(PairforgeError, match="is 128 x 256 px, smaller than the 512 px tiles"):
         make_budget(ds, 2, 0, 512)
     with pytest.raises(PairforgeError, match="--labels 'abc'"):
         parse_labels("abc")

@@ -252,14 +252,15 @@ def candidate_tiles(ds, split: str, tile_size: int) -> list[Tile]:
     tiles: list[Tile] = []
     for sample_id in ids:
         height, width = ds.image_size(sample_id)
+        if min(height, width) < tile_size:  # its labels could never be read: say so
+            raise PairforgeError(
+                f"{ds.root}: sample {sample_id!r} of split {split!r} is {height} x {width} px, "
+                f"smaller than the {tile_size} px tiles of the label budget; remove it from the "
+                "split or use smaller tiles (--label-tile / data.label_tile)"
+            )
         for y in range(0, height - tile_size + 1, tile_size):
             for x in range(0, width - tile_size + 1, tile_size):
                 tiles.append((sample_id, y, x))
-    if not tiles:
-        raise PairforgeError(
-            f"{ds.root}: the labeled samples of split {split!r} are all smaller than the "
-            f"{tile_size} px label tiles; use a smaller tile size (--label-tile / data.label_tile)"
-        )
     return tiles
 
 
