@@ -67,11 +67,6 @@ def plot_downstream(result: dict, path: str | Path) -> Path:
     new_format = "comparisons" in result
     axis.set_xlabel("labeled real tiles (budget)" if new_format else "labeled real training crops")
     axis.set_ylabel("test mIoU (%)" + (": mean, 95 % CI" if new_format else ""))
-    axis.legend(fontsize=8)
-    axis.grid(alpha=0.3)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    from pairforge.eval.result_files import save_figure
+
+    return save_figure(figure, axis, path)

@@ -4,14 +4,12 @@ against real-only (same budget, same seed), the Markdown table, and writing down
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from pairforge.core.stats import format_difference, mean_ci, paired_difference
 from pairforge.eval.downstream_plan import CONDITIONS
-from pairforge.io import atomic_write_text
 
 # What the labels-touched column counts (the budget's: the same for every condition).
 LABEL_KEYS = ("budget", "tiles", "fit_tiles", "select_tiles", "pixels", "tile_size", "split")
@@ -150,15 +148,8 @@ OLDER_FORMAT_NOTE = (
 def write_downstream(result: dict, out_dir: str | Path) -> dict[str, Path]:
     """Write downstream.json, downstream.md and downstream.png into `out_dir`."""
     from pairforge.eval.downstream_plot import plot_downstream
+    from pairforge.eval.result_files import write_result_files
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "json": out_dir / "downstream.json",
-        "table": out_dir / "downstream.md",
-        "plot": out_dir / "downstream.png",
-    }
-    atomic_write_text(paths["json"], json.dumps(result, indent=2))
-    atomic_write_text(paths["table"], format_downstream_table(result) + "\n")
-    plot_downstream(result, paths["plot"])
-    return paths
+    return write_result_files(
+        result, out_dir, "downstream", format_downstream_table(result), plot_downstream
+    )

@@ -16,7 +16,6 @@ from typing import Any
 
 from pairforge.core.stats import format_difference, mean_ci, paired_difference
 from pairforge.errors import PairforgeError
-from pairforge.io import atomic_write_text
 
 METHODS = (("baseline", "supervised baseline (real only)"), ("head", "diffusion-feature head"),
            ("mixed", "real + synthetic"))  # fmt: skip
@@ -184,29 +183,18 @@ def plot_few_label(result: dict, path: str | Path) -> Path:
     axis.minorticks_off()
     axis.set_xlabel("label budget (labeled tiles, selection included)")
     axis.set_ylabel("test mIoU (%)")
-    axis.legend(fontsize=8)
-    axis.grid(alpha=0.3)
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    from pairforge.eval.result_files import save_figure
+
+    return save_figure(figure, axis, path)
 
 
 def write_few_label(result: dict, out_dir: str | Path) -> dict[str, Path]:
     """few_label.json, few_label.md and few_label.png in `out_dir`."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "json": out_dir / "few_label.json",
-        "table": out_dir / "few_label.md",
-        "plot": out_dir / "few_label.png",
-    }
-    atomic_write_text(paths["json"], json.dumps(result, indent=2))
-    atomic_write_text(paths["table"], format_few_label_table(result) + "\n")
-    plot_few_label(result, paths["plot"])
-    return paths
+    from pairforge.eval.result_files import write_result_files
+
+    return write_result_files(
+        result, out_dir, "few_label", format_few_label_table(result), plot_few_label
+    )
 
 
 def read_result(path: str | Path, what: str) -> dict:
