@@ -164,22 +164,36 @@ class _EpochSettings:
     device: str
 
 
-def _train_epoch(model, optimizer, scheduler, images, masks, settings: _EpochSettings, generator):
-    """One shuffled pass over (images, masks), one AdamW + cosine step per batch; mean loss."""
+def _weighted_loss(logits, masks, weights):
+    """Cross-entropy over labeled pixels; with per-sample `weights` (B,) a weighted mean over
+    pixels (each pixel counts its sample's weight), else the plain mean."""
+    if weights is None:
+        return F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX)
+    per_pixel = F.cross_entropy(logits, masks, ignore_index=IGNORE_INDEX, reduction="none")
+    pixel_weights = weights.to(per_pixel)[:, None, None] * (masks != IGNORE_INDEX)
+    return (per_pixel * pixel_weights).sum() / pixel_weights.sum().clamp_min(1e-12)
+
+
+def _train_epoch(model, optimizer, scheduler, images, masks, settings: _EpochSettings, generator,
+                 weights=None):  # fmt: skip
+    """One shuffled pass over (images, masks), one AdamW + cosine step per batch; mean loss.
+    weights: None or per-sample loss weights (N,)."""
     model.train()
     order = torch.randperm(images.shape[0], generator=generator)
     loss_sum, num_batches = 0.0, 0
     for first in range(0, len(order), settings.batch_size):
         index = order[first : first + settings.batch_size]
         batch_images, batch_masks = images[index], masks[index]
+        batch_weights = None if weights is None else weights[index]
         if settings.augment:
             batch_images, batch_masks = _augment_batch(batch_images, batch_masks, generator)
         batch_images, batch_masks = _pad_to_multiple(batch_images, batch_masks, settings.stride)
         if batch_images.shape[0] == 1:
             # BatchNorm cannot train on one sample of 1x1 bottleneck; duplicate it.
             batch_images, batch_masks = batch_images.repeat(2, 1, 1, 1), batch_masks.repeat(2, 1, 1)
+            batch_weights = None if weights is None else batch_weights.repeat(2)
         logits = model(batch_images.to(settings.device))
-        loss = F.cross_entropy(logits, batch_masks.to(settings.device), ignore_index=IGNORE_INDEX)
+        loss = _weighted_loss(logits, batch_masks.to(settings.device), batch_weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -206,6 +220,7 @@ def train_supervised(
     augment: bool = True,
     val_every: int = 1,
     progress: bool = True,
+    sample_weights: torch.Tensor | None = None,
 ) -> tuple[torch.nn.Module, dict]:
     """Train an smp segmenter with cross-entropy; keep the weights of the best validation epoch.
 
@@ -221,6 +236,8 @@ def train_supervised(
         augment: random flips and 90-degree rotations (square images).
         val_every: validate (and possibly keep the weights) every this many epochs and at the
             last epoch; > 1 saves time when validation is large compared with training.
+        sample_weights: None (plain mean cross-entropy) or float (N,) >= 0 per training image:
+            each labeled pixel's loss counts its image's weight (weighted mean per batch).
 
     Returns:
         (model in eval mode on `device`, history) with history = {"epochs": [{"epoch",
@@ -231,6 +248,7 @@ def train_supervised(
     has_val = val_images is not None and val_masks is not None
     if has_val:
         val_images, val_masks = _labeled_tensors(val_images, val_masks, num_classes, "val")
+    sample_weights = _checked_weights(sample_weights, train_images.shape[0])
     if epochs < 1 or batch_size < 1 or val_every < 1:
         raise PairforgeError(
             f"epochs={epochs}, batch_size={batch_size}, val_every={val_every}: all must be >= 1"
@@ -252,7 +270,8 @@ def train_supervised(
         epoch_iter = tqdm(epoch_iter, desc="supervised", unit="epoch")
     for epoch in epoch_iter:
         start = time.perf_counter()
-        loss = _train_epoch(model, optimizer, scheduler, train_images, train_masks, step, generator)
+        loss = _train_epoch(model, optimizer, scheduler, train_images, train_masks, step,
+                            generator, sample_weights)  # fmt: skip
         record = {"epoch": epoch, "train_loss": loss, "val_miou": None}
         if has_val and (epoch % val_every == 0 or epoch == epochs):
             record["val_miou"] = evaluate_supervised(
@@ -268,6 +287,18 @@ def train_supervised(
             epoch_iter.set_postfix(loss=f"{record['train_loss']:.3f}", val=record["val_miou"])
 
     return _select_weights(model, history, best_state, epochs), history
+
+
+def _checked_weights(weights, num_images: int) -> torch.Tensor | None:
+    if weights is None:
+        return None
+    weights = torch.as_tensor(weights, dtype=torch.float32)
+    if weights.shape != (num_images,) or not torch.isfinite(weights).all() or (weights < 0).any():
+        raise PairforgeError(
+            f"sample_weights: need {num_images} finite weights >= 0 (one per training image); "
+            f"got shape {tuple(weights.shape)}"
+        )
+    return weights
 
 
 def _select_weights(model, history: dict, best_state: dict | None, epochs: int):

@@ -318,3 +318,60 @@ def baseline_command(
         data, run, tiles, eval_split, settings, out=out, device=device, progress=not as_json
     )
     _print_report(report, as_json, "supervised baseline")
+
+
+@app.command("pseudolabel")
+def pseudolabel_command(
+    head_dir: Path = _HEAD_DIR,
+    data: Path = typer.Option(..., "--data", help="Dataset folder whose measurements to label."),
+    out: Path = typer.Option(..., "--out", help="Pseudo-labeled dataset folder to write."),
+    split: str = typer.Option("train", "--split", help="Split to pseudo-label."),
+    threshold: str = typer.Option(
+        "auto",
+        "--threshold",
+        help="Uncertainty at most this keeps the head's label: auto (chosen on the head "
+        "budget's select tiles) or a number.",
+    ),
+    target_accuracy: float = typer.Option(
+        0.95, "--target-accuracy", help="auto: kept-pixel accuracy wanted on the select tiles."
+    ),
+    keep_fraction: float = typer.Option(
+        0.8, "--keep-fraction", help="auto without select tiles: pixels kept per measurement."
+    ),
+    uncertainty: str = _UNCERTAINTY,
+    soft: bool = typer.Option(False, "--soft", help="Also write soft/<id>.npy (float16 probs)."),
+    overlap: int = typer.Option(
+        None, "--overlap", min=0, help="Window overlap in model px [default: half a window]."
+    ),
+    device: str = _DEVICE,
+) -> None:
+    """Pseudo-label every measurement of a split with a head: a dataset for distillation.
+
+    Masks are the head's argmax where its uncertainty is at most the threshold, unlabeled
+    elsewhere; true labels inside the head budget's fit tiles, unlabeled in its select tiles.
+    Resumes per measurement. Writes OUT/pseudolabel.json (head hash and budget, threshold).
+
+    Example:
+
+      pairforge seg pseudolabel heads/g8 --data data/grains --out data/grains-pseudo
+    """
+    from pairforge.seg.head import SegmentationHead
+    from pairforge.seg.pseudolabel import PseudoSettings, parse_threshold, pseudolabel
+
+    settings = PseudoSettings(
+        split=split,
+        threshold=parse_threshold(threshold),
+        target_accuracy=target_accuracy,
+        keep_fraction=keep_fraction,
+        uncertainty=uncertainty,
+        soft=soft,
+        overlap=overlap,
+    )
+    head = SegmentationHead.load(head_dir, device=device)
+    record = pseudolabel(head, data, out, settings, head_path=head_dir, echo=typer.echo)
+    chosen = record["threshold"]
+    value = "per measurement" if chosen["value"] is None else f"{chosen['value']:.4g}"
+    typer.echo(
+        f"{len(record['measurements'])} measurements written to {out} ({len(record['segmented'])} "
+        f"this run); threshold {value} ({chosen['method']}); kept {record['kept_fraction']:.3f}"
+    )
