@@ -329,9 +329,9 @@ def pseudolabel_command(
     threshold: str = typer.Option(
         "auto",
         "--threshold",
-        help="Uncertainty at most this keeps the head's label: auto (chosen on the head "
-        "budget's select tiles) or a number.",
-    ),
+        help="Uncertainty at most this keeps "
+        "the head's label: auto (on its select tiles) or a number.",
+    ),  # fmt: skip
     target_accuracy: float = typer.Option(
         0.95, "--target-accuracy", help="auto: kept-pixel accuracy wanted on the select tiles."
     ),
@@ -345,33 +345,74 @@ def pseudolabel_command(
     ),
     device: str = _DEVICE,
 ) -> None:
-    """Pseudo-label every measurement of a split with a head: a dataset for distillation.
-
-    Masks are the head's argmax where its uncertainty is at most the threshold, unlabeled
-    elsewhere; true labels inside the head budget's fit tiles, unlabeled in its select tiles.
-    Resumes per measurement. Writes OUT/pseudolabel.json (head hash and budget, threshold).
+    """Pseudo-label every measurement of a split with a head (confident pixels; true labels in
+    its budget's fit tiles, select tiles unlabeled); resumable. OUT/pseudolabel.json records it.
 
     Example:
 
       pairforge seg pseudolabel heads/g8 --data data/grains --out data/grains-pseudo
     """
+    import pairforge.seg.pseudolabel as pl
     from pairforge.seg.head import SegmentationHead
-    from pairforge.seg.pseudolabel import PseudoSettings, parse_threshold, pseudolabel
 
-    settings = PseudoSettings(
-        split=split,
-        threshold=parse_threshold(threshold),
-        target_accuracy=target_accuracy,
-        keep_fraction=keep_fraction,
-        uncertainty=uncertainty,
-        soft=soft,
-        overlap=overlap,
-    )
+    settings = pl.PseudoSettings(split, pl.parse_threshold(threshold), target_accuracy,
+                                 keep_fraction, uncertainty, soft, overlap)  # fmt: skip
     head = SegmentationHead.load(head_dir, device=device)
-    record = pseudolabel(head, data, out, settings, head_path=head_dir, echo=typer.echo)
-    chosen = record["threshold"]
-    value = "per measurement" if chosen["value"] is None else f"{chosen['value']:.4g}"
-    typer.echo(
-        f"{len(record['measurements'])} measurements written to {out} ({len(record['segmented'])} "
-        f"this run); threshold {value} ({chosen['method']}); kept {record['kept_fraction']:.3f}"
-    )
+    record = pl.pseudolabel(head, data, out, settings, head_path=head_dir, echo=typer.echo)
+    typer.echo(pl.summary_line(record, out))
+
+
+@app.command("distill")
+def distill_command(
+    data: Path = typer.Option(..., "--data", help="Dataset folder with the budget's labels."),
+    pseudo: Path = typer.Option(..., "--pseudo", help="Set written by `seg pseudolabel`."),
+    synthetic: list[Path] = typer.Option(
+        None, "--synthetic", help="Generated pair set (repeatable); read at its own scale."
+    ),
+    labels: str = _LABELS,
+    label_seed: int = _LABEL_SEED,
+    label_tile: int = _LABEL_TILE,
+    label_split: str = _LABEL_SPLIT,
+    weights: str = typer.Option(
+        "real=1,pseudo=1,synthetic=0.5", "--weights", help="Loss weight per source (0: unused)."
+    ),
+    pseudo_crops: int = typer.Option(
+        None, "--pseudo-crops", min=1, help="Random crops of --pseudo [default: 4 per area]."
+    ),
+    eval_split: str = typer.Option("test", "--eval-split", help="Held-out split to report."),
+    epochs: int = typer.Option(
+        40, "--epochs", min=1, help="Training epochs (one AdamW step per batch of tiles)."
+    ),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    lr: float = typer.Option(1e-3, "--lr", min=0.0),
+    arch: str = typer.Option("unet", "--arch", help="smp architecture."),
+    encoder: str = typer.Option("resnet18", "--encoder", help="smp encoder (no pretrained)."),
+    out: Path = typer.Option(None, "--out", help="Save the model (safetensors + JSON) here."),
+    as_json: bool = _AS_JSON,
+    seed: int = _SEED,
+    device: str = _DEVICE,
+) -> None:
+    """The smp segmenter on the budget's fit tiles + pseudo-label crops (+ synthetic pairs),
+    weighted per source; best epoch on the select tiles. The pseudo set's head must lie inside
+    the budget.
+
+    Example:
+
+      pairforge seg distill --data data/grains --pseudo data/grains-pseudo --labels 8 --json
+    """
+    from pairforge.data.budget import parse_labels
+    from pairforge.seg.data import TileChoice
+    from pairforge.seg.distill import DistillSettings, distill, parse_weights, source_lines
+
+    tiles = TileChoice(parse_labels(labels), label_seed, label_tile, label_split)
+    settings = DistillSettings(
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, arch=arch, encoder=encoder,
+        weights=parse_weights(weights), pseudo_crops=pseudo_crops,
+    )  # fmt: skip
+    report = distill(
+        data, pseudo, tiles, eval_split, settings, synthetic=list(synthetic or []), out=out,
+        device=device, progress=not as_json,
+    )  # fmt: skip
+    _print_report(report, as_json, "distilled segmenter")
+    if not as_json:
+        typer.echo(source_lines(report))

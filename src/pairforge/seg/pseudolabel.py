@@ -363,6 +363,16 @@ def _summary(head, head_sha, head_path, data, dataset, settings, threshold, reco
     }
 
 
+def summary_line(record: dict[str, Any], out) -> str:
+    """One line on a written set: measurements, threshold and how it was chosen, kept pixels."""
+    chosen = record["threshold"]
+    value = "per measurement" if chosen["value"] is None else f"{chosen['value']:.4g}"
+    return (
+        f"{len(record['measurements'])} measurements written to {out} ({len(record['segmented'])} "
+        f"this run); threshold {value} ({chosen['method']}); kept {record['kept_fraction']:.3f}"
+    )
+
+
 def read_pseudo_record(path: str | Path) -> dict[str, Any]:
     """OUT/pseudolabel.json of a pseudo-labeled set; PairforgeError naming the file and fix."""
     file = Path(path) / PSEUDO_RECORD
