@@ -142,3 +142,22 @@ def test_bad_flags(setup):
         _pseudo(tmp, tmp / "data", tmp / "bad", "--target-accuracy", "1.5")
     with pytest.raises(PairforgeError, match="no split named 'nope'"):
         _pseudo(tmp, tmp / "data", tmp / "bad", "--split", "nope")
+
+
+def test_no_select_tiles_keeps_a_fixed_fraction_per_measurement(setup):
+    tmp = setup
+    _invoke(["seg", "fit", "--run", tmp / "run", "--data", tmp / "data", "--out", tmp / "head3",
+             *FIT, "--labels", 3, "--label-seed", 3])  # fmt: skip
+    out = tmp / "keep"
+    output = _invoke(["seg", "pseudolabel", tmp / "head3", "--data", tmp / "data", "--out", out,
+                      "--keep-fraction", "0.7"])  # fmt: skip
+    assert "threshold per measurement (no labeled select tiles" in output
+    record = json.loads((out / "pseudolabel.json").read_text())
+    assert record["threshold"]["value"] is None and record["threshold"]["keep_fraction"] == 0.7
+    head = SegmentationHead.load(tmp / "head3")
+    data = load_dataset(tmp / "data")
+    for sample_id in ("m0", "m1", "m2"):
+        js = segment_measurement(head, data.read_image(sample_id)).js.numpy()
+        measured = record["measurements"][sample_id]
+        assert measured["threshold"] == pytest.approx(float(np.quantile(js, 0.7)), rel=1e-6)
+        assert measured["held_out_pixels"] == 0
