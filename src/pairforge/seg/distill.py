@@ -120,12 +120,18 @@ def pseudo_source(pseudo: Path, record: dict, budget, scale, settings: DistillSe
             f"--pseudo {pseudo}: none of its {len(crops)} crops has a labeled pixel; "
             "pseudo-label with a higher --threshold or --target-accuracy lower"
         )
-    info = {"path": str(pseudo), "crops": len(items), "drawn": len(crops),
-            "head": record["head"]["sha256"],
-            "head_labels": record["labels"], "threshold": record["threshold"].get("value"),
-            "held_out": "the budget's select tiles"}  # fmt: skip
-    return Source("pseudo", torch.stack([i["image"] for i in items]),
-                  torch.stack([i["mask"] for i in items]), settings.weights["pseudo"], info)  # fmt: skip
+    info = {
+        "path": str(pseudo),
+        "crops": len(items),
+        "drawn": len(crops),
+        "head": record["head"]["sha256"],
+        "head_labels": record["labels"],
+        "threshold": record["threshold"].get("value"),
+        "held_out": "the budget's select tiles",
+    }
+    images = torch.stack([i["image"] for i in items])
+    masks = torch.stack([i["mask"] for i in items])
+    return Source("pseudo", images, masks, settings.weights["pseudo"], info)
 
 
 def synthetic_source(path: Path, real, budget, scale, weight: float) -> Source:
@@ -141,9 +147,9 @@ def synthetic_source(path: Path, real, budget, scale, weight: float) -> Source:
         require_covered(maker.budget, budget, f"synthetic set {path} ({maker.role})",
                         fix="generate it with generators trained on this budget")  # fmt: skip
     dataset = load_dataset(path)
-    for what, mine, theirs in (("classes", [c.name for c in dataset.spec.classes],
-                                [c.name for c in real.spec.classes]),
-                               ("channels", dataset.spec.channel_names, real.spec.channel_names)):  # fmt: skip
+    names = [c.name for c in dataset.spec.classes], [c.name for c in real.spec.classes]
+    channels = dataset.spec.channel_names, real.spec.channel_names
+    for what, (mine, theirs) in (("classes", names), ("channels", channels)):
         if mine != theirs:
             raise PairforgeError(
                 f"--synthetic {path}: {what} {mine} differ from the data's {theirs}; use a set "
@@ -221,9 +227,16 @@ def distill(
     report = _train_and_report(
         data, chosen, sources, scale, eval_split, settings, device, progress, out
     )
+    warnings = []
     if record.get("split") == eval_split:
-        report["warnings"] = [f"the pseudo-labeled set labels split {eval_split!r}, the split "
-                              "scored: its images were seen (without labels) in training"]  # fmt: skip
+        warnings.append(
+            f"the pseudo-labeled set labels split {eval_split!r}, the split scored: its images "
+            "were seen (without labels) in training"
+        )
+    if synthetic and weights["synthetic"] == 0:
+        warnings.append("--synthetic sets given with weight 0 (--weights synthetic=0): not used")
+    if warnings:
+        report["warnings"] = warnings
     return report
 
 
@@ -267,12 +280,17 @@ def _train_and_report(data, chosen, sources, scale, eval_split, settings, device
     report["labels"] = chosen.budget.summary()
     report["sources"] = [{"source": s.name, "weight": s.weight, **s.info} for s in sources]
     if out is not None:
-        save_supervised(model, out, arch=settings.arch, encoder=settings.encoder,
-                        extra={"class_names": names, "crop_size": crop, "resolution": res,
-                               "normalizer": normalizer.to_dict(),
-                               "label_budget": chosen.budget.to_dict(),
-                               "best_epoch": history["best_epoch"],
-                               "selection": report["selection"], "sources": report["sources"]})  # fmt: skip
+        extra = {
+            "class_names": names,
+            "crop_size": crop,
+            "resolution": res,
+            "normalizer": normalizer.to_dict(),
+            "label_budget": chosen.budget.to_dict(),
+            "best_epoch": history["best_epoch"],
+            "selection": report["selection"],
+            "sources": report["sources"],
+        }
+        save_supervised(model, out, arch=settings.arch, encoder=settings.encoder, extra=extra)
     return report
 
 

@@ -296,7 +296,7 @@ def pseudolabel(
     budget = head.label_budget
     if budget is None:
         raise PairforgeError(
-            f"head {head_path or ''}: records no label budget, so the labels behind its "
+            f"head {head_path or '(in memory)'}: records no label budget, so the labels behind its "
             "pseudo-labels are unknown; fit it again with `pairforge seg fit --labels N`"
         )
     dataset = load_dataset(data)
