@@ -41,6 +41,9 @@ _UNCERTAINTY = typer.Option(
     "the DatasetDDPM score) | entropy (of the mean softmax) | disagreement (vote fraction).",
 )
 _DEVICE = typer.Option("cpu", "--device", help="cpu / cuda.")
+_OVERLAP = typer.Option(
+    None, "--overlap", min=0, help="Window overlap in model px [default: half a window]."
+)
 _HEAD_DIR = typer.Argument(..., help="Head folder written by `seg fit`.")
 _AS_JSON = typer.Option(False, "--json", help="Print JSON.")
 
@@ -178,9 +181,7 @@ def predict_command(
     data: Path = typer.Option(None, "--data", help="Dataset folder to segment."),
     split: str = typer.Option(None, "--split", help="Only this split of --data [default: all]."),
     image: Path = typer.Option(None, "--image", help="One image file (C, H, W) TIFF / NPY."),
-    overlap: int = typer.Option(
-        None, "--overlap", min=0, help="Window overlap in model px [default: half a window]."
-    ),
+    overlap: int = _OVERLAP,
     uncertainty: str = _UNCERTAINTY,
     device: str = _DEVICE,
 ) -> None:
@@ -340,9 +341,7 @@ def pseudolabel_command(
     ),
     uncertainty: str = _UNCERTAINTY,
     soft: bool = typer.Option(False, "--soft", help="Also write soft/<id>.npy (float16 probs)."),
-    overlap: int = typer.Option(
-        None, "--overlap", min=0, help="Window overlap in model px [default: half a window]."
-    ),
+    overlap: int = _OVERLAP,
     device: str = _DEVICE,
 ) -> None:
     """Pseudo-label every measurement of a split with a head (confident pixels; true labels in
