@@ -50,6 +50,9 @@ def test_demo_stages_keep_every_figure_inside_its_budget(tmp_path):
             assert fit[fit.index("--labels") + 1] == budget
             assert fit[fit.index("--label-seed") + 1] == str(seed)
     assert "train joint-ball-s1" not in stages  # the 'all' tiles are the same at every seed
+    assert "--pixels-per-image" not in stages["segmentation head b32-s0"]
+    fit_all = stages["segmentation head ball-s2"]
+    assert fit_all[fit_all.index("--pixels-per-image") + 1] == "128"
     assert "data.labels=all" in stages["train mask"] and "data.labels=all" in stages["train sdm"]
     assert not any("data.labels" in a for a in stages["train image"])
     downstream = stages["downstream"]
