@@ -120,7 +120,7 @@ def test_quick_demo_end_to_end(tmp_path):
         f"<td>4 / 4,096</td><td>{100 * head['mean_iou']:.3f}</td>"
     ) in html
     assert "Few labels: head and real + synthetic vs the baseline" in html
-    assert f"<td>4 (3 + 1) / 4,096</td><td>1</td>" in html  # budget 4: 3 fit + 1 select tiles
+    assert "<td>4 (3 + 1) / 4,096</td><td>1</td>" in html  # budget 4: 3 fit + 1 select tiles
     for pipeline in ("joint", "two-stage"):
         fid = json.loads((out / "eval" / pipeline / "fid.json").read_text())
         # One neutral network for the domain row of both pipelines; train split as reference.
