@@ -39,22 +39,33 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help="tiny smoke run (numbers mean nothing)"
     )
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--collect-only",
+        action="store_true",
+        help="do not run: collect a finished `pairforge demo --seeds ...` folder (its seeds and "
+        "budgets must be the ones given)",
+    )
     args = parser.parse_args(argv)
     if len(args.seeds.split(",")) < 5 and not args.quick:
         parser.error("--seeds: give at least 5 seeds (a paired interval needs them)")
     command = [sys.executable, "-m", "pairforge.cli", "demo", "--out", str(args.out),
                "--seeds", args.seeds, "--budgets", args.budgets,
                *(["--quick"] if args.quick else ["--minutes", str(args.minutes)])]  # fmt: skip
-    print("$ " + " ".join(command), flush=True)
     start = time.perf_counter()
-    subprocess.run(command, check=True)
+    if not args.collect_only:
+        print("$ " + " ".join(command), flush=True)
+        subprocess.run(command, check=True)
     seconds = time.perf_counter() - start
     few_label = json.loads((args.out / "eval" / "few-label" / "few_label.json").read_text())
     downstream = json.loads((args.out / "eval" / "downstream" / "downstream.json").read_text())
+    ran_seeds = sorted(downstream["settings"]["seeds"])
+    if ran_seeds != sorted(int(s) for s in args.seeds.split(",")):
+        parser.error(f"{args.out} holds seeds {ran_seeds}, not --seeds {args.seeds}")
     result = {
         "bench": "budgets",
         "command": command,
         "seconds_this_invocation": round(seconds, 1),
+        "collected_only": args.collect_only,
         "demo": json.loads((args.out / "demo.json").read_text()),
         "machine": {
             "platform": platform.platform(),
