@@ -27,7 +27,7 @@ from pairforge.eval.downstream_summary import (
 )
 from pairforge.eval.report import build_report
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = pytest.mark.usefixtures("single_thread_module")  # module fixtures train too
 
 # Real, synthetic-only and mixed at two budgets and two seeds; tiny and quick.
 TINY = dict(
