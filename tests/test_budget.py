@@ -11,13 +11,12 @@ from PIL import Image
 
 from pairforge.core.stats import format_difference, mean_ci, paired_difference
 from pairforge.data.budget import (
-    BudgetedDataset,
     LabelBudget,
-    budget_tiles,
     make_budget,
     parse_labels,
     require_covered,
 )
+from pairforge.data.budget_view import BudgetedDataset, budget_tiles
 from pairforge.data.codec import IGNORE_INDEX
 from pairforge.data.dataset import load_dataset
 from pairforge.data.grains import write_grains_dataset

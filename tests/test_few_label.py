@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from pairforge.eval.few_label import compare_few_label, format_few_label_table, write_few_label
 from pairforge.errors import PairforgeError
+from pairforge.eval.few_label import compare_few_label, format_few_label_table, write_few_label
 
 
 def _labels(budget: str, seed: int, tiles: int) -> dict:

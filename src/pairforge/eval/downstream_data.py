@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pairforge.core.seeds import downstream_order_seed
-from pairforge.data.budget import BudgetedDataset, LabelBudget, budget_tiles, make_budget
+from pairforge.data.budget import LabelBudget, make_budget
+from pairforge.data.budget_view import BudgetedDataset, budget_tiles
 from pairforge.data.codec import IGNORE_INDEX
 from pairforge.errors import PairforgeError
 

@@ -115,7 +115,7 @@ def budget_tile_sets(
     dataset, budget: LabelBudget, crop_size: int, resolution: int, normalizer=None
 ) -> BudgetTiles:
     """Fit / select tiles of `budget` on `dataset` (a loaded Dataset) at one scale."""
-    from pairforge.data.budget import BudgetedDataset, budget_tiles
+    from pairforge.data.budget_view import BudgetedDataset, budget_tiles
 
     view = BudgetedDataset(dataset, budget)
     normalizer = normalizer or dataset.normalizer

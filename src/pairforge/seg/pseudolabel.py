@@ -289,7 +289,7 @@ def pseudolabel(
     docstring); resumes a folder started with the same head and settings. Returns the
     pseudolabel.json record plus "segmented" (ids labeled by this call)."""
     from pairforge.core.dataset_writer import module_sha256
-    from pairforge.data.budget import BudgetedDataset
+    from pairforge.data.budget_view import BudgetedDataset
     from pairforge.data.dataset import DatasetWriter, load_dataset
 
     _check_settings(settings)

@@ -351,7 +351,7 @@ def _training_crops(config: TrainConfig, task, items_needed: int):
         )
     budget = training_budget(config, task, ds)  # None without data.labels
     if budget is not None:
-        from pairforge.data.budget import BudgetedDataset
+        from pairforge.data.budget_view import BudgetedDataset
 
         ds, ids = BudgetedDataset(ds, budget), budget.ids
     crops = RandomCropDataset(
