@@ -298,12 +298,11 @@ def run_baseline(
     (safetensors + JSON, with the budget). Returns `iou_report` + "best_epoch",
     "best_val_miou", "selection", "labels" (the budget's summary).
     """
-    from pairforge.core.metrics import confusion_matrix
-    from pairforge.core.supervised import predict_supervised, save_supervised, train_supervised
+    from pairforge.core.supervised import save_supervised, train_supervised
 
     crop, res, normalizer = _baseline_scale(data, run, tiles)
     chosen = training_tiles(data, tiles, crop, res, normalizer)
-    train, select, budget = chosen.fit, chosen.select, chosen.budget
+    train, select = chosen.fit, chosen.select
     names = class_names(data)
     model, history = train_supervised(
         train.images,
@@ -315,6 +314,25 @@ def run_baseline(
         device=device,
         progress=progress,
     )
+    report = supervised_report(
+        model, history, data, eval_split, (crop, res, normalizer), chosen, names
+    )
+    if out is not None:
+        save_supervised(
+            model, out, arch=settings.arch, encoder=settings.encoder,
+            extra=supervised_extra(report, (crop, res, normalizer), chosen.budget, names),
+        )  # fmt: skip
+    return report
+
+
+def supervised_report(model, history, data, eval_split, scale, chosen, names) -> dict[str, Any]:
+    """IoU report of a trained smp segmenter on `eval_split` (tiles at `scale` = (crop, res,
+    normalizer)) + "best_epoch", "best_val_miou", "selection", "labels" (the budget of
+    `chosen`, the TileSets it trained and selected on)."""
+    from pairforge.core.metrics import confusion_matrix
+    from pairforge.core.supervised import predict_supervised
+
+    crop, res, normalizer = scale
     test = labeled_tiles(data, eval_split, crop, res, normalizer)
     confusion = confusion_matrix(predict_supervised(model, test.images), test.masks, len(names))
     report = iou_report(confusion, names, eval_split, len(test.source))
@@ -322,21 +340,19 @@ def run_baseline(
     report["best_val_miou"] = history["best_val_miou"]
     report["selection"] = (
         "best epoch on the budget's select tiles"
-        if select is not None
+        if chosen.select is not None
         else "no select tiles in the budget: fixed schedule, last epoch"
     )
-    report["labels"] = budget.summary()
-    if out is not None:
-        save_supervised(
-            model,
-            out,
-            arch=settings.arch,
-            encoder=settings.encoder,
-            extra={"class_names": names, "crop_size": crop, "resolution": res,
-                   "normalizer": normalizer.to_dict(), "label_budget": budget.to_dict(),
-                   "best_epoch": history["best_epoch"], "selection": report["selection"]},
-        )  # fmt: skip
+    report["labels"] = chosen.budget.summary()
     return report
+
+
+def supervised_extra(report: dict, scale, budget, names) -> dict[str, Any]:
+    """What a saved supervised segmenter's JSON records beside its weights."""
+    crop, res, normalizer = scale
+    return {"class_names": names, "crop_size": crop, "resolution": res,
+            "normalizer": normalizer.to_dict(), "label_budget": budget.to_dict(),
+            "best_epoch": report["best_epoch"], "selection": report["selection"]}  # fmt: skip
 
 
 def _baseline_scale(data: str | Path, run: str | Path | None, tiles: TileChoice):

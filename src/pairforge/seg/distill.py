@@ -249,12 +249,10 @@ def _record_budget(record: dict, pseudo: Path):
 def _train_and_report(data, chosen, sources, scale, eval_split, settings, device, progress, out):
     """Train on the concatenated sources (per-sample weights unless all are equal), score
     `eval_split`, save to `out` when given."""
-    from pairforge.core.metrics import confusion_matrix
-    from pairforge.core.supervised import predict_supervised, save_supervised, train_supervised
-    from pairforge.seg.commands import iou_report
-    from pairforge.seg.data import class_names, labeled_tiles
+    from pairforge.core.supervised import save_supervised, train_supervised
+    from pairforge.seg.commands import supervised_extra, supervised_report
+    from pairforge.seg.data import class_names
 
-    crop, res, normalizer = scale
     images = torch.cat([s.images for s in sources])
     masks = torch.cat([s.masks for s in sources])
     per_sample = torch.cat([torch.full((s.images.shape[0],), s.weight) for s in sources])
@@ -267,29 +265,11 @@ def _train_and_report(data, chosen, sources, scale, eval_split, settings, device
         lr=settings.lr, seed=settings.seed, arch=settings.arch, encoder=settings.encoder,
         device=device, progress=progress, sample_weights=None if uniform else per_sample,
     )  # fmt: skip
-    test = labeled_tiles(data, eval_split, crop, res, normalizer)
-    confusion = confusion_matrix(predict_supervised(model, test.images), test.masks, len(names))
-    report = iou_report(confusion, names, eval_split, len(test.source))
-    report["best_epoch"] = history["best_epoch"]
-    report["best_val_miou"] = history["best_val_miou"]
-    report["selection"] = (
-        "best epoch on the budget's select tiles"
-        if select is not None
-        else "no select tiles in the budget: fixed schedule, last epoch"
-    )
-    report["labels"] = chosen.budget.summary()
+    report = supervised_report(model, history, data, eval_split, scale, chosen, names)
     report["sources"] = [{"source": s.name, "weight": s.weight, **s.info} for s in sources]
     if out is not None:
-        extra = {
-            "class_names": names,
-            "crop_size": crop,
-            "resolution": res,
-            "normalizer": normalizer.to_dict(),
-            "label_budget": chosen.budget.to_dict(),
-            "best_epoch": history["best_epoch"],
-            "selection": report["selection"],
-            "sources": report["sources"],
-        }
+        extra = supervised_extra(report, scale, chosen.budget, names)
+        extra["sources"] = report["sources"]
         save_supervised(model, out, arch=settings.arch, encoder=settings.encoder, extra=extra)
     return report
 
