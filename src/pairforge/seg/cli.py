@@ -9,81 +9,45 @@ from pathlib import Path
 import typer
 
 from pairforge.errors import PairforgeError
+from pairforge.seg.cli_options import (
+    _AS_JSON,
+    _BLOCKS,
+    _CACHE,
+    _CLASS_BALANCE,
+    _CROP,
+    _DEVICE,
+    _EVAL_SPLIT,
+    _FIT_DATA,
+    _FIT_OUT,
+    _FIT_RUN,
+    _HEAD_DIR,
+    _LABEL_SEED,
+    _LABEL_SPLIT,
+    _LABEL_TILE,
+    _LABELS,
+    _MASK_FILL,
+    _MEMORY_BUDGET_GIB,
+    _MLP_EPOCHS,
+    _NOISE_LEVELS,
+    _NOISE_SEED,
+    _NUM_MODELS,
+    _OVERLAP,
+    _PIXELS_PER_IMAGE,
+    _RESOLUTION,
+    _SEED,
+    _SUP_ARCH,
+    _SUP_BATCH,
+    _SUP_ENCODER,
+    _SUP_LR,
+    _SUP_OUT,
+    _TIMESTEPS,
+    _UNCERTAINTY,
+)
 
 app = typer.Typer(
     no_args_is_help=True,
     help="Label-efficient segmentation from frozen diffusion features (DDPM-seg).",
 )
-
-# Options shared by `fit` and `baseline` so both see exactly the same tiles.
-_LABELS = typer.Option(
-    "all",
-    "--labels",
-    help="Label budget: this many labeled tiles of the label split, drawn by --label-seed "
-    "(every 4th is a selection tile for early stopping / best epoch), or 'all'.",
-)
-_LABEL_SEED = typer.Option(0, "--label-seed", min=0, help="Seed of the label budget's draw.")
-_LABEL_TILE = typer.Option(
-    None, "--label-tile", min=1, help="Label tile side in source px [default: the crop size]."
-)
-_LABEL_SPLIT = typer.Option("train", "--label-split", help="Split the labeled tiles come from.")
-_CROP = typer.Option(
-    None, "--crop-size", min=1, help="Source tile side in px [default: the run's crop_size]."
-)
-_RESOLUTION = typer.Option(
-    None, "--resolution", min=1, help="Model side in px [default: the run's resolution]."
-)
-_SEED = typer.Option(0, "--seed", min=0, help="Training seed.")
-_UNCERTAINTY = typer.Option(
-    "js",
-    "--uncertainty",
-    help="Per-pixel uncertainty: js (Jensen-Shannon disagreement of the ensemble members, "
-    "the DatasetDDPM score) | entropy (of the mean softmax) | disagreement (vote fraction).",
-)
-_DEVICE = typer.Option("cpu", "--device", help="cpu / cuda.")
-_OVERLAP = typer.Option(
-    None, "--overlap", min=0, help="Window overlap in model px [default: half a window]."
-)
-_HEAD_DIR = typer.Argument(..., help="Head folder written by `seg fit`.")
-_AS_JSON = typer.Option(False, "--json", help="Print JSON.")
-
-# `fit` options.
-_FIT_RUN = typer.Option(..., "--run", help="pairforge run (RUN) or diffusers UNet2DModel folder.")
-_FIT_DATA = typer.Option(..., "--data", help="Dataset folder with labeled masks.")
-_FIT_OUT = typer.Option(Path("seg-head"), "--out", help="Head folder to write.")
-_TIMESTEPS = typer.Option(
-    None,
-    "--timesteps",
-    help="Timesteps t of the model's schedule, comma list [default: 50,150,250].",
-)
-_NOISE_LEVELS = typer.Option(
-    None,
-    "--noise-levels",
-    help="Schedule-independent noise levels instead of --timesteps, resolved to the "
-    "nearest timesteps of the model's schedule: abar:0.970,0.786,0.521 | "
-    "logsnr:3.47,1.30,0.09 | baranchuk (the published levels: abar of t 50/150/250 on the "
-    "linear schedule).",
-)
-_BLOCKS = typer.Option(
-    None, "--blocks", help="Decoder blocks, e.g. up_blocks.1,up_blocks.2 [default: all up]."
-)
-_NOISE_SEED = typer.Option(0, "--noise-seed", help="Seed of the one fixed noise tensor.")
-_MASK_FILL = typer.Option(
-    "mean",
-    "--mask-fill",
-    help="Joint models: mask channels of x0 = mean (mean code of the training masks' class "
-    "fractions; measured best) | zeros | noise.",
-)
-_NUM_MODELS = typer.Option(10, "--num-models", min=1, help="Ensemble size.")
-_MLP_EPOCHS = typer.Option(20, "--epochs", min=1, help="Max epochs per MLP.")
-_PIXELS_PER_IMAGE = typer.Option(
-    None, "--pixels-per-image", min=1, help="Subsample labeled pixels per tile."
-)
-_CACHE = typer.Option(None, "--cache", help="Memory-map features into this folder.")
-_MEMORY_BUDGET_GIB = typer.Option(
-    8.0, "--memory-budget-gib", min=0.01, help="Stop before allocating more RAM than this."
-)
-_CLASS_BALANCE = typer.Option(False, "--class-balance", help="Inverse-frequency loss.")
 
 
 def _print_report(report: dict, as_json: bool, title: str) -> None:
@@ -281,17 +245,17 @@ def baseline_command(
     label_seed: int = _LABEL_SEED,
     label_tile: int = _LABEL_TILE,
     label_split: str = _LABEL_SPLIT,
-    eval_split: str = typer.Option("test", "--eval-split", help="Held-out split to report."),
+    eval_split: str = _EVAL_SPLIT,
     crop_size: int = _CROP,
     resolution: int = _RESOLUTION,
     epochs: int = typer.Option(
         400, "--epochs", min=1, help="Training epochs (one AdamW step per batch of tiles)."
     ),
-    batch_size: int = typer.Option(8, "--batch-size", min=1),
-    lr: float = typer.Option(1e-3, "--lr", min=0.0),
-    arch: str = typer.Option("unet", "--arch", help="smp architecture."),
-    encoder: str = typer.Option("resnet18", "--encoder", help="smp encoder (no pretrained)."),
-    out: Path = typer.Option(None, "--out", help="Save the model (safetensors + JSON) here."),
+    batch_size: int = _SUP_BATCH,
+    lr: float = _SUP_LR,
+    arch: str = _SUP_ARCH,
+    encoder: str = _SUP_ENCODER,
+    out: Path = _SUP_OUT,
     as_json: bool = _AS_JSON,
     seed: int = _SEED,
     device: str = _DEVICE,
@@ -378,15 +342,15 @@ def distill_command(
     pseudo_crops: int = typer.Option(
         None, "--pseudo-crops", min=1, help="Random crops of --pseudo [default: 4 per area]."
     ),
-    eval_split: str = typer.Option("test", "--eval-split", help="Held-out split to report."),
+    eval_split: str = _EVAL_SPLIT,
     epochs: int = typer.Option(
         40, "--epochs", min=1, help="Training epochs (one AdamW step per batch of tiles)."
     ),
-    batch_size: int = typer.Option(8, "--batch-size", min=1),
-    lr: float = typer.Option(1e-3, "--lr", min=0.0),
-    arch: str = typer.Option("unet", "--arch", help="smp architecture."),
-    encoder: str = typer.Option("resnet18", "--encoder", help="smp encoder (no pretrained)."),
-    out: Path = typer.Option(None, "--out", help="Save the model (safetensors + JSON) here."),
+    batch_size: int = _SUP_BATCH,
+    lr: float = _SUP_LR,
+    arch: str = _SUP_ARCH,
+    encoder: str = _SUP_ENCODER,
+    out: Path = _SUP_OUT,
     as_json: bool = _AS_JSON,
     seed: int = _SEED,
     device: str = _DEVICE,
