@@ -21,7 +21,6 @@ than k tiles) means a fixed schedule: no early stopping, the last epoch is kept.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,16 +157,19 @@ class LabelBudget:
             return False
         if other.tile_size == self.tile_size:
             return other._tile_set <= self._tile_set
-        t = self.tile_size
-        for sample_id, y, x in other.tiles:
-            end_y, end_x = y + other.tile_size, x + other.tile_size
-            if y % t or x % t or end_y % t or end_x % t:
-                return False  # not aligned with this budget's grid: some pixels outside it
-            for cy in range(y, end_y, t):
-                for cx in range(x, end_x, t):
-                    if (sample_id, cy, cx) not in self._tile_set:
-                        return False
-        return True
+        return all(self.covers_tile(tile, other.tile_size) for tile in other.tiles)
+
+    def covers_tile(self, tile: Tile, size: int) -> bool:
+        """Whether the `size` px tile at `tile` (same dataset) lies inside this budget's tiles."""
+        sample_id, y, x = tile
+        t, end_y, end_x = self.tile_size, y + size, x + size
+        if y % t or x % t or end_y % t or end_x % t:
+            return False  # not aligned with this budget's grid: some pixels outside it
+        return all(
+            (sample_id, cy, cx) in self._tile_set
+            for cy in range(y, end_y, t)
+            for cx in range(x, end_x, t)
+        )
 
     # -- storage ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -230,10 +232,7 @@ def require_covered(
 def _outside_count(inner: LabelBudget, outer: LabelBudget) -> int:
     if inner.dataset != outer.dataset:
         return len(inner.tiles)
-    return sum(
-        not outer.covers(LabelBudget(inner.dataset, inner.split, inner.tile_size, 0, 1, 1, (t,), 0))
-        for t in inner.tiles
-    )
+    return sum(not outer.covers_tile(tile, inner.tile_size) for tile in inner.tiles)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,8 +317,3 @@ def _has_labeled_pixel(ds, tile: Tile, tile_size: int) -> bool:
     sample_id, y, x = tile
     mask = ds.read_mask(sample_id)
     return bool((mask[y : y + tile_size, x : x + tile_size] != IGNORE_INDEX).any())
-
-
-def describe_budgets(budgets: Iterable[LabelBudget | None]) -> str:
-    """Comma list of budget descriptions (None: 'no budget')."""
-    return "; ".join("no budget" if b is None else b.describe() for b in budgets)
