@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -277,6 +277,11 @@ class BaselineSettings:
     arch: str = "unet"
     encoder: str = "resnet18"
 
+    def train_kwargs(self) -> dict[str, Any]:
+        """These settings as `train_supervised` keyword arguments (a subclass's extra fields
+        are not among them)."""
+        return {f.name: getattr(self, f.name) for f in fields(BaselineSettings)}
+
 
 def run_baseline(
     data: str | Path,
@@ -310,7 +315,7 @@ def run_baseline(
         select.images if select else None,
         select.masks if select else None,
         num_classes=len(names),
-        **asdict(settings),
+        **settings.train_kwargs(),
         device=device,
         progress=progress,
     )

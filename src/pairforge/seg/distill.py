@@ -24,6 +24,7 @@ import torch
 
 from pairforge.data.codec import IGNORE_INDEX
 from pairforge.errors import PairforgeError
+from pairforge.seg.commands import BaselineSettings
 
 SOURCES = ("real", "pseudo", "synthetic")
 DEFAULT_WEIGHTS = {"real": 1.0, "pseudo": 1.0, "synthetic": 0.5}
@@ -52,17 +53,13 @@ def parse_weights(text: str | None) -> dict[str, float]:
 
 
 @dataclass(frozen=True)
-class DistillSettings:
-    """How `distill` trains: `train_supervised`'s epochs (AdamW steps = epochs x batches),
-    batch size, learning rate, seed, smp arch / encoder; per-source loss weights; pseudo_crops:
-    random crops of the pseudo-labeled set (None: 4 per crop-sized area of its images)."""
+class DistillSettings(BaselineSettings):
+    """How `distill` trains: `seg baseline`'s settings (train_supervised's epochs, batch size,
+    learning rate, seed, smp arch / encoder; fewer epochs: the training set is larger), plus
+    per-source loss weights and pseudo_crops: random crops of the pseudo-labeled set (None: 4
+    per crop-sized area of its images)."""
 
     epochs: int = 40
-    batch_size: int = 8
-    lr: float = 1e-3
-    seed: int = 0
-    arch: str = "unet"
-    encoder: str = "resnet18"
     weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     pseudo_crops: int | None = None
 
@@ -261,9 +258,8 @@ def _train_and_report(data, chosen, sources, scale, eval_split, settings, device
     names = class_names(data)
     model, history = train_supervised(
         images, masks, select.images if select else None, select.masks if select else None,
-        num_classes=len(names), epochs=settings.epochs, batch_size=settings.batch_size,
-        lr=settings.lr, seed=settings.seed, arch=settings.arch, encoder=settings.encoder,
-        device=device, progress=progress, sample_weights=None if uniform else per_sample,
+        num_classes=len(names), **settings.train_kwargs(), device=device, progress=progress,
+        sample_weights=None if uniform else per_sample,
     )  # fmt: skip
     report = supervised_report(model, history, data, eval_split, scale, chosen, names)
     report["sources"] = [{"source": s.name, "weight": s.weight, **s.info} for s in sources]
