@@ -225,7 +225,9 @@ class RandomCropDataset(torch.utils.data.Dataset):
         # A budgeted view (`data.budget`): crops lie inside the budget's labeled tiles.
         budget = getattr(ds, "budget", None)
         self.tile_size = None if budget is None else budget.tile_size
+        # Per image: its labeled grid cells, sorted (drawn by index) and as a set (looked up).
         self.cells: list[list[tuple[int, int]]] = []
+        self.cell_sets: list[set[tuple[int, int]]] = []
         if budget is not None and crop_size > budget.tile_size:
             raise PairforgeError(
                 f"crop_size {crop_size} is larger than the {budget.tile_size} px label tiles, so "
@@ -242,7 +244,8 @@ class RandomCropDataset(torch.utils.data.Dataset):
             self.images.append(torch.from_numpy(self.normalizer.encode(image)))
             self.masks.append(torch.from_numpy(mask) if self.with_mask else None)
             if budget is not None:
-                self.cells.append(sorted(ds.tile_grid(sample_id)))
+                self.cell_sets.append(ds.tile_grid(sample_id))
+                self.cells.append(sorted(self.cell_sets[-1]))
         if budget is not None:  # each labeled tile weighs the same
             areas = np.array([len(c) for c in self.cells], dtype=np.float64)
         else:
@@ -261,13 +264,12 @@ class RandomCropDataset(torch.utils.data.Dataset):
         row, col = cells[int(rng.integers(0, len(cells)))]
         dy, dx = int(rng.integers(0, t)), int(rng.integers(0, t))
         y, x = row * t + dy, col * t + dx
-        labeled = set(cells)
         touched = {
             (r, q)
             for r in range(y // t, (y + c - 1) // t + 1)
             for q in range(x // t, (x + c - 1) // t + 1)
         }
-        if y + c <= height and x + c <= width and touched <= labeled:
+        if y + c <= height and x + c <= width and touched <= self.cell_sets[k]:
             return y, x
         return row * t + dy % (t - c + 1), col * t + dx % (t - c + 1)
 
