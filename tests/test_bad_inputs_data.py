@@ -114,6 +114,10 @@ def corrupt_tiff(root):
     path.write_bytes(path.read_bytes()[:300])
 
 
+def tiff_header_only(root):
+    (root / "images" / "m0.tif").write_bytes(b"II*\x00 no image file directory")
+
+
 def corrupt_npy(root):
     (root / "images" / "m0.tif").unlink()
     (root / "images" / "m0.npy").write_bytes(b"\x93NUMPY garbage, not an array")
@@ -315,6 +319,8 @@ CASES = {
     "png-mask-cut-check": Case(truncated_mask_cut, check, 1, ["m0.png", TRUNC]),
     "png-mask-cut-train": Case(truncated_mask_cut, train, 2, ["m0.png", TRUNC]),
     "tiff-corrupt-check": Case(corrupt_tiff, check, 1, ["m0.tif", TRUNC]),
+    "tiff-header-only-check": Case(tiff_header_only, check, 1, ["m0.tif", "holds no pixels"]),
+    "tiff-header-only-train": Case(tiff_header_only, train, 2, ["m0.tif", "holds no pixels"]),
     "tiff-corrupt-train": Case(corrupt_tiff, train, 2, ["m0.tif", TRUNC]),
     "npy-corrupt-check": Case(corrupt_npy, check, 1, ["m0.npy", TRUNC]),
     "npy-truncated-train": Case(truncated_npy, train, 2, ["m0.npy", TRUNC]),

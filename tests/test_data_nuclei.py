@@ -40,5 +40,11 @@ def test_missing_package_files_name_the_install_command(tmp_path):
     with pytest.raises(PairforgeError, match="pip install --no-deps stardist==0.9.2"):
         write_nuclei_dataset(tmp_path / "out", tmp_path / "nowhere")
     _fake_package(tmp_path / "small", size=256)
-    with pytest.raises(PairforgeError, match="expected 512 x 512"):
+    with pytest.raises(
+        PairforgeError, match=r"img2d.tif: expected a 512 x 512 array, got shape \(256, 256\)"
+    ):
         write_nuclei_dataset(tmp_path / "out", tmp_path / "small")
+    _fake_package(tmp_path / "corrupt")
+    (tmp_path / "corrupt" / MASK_FILE).write_bytes(b"II*\x00 truncated")
+    with pytest.raises(PairforgeError, match="mask2d.tif: expected a 512 x 512 array"):
+        write_nuclei_dataset(tmp_path / "out", tmp_path / "corrupt")

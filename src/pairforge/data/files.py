@@ -34,9 +34,12 @@ def read_array(path: Path) -> np.ndarray:
             level = log.level
             log.setLevel(logging.CRITICAL)
             try:
-                return tifffile.imread(path)
+                array = tifffile.imread(path)
             finally:
                 log.setLevel(level)
+            if array.size == 0:  # a TIFF header without image data reads as an empty array
+                raise PairforgeError(f"{path}: holds no pixels; {CORRUPT_FIX}")
+            return array
         from PIL import Image, ImageFile
 
         if path.suffix.lower() == ".png":

@@ -61,18 +61,18 @@ def nuclei_spec(name: str = "stardist-nuclei"):
 
 def write_nuclei_dataset(out_dir: str | Path, package_dir: str | Path | None = None) -> Path:
     """Write the four quadrants (3 train, 1 test) of the shipped nuclei image; returns the folder."""
-    import tifffile
-
+    from pairforge.data.files import read_array
     from pairforge.data.writer import DatasetWriter
 
     image_path, mask_path = shipped_files(package_dir)
-    image = np.asarray(tifffile.imread(image_path), dtype=np.float32)
-    instances = np.asarray(tifffile.imread(mask_path))
-    if image.shape != (512, 512) or instances.shape != image.shape:
-        raise PairforgeError(
-            f"{image_path}: expected 512 x 512 image and mask, got {image.shape} and "
-            f"{instances.shape}; install the tested version: {INSTALL}"
-        )
+    image = np.asarray(read_array(image_path), dtype=np.float32)  # corrupt files: PairforgeError
+    instances = np.asarray(read_array(mask_path))
+    for path, array in ((image_path, image), (mask_path, instances)):
+        if array.shape != (512, 512):  # a damaged file can read as an empty array
+            raise PairforgeError(
+                f"{path}: expected a 512 x 512 array, got shape {array.shape}; reinstall the "
+                f"tested version: {INSTALL}"
+            )
     semantic = (instances > 0).astype(np.int64)
     half = image.shape[0] // 2
     with DatasetWriter(out_dir, nuclei_spec()) as writer:
