@@ -46,5 +46,5 @@ def test_missing_package_files_name_the_install_command(tmp_path):
         write_nuclei_dataset(tmp_path / "out", tmp_path / "small")
     _fake_package(tmp_path / "corrupt")
     (tmp_path / "corrupt" / MASK_FILE).write_bytes(b"II*\x00 truncated")
-    with pytest.raises(PairforgeError, match="mask2d.tif: expected a 512 x 512 array"):
+    with pytest.raises(PairforgeError, match="mask2d.tif: holds no pixels"):
         write_nuclei_dataset(tmp_path / "out", tmp_path / "corrupt")
