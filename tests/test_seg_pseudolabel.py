@@ -124,13 +124,19 @@ def test_resume_redoes_only_the_missing_measurement(setup):
     tmp = setup
     out = tmp / "resume"
     _pseudo(tmp, tmp / "data", out, "--threshold", "0.02")
-    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    # segmented-<r>.json: which ids each process labeled in the last call (bookkeeping)
+    before = {
+        p: p.read_bytes() for p in out.rglob("*") if p.is_file() and "segmented-" not in p.name
+    }
     (out / ".pseudolabel" / "records" / "m1.json").unlink()
     output = _pseudo(tmp, tmp / "data", out, "--threshold", "0.02")
     assert "(1 this run)" in output
     assert "m0: done before, skipped" in output and "m2: done before, skipped" in output
     assert "m1: (64, 128) kept" in output
-    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    after = {
+        p: p.read_bytes() for p in out.rglob("*") if p.is_file() and "segmented-" not in p.name
+    }
+    assert json.loads((out / ".pseudolabel" / "segmented-0.json").read_text()) == ["m1"]
     assert after == before
     with pytest.raises(PairforgeError, match="threshold=0.02.*now 0.5"):
         _pseudo(tmp, tmp / "data", out, "--threshold", "0.5")

@@ -305,24 +305,45 @@ def pseudolabel_command(
     ),
     uncertainty: str = _UNCERTAINTY,
     soft: bool = typer.Option(False, "--soft", help="Also write soft/<id>.npy (float16 probs)."),
+    filled_out: Path = typer.Option(
+        None,
+        "--filled-out",
+        help="Also write a filled set here (for generators): head argmax everywhere, true "
+        "labels in the budget's fit tiles.",
+    ),  # fmt: skip
     overlap: int = _OVERLAP,
     device: str = _DEVICE,
 ) -> None:
     """Pseudo-label every measurement of a split with a head (confident pixels; true labels in
     its budget's fit tiles, select tiles unlabeled); resumable. OUT/pseudolabel.json records it.
+    Several processes / GPUs: prefix with `accelerate launch --num_processes R -m`.
 
-    Example:
+    Examples:
 
       pairforge seg pseudolabel heads/g8 --data data/grains --out data/grains-pseudo
+
+      pairforge seg pseudolabel heads/g8 --data data/grains --out data/grains-pseudo \\
+        --filled-out data/grains-filled
+
+      accelerate launch --num_processes 2 -m pairforge.cli seg pseudolabel heads/g8 ...
     """
+    from accelerate import PartialState
+
     import pairforge.seg.pseudolabel as pl
     from pairforge.seg.head import SegmentationHead
 
     settings = pl.PseudoSettings(split, pl.parse_threshold(threshold), target_accuracy,
                                  keep_fraction, uncertainty, soft, overlap)  # fmt: skip
-    head = SegmentationHead.load(head_dir, device=device)
-    record = pl.pseudolabel(head, data, out, settings, head_path=head_dir, echo=typer.echo)
-    typer.echo(pl.summary_line(record, out))
+    state = PartialState(cpu=device == "cpu")
+    # --device cuda under accelerate: each process on its own GPU (cuda:<local rank>).
+    head = SegmentationHead.load(head_dir, device=str(state.device) if device == "cuda" else device)
+    record = pl.pseudolabel(
+        head, data, out, settings, head_path=head_dir, filled_out=filled_out, echo=typer.echo,
+        process_index=state.process_index, num_processes=state.num_processes,
+        barrier=state.wait_for_everyone,
+    )  # fmt: skip
+    if record is not None:
+        typer.echo(pl.summary_line(record, out))
 
 
 @app.command("distill")

@@ -18,7 +18,9 @@ as float32 TIFF) plus OUT/uncertainty/<id>.tif (float32 (H, W)), OUT/soft/<id>.n
 `soft`: the head's blended probabilities, float16 (K, H, W), not overwritten by true labels),
 OUT/pseudolabel.json and OUT/.pseudolabel/ (settings.json: the request and the chosen threshold,
 a resume must match; records/<id>.json: written last, a measurement is done once its record and
-files exist).
+files exist). With `filled_out` the filled set for generators is written in the same pass
+(`seg.pseudo_sets`: the head's argmax everywhere, true labels in the fit tiles only). Sharded
+under `accelerate launch`: process r labels ids[r::R]; see `seg.pseudo_sets`.
 
 Memory: one measurement at a time. Measured (peak RSS growth while segmenting and masking,
 tiny head, 2 channels, 2 classes): 23 MiB for 256 x 1024 px, 102 MiB for 512 x 2048 px, i.e.
@@ -38,10 +40,9 @@ import numpy as np
 
 from pairforge.data.codec import IGNORE_INDEX
 from pairforge.errors import PairforgeError
-from pairforge.io import atomic_write, atomic_write_json, ensure_writable_dir
+from pairforge.io import atomic_write_json
+from pairforge.seg.pseudo_sets import PSEUDO_RECORD, STATE_DIR
 
-PSEUDO_RECORD = "pseudolabel.json"
-STATE_DIR = ".pseudolabel"
 KEEP_GRID = tuple(round(0.5 + 0.05 * i, 2) for i in range(11))  # keep 50 % .. 100 % of pixels
 TRUE_LABELS = (
     "inside the head budget's fit tiles the mask is the true label (those labels are in the "
@@ -184,8 +185,10 @@ def pseudo_mask(
     return mask
 
 
-def _label_one(head, view, sample_id: str, threshold: dict, settings: PseudoSettings):
-    """(image, pseudo mask, uncertainty float32, probs (K, H, W), record) of one measurement."""
+def _label_one(head, view, sample_id: str, threshold: dict, settings: PseudoSettings, filled: bool):
+    """(image, pseudo mask, uncertainty float32, probs (K, H, W), filled mask or None, record)
+    of one measurement (`filled`: also the filled mask, `pseudo_sets.filled_mask`)."""
+    from pairforge.seg.pseudo_sets import filled_mask
     from pairforge.seg.sliding import segment_measurement
 
     image = view.read_image(sample_id)
@@ -198,7 +201,9 @@ def _label_one(head, view, sample_id: str, threshold: dict, settings: PseudoSett
     fit = _tile_regions(view.budget, sample_id, "fit", shape)
     select = _tile_regions(view.budget, sample_id, "select", shape)
     truth = view.read_mask(sample_id, expected_shape=shape) if view.has_mask(sample_id) else None
-    mask = pseudo_mask(result.mask.numpy(), maps, value, truth, fit, select)
+    labels = result.mask.numpy()
+    mask = pseudo_mask(labels, maps, value, truth, fit, select)
+    full = filled_mask(labels, truth, fit) if filled else None
     outside = ~(fit | select)
     record = {
         "id": sample_id,
@@ -209,71 +214,43 @@ def _label_one(head, view, sample_id: str, threshold: dict, settings: PseudoSett
         "true_label_pixels": int((fit & (mask != IGNORE_INDEX)).sum()),
         "held_out_pixels": int(select.sum()),
     }
-    return image, mask, maps, result.probs.numpy(), record
+    return image, mask, maps, result.probs.numpy(), full, record
 
 
 # ---------------------------------------------------------------------------------------------
 # The dataset
 # ---------------------------------------------------------------------------------------------
-def _out_spec(dataset):
-    """D's spec for OUT: same channels, classes and normalization; no splits; an ignore id."""
-    spec = dataset.spec.model_copy(deep=True)
-    spec.name = f"{dataset.spec.name}-pseudo"
-    spec.splits = {}
-    spec.mask_encoding = "ids"
-    ids = {c.id for c in spec.classes}
-    spec.ignore_index = spec.ignore_index if spec.ignore_index is not None else (
-        255 if 255 not in ids else 65535)  # fmt: skip
-    from pairforge.data.spec import NormalizationSpec
-
-    spec.normalization = NormalizationSpec(**dataset.normalizer.to_dict())
-    return spec
-
-
 def _settings_record(head_sha: str, dataset, settings: PseudoSettings) -> dict[str, Any]:
     return {"head_sha256": head_sha, "dataset": dataset.spec.name, **asdict(settings)}
 
 
+def _check_request(state: Path, request: dict) -> dict | None:
+    """The saved threshold when settings.json exists and matches `request` (None: no file); a
+    folder started with other settings is an error naming the first difference (every process
+    checks, so all stop)."""
+    path = state / "settings.json"
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    for key, value in request.items():
+        if saved.get("request", {}).get(key) != value:
+            raise PairforgeError(
+                f"{path}: this folder was started with {key}={saved['request'].get(key)!r}, "
+                f"now {value!r}; rerun with the same head and flags to resume, or choose "
+                "another --out"
+            )
+    return saved["threshold"]
+
+
 def _resume_threshold(state: Path, request: dict, compute: Callable[[], dict]) -> dict:
     """The chosen threshold: from settings.json when it matches `request`, else computed and
-    recorded; a folder started with other settings is an error naming the first difference."""
-    path = state / "settings.json"
-    if path.exists():
-        saved = json.loads(path.read_text())
-        for key, value in request.items():
-            if saved.get("request", {}).get(key) != value:
-                raise PairforgeError(
-                    f"{path}: this folder was started with {key}={saved['request'].get(key)!r}, "
-                    f"now {value!r}; rerun with the same head and flags to resume, or choose "
-                    "another --out"
-                )
-        return saved["threshold"]
+    recorded (main process only)."""
+    saved = _check_request(state, request)
+    if saved is not None:
+        return saved
     threshold = compute()
-    atomic_write_json(path, {"request": request, "threshold": threshold})
+    atomic_write_json(state / "settings.json", {"request": request, "threshold": threshold})
     return threshold
-
-
-def _done(out: Path, sample_id: str, writer, soft: bool) -> bool:
-    files = [out / "images" / f"{sample_id}.tif", out / "uncertainty" / f"{sample_id}.tif",
-             out / STATE_DIR / "records" / f"{sample_id}.json"]  # fmt: skip
-    if soft:
-        files.append(out / "soft" / f"{sample_id}.npy")
-    has_mask = any((out / "masks" / f"{sample_id}{s}").exists() for s in (".png", ".tif"))
-    return writer.has(sample_id) and has_mask and all(f.exists() for f in files)
-
-
-def _write_extras(out: Path, sample_id: str, maps: np.ndarray, probs, soft: bool) -> None:
-    import tifffile
-
-    atomic_write(out / "uncertainty" / f"{sample_id}.tif", lambda p: tifffile.imwrite(p, maps))
-    if soft:
-        array = probs.astype(np.float16)
-
-        def save(path: Path) -> None:
-            with open(path, "wb") as f:
-                np.save(f, array)
-
-        atomic_write(out / "soft" / f"{sample_id}.npy", save)
 
 
 def pseudolabel(
@@ -283,14 +260,23 @@ def pseudolabel(
     settings: PseudoSettings = PseudoSettings(),
     *,
     head_path: str | Path | None = None,
+    filled_out: str | Path | None = None,
     echo: Callable[[str], None] = print,
-) -> dict[str, Any]:
+    process_index: int = 0,
+    num_processes: int = 1,
+    barrier: Callable[[], None] = lambda: None,
+) -> dict[str, Any] | None:
     """Write the pseudo-labeled dataset OUT of split `settings.split` of `data` (see the module
-    docstring); resumes a folder started with the same head and settings. Returns the
-    pseudolabel.json record plus "segmented" (ids labeled by this call)."""
+    docstring) and, with `filled_out`, the filled set there (`seg.pseudo_sets`); resumes a
+    folder started with the same head and settings. Sharded: every process calls it with its
+    index (`barrier`: e.g. PartialState.wait_for_everyone) and labels ids[index::num]; the
+    main process (index 0) chooses the threshold and writes dataset.yaml and pseudolabel.json.
+    Returns (main process) the pseudolabel.json record plus "segmented" (ids labeled by this
+    call, all processes); other processes return None."""
     from pairforge.core.dataset_writer import module_sha256
     from pairforge.data.budget_view import BudgetedDataset
-    from pairforge.data.dataset import DatasetWriter, load_dataset
+    from pairforge.data.dataset import load_dataset
+    from pairforge.seg import pseudo_sets as ps
 
     _check_settings(settings)
     budget = head.label_budget
@@ -307,33 +293,35 @@ def pseudolabel(
             f"{data}: split {settings.split!r} is empty (splits: {sorted(dataset.spec.splits)}); "
             "pass --split with the split to pseudo-label"
         )
-    out = Path(out)
+    out, is_main = Path(out), process_index == 0
     head_sha = module_sha256(head.ensemble)
     state = out / STATE_DIR
-    for folder in (state / "records", out / "uncertainty", out / "soft"):
-        if folder.name != "soft" or settings.soft:
-            ensure_writable_dir(folder, "pseudo-label folder")
+    sets = ps.PseudoSets(out, filled_out, dataset, settings.soft)
     request = _settings_record(head_sha, dataset, settings)
-    threshold = _resume_threshold(state, request, lambda: choose_threshold(head, view, settings))
-    records, segmented = {}, []
-    with DatasetWriter(out, _out_spec(dataset), flush_every=1) as writer:
-        for sample_id in ids:
-            record_path = state / "records" / f"{sample_id}.json"
-            if _done(out, sample_id, writer, settings.soft):
-                records[sample_id] = json.loads(record_path.read_text())
-                echo(f"{sample_id}: done before, skipped")
-                continue
-            image, mask, maps, probs, record = _label_one(
-                head, view, sample_id, threshold, settings
-            )
-            writer.add(sample_id, image, mask, split=settings.split)
-            _write_extras(out, sample_id, maps, probs, settings.soft)
-            atomic_write_json(record_path, record)  # last: the measurement is done
-            records[sample_id], _ = record, segmented.append(sample_id)
-            echo(f"{sample_id}: {tuple(mask.shape)} kept {record['kept_fraction']:.3f}")
+    _check_request(state, request)
+    if is_main:
+        _resume_threshold(state, request, lambda: choose_threshold(head, view, settings))
+    barrier()  # the others read the main process's threshold
+    threshold = _check_request(state, request)
+    segmented = []
+    for sample_id in ps.shard_ids(ids, process_index, num_processes):
+        if sets.done(sample_id):
+            echo(f"{sample_id}: done before, skipped")
+            continue
+        image, mask, maps, probs, filled, record = _label_one(
+            head, view, sample_id, threshold, settings, filled=filled_out is not None
+        )
+        sets.write(sample_id, image, mask, maps, probs, filled, record, settings.split)
+        segmented.append(sample_id)
+        echo(f"{sample_id}: {tuple(mask.shape)} kept {record['kept_fraction']:.3f}")
+    ps.write_segmented(out, process_index, segmented)
+    barrier()  # every measurement is written
+    if not is_main:
+        return None
+    records = {i: sets.record(i) for i in ids if sets.done(i)}
     summary = _summary(head, head_sha, head_path, data, dataset, settings, threshold, records)
-    atomic_write_json(out / PSEUDO_RECORD, summary)
-    return {**summary, "segmented": segmented}
+    sets.finish(ids, settings.split, summary)
+    return {**summary, "segmented": ps.read_segmented(out, num_processes)}
 
 
 def _summary(head, head_sha, head_path, data, dataset, settings, threshold, records) -> dict:
