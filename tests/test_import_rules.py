@@ -6,7 +6,7 @@ Layers, lowest first; a module imports only its own layer or lower ones:
   2 nets:    diffusion/, models/  (models/ never imports diffusion/)
   3 core:    core/, config       (the shared core: tasks, run records, seeds, metrics, ...)
   4 stages:  train/, generate/, seg/, eval/  (never each other: what two stages share is core)
-  5 demo:    demo                 (runs the commands through the root command it is given)
+  5 chains:  chain, demo, factory (run the commands through the root command they are given)
   6 cli:     cli                  (composes every sub-app; nothing imports it: no cycle)
 """
 
@@ -33,7 +33,9 @@ LAYERS = {
     "generate": 4,
     "seg": 4,
     "eval": 4,
+    "chain": 5,
     "demo": 5,
+    "factory": 5,
     "cli": 6,
 }
 STAGES = {"train", "generate", "seg", "eval"}

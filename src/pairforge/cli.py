@@ -21,6 +21,7 @@ def _compose() -> None:
     from pairforge.demo import demo_command
     from pairforge.eval.cli import app as eval_app
     from pairforge.eval.cli import report_command
+    from pairforge.factory import factory_command
     from pairforge.generate.cli import app as generate_app
     from pairforge.seg.cli import app as seg_app
     from pairforge.train.cli import app as train_app
@@ -34,6 +35,7 @@ def _compose() -> None:
             app.registered_commands.append(command)
     app.command("report")(report_command)
     app.command("demo")(demo_command)
+    app.command("factory")(factory_command)
 
 
 _compose()

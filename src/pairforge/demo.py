@@ -13,10 +13,7 @@ FID row of both pipelines uses it (the joint model's own features would favour j
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import shlex
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +21,7 @@ from pathlib import Path
 import click
 import typer
 
+from pairforge.chain import Stage, budget_text, parse_list, stage_runner, tag
 from pairforge.errors import PairforgeError
 from pairforge.io import atomic_write_text
 
@@ -119,37 +117,6 @@ class DemoPlan:
         return self.seeds[:1] if budget == "all" else list(self.seeds)
 
 
-def _invoke(command: click.Command, args: list[str], capture: Path | None = None) -> None:
-    """Run one `pairforge` command (`command`: the root CLI group) in this process, echoing it."""
-    typer.secho("$ pairforge " + shlex.join(args), fg=typer.colors.CYAN, err=True)
-    if capture is None:
-        command.main(args, prog_name="pairforge", standalone_mode=False)
-        return
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        command.main(args, prog_name="pairforge", standalone_mode=False)
-    capture.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(capture, buffer.getvalue())
-    typer.echo(buffer.getvalue().rstrip())
-
-
-@dataclass
-class Stage:
-    """One demo stage: one `pairforge` command (its arguments); `capture` keeps stdout (JSON);
-    `done`: a file the command writes last, whose presence means a rerun skips the stage (for
-    commands that do not resume by themselves)."""
-
-    name: str
-    args: list[str]
-    capture: Path | None = None
-    done: Path | None = None
-
-
-def _tag(budget: str, seed: int) -> str:
-    """Folder suffix of one (budget, seed): b8-s0, ball-s0."""
-    return f"b{budget}-s{seed}"
-
-
 def _train(plan: DemoPlan, out: Path, role: str, run: str, minutes: float, sets: list[str]):
     args = ["train", plan.configs[role], "--out", str(out / "runs" / run)]
     for value in [f"data.path={out / 'data'}", f"optim.max_minutes={minutes:g}", *sets,
@@ -175,7 +142,7 @@ def _training_stages(out: Path, plan: DemoPlan, seed: int) -> list[Stage]:
             labels = [f"data.labels={budget}", f"data.label_seed={s}", f"seed={s}"]
             run_minutes = minutes["joint"] if budget == "all" else plan.joint_minutes
             stages.append(
-                _train(plan, out, "joint", f"joint-{_tag(budget, s)}", run_minutes, labels)
+                _train(plan, out, "joint", f"joint-{tag(budget, s)}", run_minutes, labels)
             )
     return stages
 
@@ -185,7 +152,7 @@ def _generation_stages(out: Path, plan: DemoPlan, seed: int) -> list[Stage]:
     stages = []
     for budget in plan.budgets:
         for s in plan.budget_seeds(budget):
-            name = f"joint-{_tag(budget, s)}"
+            name = f"joint-{tag(budget, s)}"
             args = ["generate", "--pipeline", "joint", "--run", str(runs / name), "--n",
                     str(plan.num_pairs), "--precision", "auto", "--seed", str(s), "--out",
                     str(syn / name)]  # fmt: skip
@@ -204,17 +171,17 @@ def _segmentation_stages(out: Path, plan: DemoPlan) -> list[Stage]:
     stages = []
     for budget in plan.budgets:
         for s in plan.seeds:
-            head = out / "seg" / f"head-{_tag(budget, s)}"
+            head = out / "seg" / f"head-{tag(budget, s)}"
             fit = ["seg", "fit", "--run", str(image_run), "--data", str(data), "--labels", budget,
                    "--label-seed", str(s), "--seed", str(s), "--out", str(head),
                    *plan.seg_options, *_large_budget_options(plan, budget)]  # fmt: skip
             evaluate = ["seg", "eval", str(head), "--data", str(data), "--split", "test", "--json"]
-            capture = seg_json / f"seg_head-{_tag(budget, s)}.json"
+            capture = seg_json / f"seg_head-{tag(budget, s)}.json"
             stages.append(
-                Stage(f"segmentation head {_tag(budget, s)}", fit, done=head / "head.json")
+                Stage(f"segmentation head {tag(budget, s)}", fit, done=head / "head.json")
             )
             stages.append(
-                Stage(f"head eval {_tag(budget, s)}", evaluate, capture=capture, done=capture)
+                Stage(f"head eval {tag(budget, s)}", evaluate, capture=capture, done=capture)
             )
     return stages
 
@@ -229,7 +196,7 @@ def _evaluation_stages(out: Path, plan: DemoPlan) -> list[Stage]:
     data, syn, ev = out / "data", out / "synthetic", out / "eval"
     stages = []
     # The showcase sets: both pipelines' generators trained on the 'all' budget.
-    showcase = {"joint": f"joint-{_tag('all', plan.seeds[0])}", "two-stage": "two-stage"}
+    showcase = {"joint": f"joint-{tag('all', plan.seeds[0])}", "two-stage": "two-stage"}
     for label, name in showcase.items():
         # Real reference: the train split only; domain features: the neutral image-only DDPM,
         # the same network for both pipelines.
@@ -238,13 +205,13 @@ def _evaluation_stages(out: Path, plan: DemoPlan) -> list[Stage]:
                *plan.fid_options]  # fmt: skip
         stats = ["eval", "stats", str(data), str(syn / name), "--out", str(ev / label)]
         stages += [Stage(f"FID {label}", fid), Stage(f"mask statistics {label}", stats)]
-    sets = [str(syn / f"joint-{_tag(b, s)}") for b in plan.budgets for s in plan.budget_seeds(b)]
+    sets = [str(syn / f"joint-{tag(b, s)}") for b in plan.budgets for s in plan.budget_seeds(b)]
     downstream = ["eval", "downstream", str(data), *sets, "--out", str(ev / "downstream"),
                   "--budgets", ",".join(plan.budgets), "--seeds",
                   ",".join(str(s) for s in plan.seeds), *plan.downstream_options]  # fmt: skip
     stages.append(Stage("downstream", downstream))
     few_label = ["eval", "few-label", str(ev / "downstream" / "downstream.json"),
-                 *sorted(str(ev / "seg" / f"seg_head-{_tag(b, s)}.json") for b in plan.budgets
+                 *sorted(str(ev / "seg" / f"seg_head-{tag(b, s)}.json") for b in plan.budgets
                          for s in plan.seeds), "--out", str(ev / "few-label")]  # fmt: skip
     stages.append(Stage("few-label comparison", few_label))
     return stages
@@ -264,19 +231,8 @@ def run_demo(out: Path, plan: DemoPlan, cli: click.Command, seed: int = 0) -> Pa
     """Run every stage into `out` with the `pairforge` root command `cli`; returns the report
     path. Timings go to out/demo.json."""
     out.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
     start = time.perf_counter()
-
-    def run(stage: Stage) -> None:
-        t0 = time.perf_counter()
-        elapsed = (t0 - start) / 60
-        typer.secho(f"\n== {stage.name}  (demo time so far {elapsed:.1f} min)", bold=True, err=True)
-        if stage.done is not None and stage.done.exists():
-            typer.echo(f"done already: {stage.done} exists (delete it to rerun)", err=True)
-            return
-        _invoke(cli, stage.args, capture=stage.capture)
-        timings[stage.name] = round(time.perf_counter() - t0, 1)
-
+    run, timings = stage_runner(cli, "demo")
     for stage in demo_stages(out, plan, seed):
         run(stage)
     report = out / "report.html"
@@ -286,23 +242,6 @@ def run_demo(out: Path, plan: DemoPlan, cli: click.Command, seed: int = 0) -> Pa
     run(Stage("report", ["report", str(out), "--out", str(report), "--title", "pairforge demo"]))
     typer.secho(f"\ndemo finished in {total / 60:.1f} min: open {report}", bold=True, err=True)
     return report
-
-
-def _budget_text(text: str) -> str:
-    from pairforge.data.budget import parse_labels
-
-    value = parse_labels(text, "--budgets")
-    return "all" if value is None else str(value)
-
-
-def _parse_list(text: str, flag: str, convert) -> list:
-    try:
-        values = [convert(part.strip()) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise PairforgeError(f"{flag} {text!r}: give a comma list, e.g. 0,1,2") from None
-    if not values:
-        raise PairforgeError(f"{flag} {text!r}: give at least one value")
-    return values
 
 
 def demo_command(
@@ -340,9 +279,9 @@ def demo_command(
     """
     plan = DemoPlan.quick() if quick else DemoPlan.full(minutes)
     if seeds:
-        plan.seeds = _parse_list(seeds, "--seeds", int)
+        plan.seeds = parse_list(seeds, "--seeds", int)
     if budgets:
-        plan.budgets = _parse_list(budgets, "--budgets", _budget_text)
+        plan.budgets = parse_list(budgets, "--budgets", budget_text)
     plan.train_overrides += list(train_sets or [])
     if dry_run:
         typer.echo(json.dumps(asdict(plan), indent=2))

@@ -359,6 +359,31 @@ def few_label(
     typer.echo(f"wrote {paths['json']}, {paths['table']}, {paths['plot']}")
 
 
+@app.command(
+    "factory",
+    help="Compare the factory's segmenters (baseline, head, distilled, + synthetic) at the same "
+    "label budgets and seeds, paired per seed (95 % t interval), overall and per class. Reads "
+    "RESULTS/<method>/*.json written by `pairforge factory` (seg baseline / eval / distill "
+    "--json); refuses pairs that read different tiles. Writes factory.json, factory.md, "
+    "factory.png."
+    "\n\nExample:\n\n  pairforge eval factory runs/factory/eval/results --chain-root "
+    "runs/factory --out runs/factory/eval/factory",
+)
+def factory(
+    results: Path = typer.Argument(..., help="OUT/eval/results of `pairforge factory`"),
+    chain_root: Path = typer.Option(
+        None, "--chain-root", help="The factory's OUT: adds its kept fractions to the rows"
+    ),
+    out: Path = typer.Option(..., "--out", help="folder for the results"),
+) -> None:
+    from pairforge.eval.factory_compare import compare_factory, format_factory, write_factory
+
+    result = compare_factory(results, chain_root)
+    paths = write_factory(result, out)
+    typer.echo(format_factory(result))
+    typer.echo(f"wrote {paths['json']}, {paths['table']}, {paths['plot']}")
+
+
 def report_command(
     run_dirs: list[Path] = typer.Argument(
         ..., help="run, eval and dataset folders (or folders holding them)"

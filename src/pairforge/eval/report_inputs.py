@@ -1,5 +1,5 @@
 """What `pairforge report` found under its paths: eval results (fid.json, mask_stats.json,
-downstream.json, few_label.json, seg_*.json, demo.json), run folders and datasets, scanned up to 3 levels deep."""
+downstream.json, few_label.json, factory.json, seg_*.json, demo.json, factory_run.json), run folders and datasets, scanned up to 3 levels deep."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ EVAL_FILES = {
     "mask_stats": "mask_stats.json",
     "downstream": "downstream.json",
     "few_label": "few_label.json",
+    "factory": "factory.json",
 }
 SCAN_DEPTH = 3
 SKIP_DIRS = {"images", "masks", "checkpoints", "model", "samples", "__pycache__"}
@@ -28,6 +29,7 @@ class ReportInputs:
     mask_stats: list[tuple[Path, dict]] = field(default_factory=list)
     downstream: list[tuple[Path, dict]] = field(default_factory=list)
     few_label: list[tuple[Path, dict]] = field(default_factory=list)
+    factory: list[tuple[Path, dict]] = field(default_factory=list)
     runs: list[Path] = field(default_factory=list)
     datasets: list[Path] = field(default_factory=list)
     segmentation: list[tuple[Path, dict]] = field(default_factory=list)
@@ -72,8 +74,9 @@ def collect_results(paths: list[str | Path]) -> ReportInputs:
                     result = read_json(folder_path / name)
                     if "mean_iou" in result:
                         found.segmentation.append((folder_path / name, result))
-            if "demo.json" in files:
-                found.timings.append((folder_path, read_json(folder_path / "demo.json")))
+            for name in ("demo.json", "factory_run.json"):  # `pairforge demo` / `factory`
+                if name in files:
+                    found.timings.append((folder_path, read_json(folder_path / name)))
             if (folder_path / "model" / "pairforge.json").is_file():
                 found.runs.append(folder_path)
             if "dataset.yaml" in files:

@@ -332,9 +332,19 @@ def _few_label_block(folder: Path, result: dict) -> str:
     return _table(FEW_LABEL_HEADER, few_label_rows(result)) + notes + plot
 
 
+def _factory_block(folder: Path, result: dict) -> str:
+    import pairforge.eval.factory_compare as fc
+
+    notes = "".join(f"<p>{html.escape(n)}</p>" for n in result.get("notes", []))
+    plot = _png_file_tag(folder / "factory.png", "factory mIoU per method vs label budget")
+    return (_table(fc.FACTORY_HEADER, fc.factory_rows(result)) + notes + plot
+            + "<h4>Per class (IoU %)</h4>" + _table(fc.CLASS_HEADER, fc.class_rows(result))
+            + "<h4>What the chain kept</h4>" + _table(fc.CHAIN_HEADER, fc.chain_rows(result)))  # fmt: skip
+
+
 def _timing_section(found: ReportInputs) -> str:
     if not found.timings:
-        return _missing("no demo.json found (written by `pairforge demo`)")
+        return _missing("no demo.json or factory_run.json found (`pairforge demo` / `factory`)")
     parts = []
     for folder, result in found.timings:
         rows = [[stage, seconds] for stage, seconds in result.get("seconds", {}).items()]
@@ -371,11 +381,20 @@ _few_label_section = partial(
     _few_label_block,
 )
 
+_factory_section = partial(
+    _per_folder,
+    "factory",
+    "no factory.json found; run `pairforge factory` (or `pairforge eval factory RESULTS --out "
+    "EVAL_DIR`)",
+    _factory_block,
+)
+
 # (anchor, heading, render(found) -> HTML), in page order.
 SECTIONS = (
     ("samples", "Samples and overlays", _samples_section),
     ("fid", "FID / KID", _fid_section),
     ("mask-stats", "Mask statistics", _mask_stats_section),
+    ("factory", "The factory: baseline, head, distilled, + synthetic", _factory_section),
     ("few-label", "Few labels: head and real + synthetic vs the baseline", _few_label_section),
     ("segmentation", "Segmentation with few labels (mIoU)", _segmentation_section),
     ("downstream", "Downstream segmentation (mIoU)", _downstream_section),
