@@ -252,8 +252,12 @@ def run_factory(
               "seconds": timings, "stopped_before": stopped,
               "total_seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
     atomic_write_text(out / RUN_RECORD, json.dumps(record, indent=2))
-    for stage in final_stages(out):
-        run(stage)
+    compare, report = final_stages(out)
+    if any((out / "eval" / "results" / "baseline").glob("*.json")):
+        run(compare)
+    else:
+        typer.echo("no (budget, seed) has its baseline yet: no comparison", err=True)
+    run(report)
     return record
 
 

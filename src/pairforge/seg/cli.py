@@ -400,3 +400,13 @@ def distill_command(
     _print_report(report, as_json, "distilled segmenter")
     if not as_json:
         typer.echo(source_lines(report))
+
+
+def _register_more() -> None:
+    # Commands whose typer function lives beside its library code.
+    from pairforge.seg.pair_filter import register as register_filter
+
+    register_filter(app)
+
+
+_register_more()

@@ -1,0 +1,129 @@
+"""`pairforge factory --quick`: the whole semi-supervised chain on tiny data, every step inside
+the budget, resumed without redoing finished steps."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pairforge.cli import app
+from pairforge.factory import RESULT_METHODS, FactoryPlan, all_stages
+
+pytestmark = pytest.mark.slow
+
+
+def _invoke(args):
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory, single_thread_module):
+    out = tmp_path_factory.mktemp("factory") / "out"
+    _invoke(["factory", "--quick", "--out", str(out)])
+    return out
+
+
+def _mtimes(out: Path) -> dict[str, int]:
+    """Every file of the chain's outputs (not the final comparison and report) -> mtime ns."""
+    skip = ("eval/factory", "report.html", "factory_run.json")
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in sorted(out.rglob("*"))
+            if p.is_file() and not str(p.relative_to(out)).startswith(skip)}  # fmt: skip
+
+
+def test_dry_run_lists_every_step_once(tmp_path):
+    result = _invoke(["factory", "--dry-run", "--out", str(tmp_path), "--labels", "8,all",
+                      "--seeds", "0,1"])  # fmt: skip
+    lines = result.output.strip().splitlines()
+    assert sum(" seg fit " in line for line in lines) == 4
+    assert sum(" seg filter " in line for line in lines) == 4
+    assert lines[-2].startswith("pairforge eval factory") and lines[-1].startswith(
+        "pairforge report"
+    )
+    # The cheaper steps of every (budget, seed) come before the first generator is trained.
+    first_train = next(i for i, line in enumerate(lines) if "demo-joint" in line)
+    assert max(i for i, line in enumerate(lines) if " seg pseudolabel " in line) < first_train
+    bad = CliRunner().invoke(app, ["factory", "--dry-run", "--generator", "gan"])
+    assert bad.exit_code != 0 and "--generator 'gan'" in str(bad.exception)
+
+
+def test_every_step_reads_only_the_budget(tmp_path):
+    """The stages of (8, seed 1): labels, seeds and the runs they read."""
+    stages = {s.name: s.args for s in all_stages(FactoryPlan(seeds=[1]), tmp_path, None, None)}
+    for name in ("head b8-s1", "baseline b8-s1", "distill b8-s1", "distill + synthetic b8-s1"):
+        args = stages[name]
+        assert args[args.index("--labels") + 1] == "8"
+        assert args[args.index("--label-seed") + 1] == "1"
+    train = stages["train joint-b8-s1"]
+    assert f"data.path={tmp_path / 'pseudo' / 'b8-s1-filled'}" in train
+    assert not any("data.labels" in a for a in train)  # the pseudo set carries its budget
+    assert not any("data.labels" in a for a in stages["train image"])
+
+
+def test_chain_runs_and_compares(chain):
+    for method in RESULT_METHODS:
+        result = json.loads((chain / "eval" / "results" / method / "b4-s0.json").read_text())
+        assert 0.0 <= result["mean_iou"] <= 1.0 and result["labels"]["tiles"] == 4
+    fingerprints = {
+        json.loads((chain / "eval" / "results" / m / "b4-s0.json").read_text())["labels"][
+            "fingerprint"
+        ]
+        for m in RESULT_METHODS
+    }
+    assert len(fingerprints) == 1
+    comparison = json.loads((chain / "eval" / "factory" / "factory.json").read_text())
+    (row,) = comparison["rows"]
+    assert row["budget"] == "4" and row["seeds"] == [0]
+    assert set(row["per_class"]) == set(comparison["classes"])
+    assert row["chain"]["0"]["pseudo_kept_fraction"] is not None
+    assert row["chain"]["0"]["filter_kept_fraction"] is not None
+    report = (chain / "report.html").read_text()
+    assert "The factory" in report and "factory_run.json" not in report.split("Wall time")[0]
+
+
+def test_the_chain_records_one_budget(chain):
+    """Head, pseudo-labels, the generator run, the filtered set and every result read the same
+    budget (each command checks its inputs; here the records agree)."""
+    head = json.loads((chain / "seg" / "head-b4-s0" / "head.json").read_text())["label_budget"]
+    pseudo = json.loads((chain / "pseudo" / "b4-s0" / "pseudolabel.json").read_text())
+    assert pseudo["head"]["label_budget"] == head
+    run = json.loads((chain / "runs" / "joint-b4-s0" / "model" / "pairforge.json").read_text())
+    assert run["label_budget"] == head and run["pseudo_labels"]["filled"] is True
+    from pairforge.core.budgets import manifest_label_sources
+
+    sources = manifest_label_sources(chain / "synthetic" / "b4-s0-filtered")
+    assert sources and all(s.budget is not None and s.budget.to_dict() == head for s in sources)
+
+
+def test_rerun_redoes_nothing_and_resumes_a_lost_step(chain):
+    before = _mtimes(chain)
+    _invoke(["factory", "--quick", "--out", str(chain)])
+    assert _mtimes(chain) == before  # nothing rewritten
+    record = json.loads((chain / "factory_run.json").read_text())
+    assert not any(k.startswith(("head b", "baseline", "distill")) for k in record["seconds"])
+    # An interrupted chain: the filter step and the last distillation never finished.
+    shutil.rmtree(chain / "synthetic" / "b4-s0-filtered")
+    (chain / "eval" / "results" / "distill-synthetic" / "b4-s0.json").unlink()
+    _invoke(["factory", "--quick", "--out", str(chain)])
+    after = _mtimes(chain)
+    redone = {k for k in after if after[k] != before.get(k)}
+    assert redone and all(
+        k.startswith(
+            ("synthetic/b4-s0-filtered", "seg/distill-synthetic", "eval/results/distill-synthetic")
+        )
+        for k in redone
+    ), sorted(redone)
+    assert (chain / "eval" / "results" / "distill-synthetic" / "b4-s0.json").exists()
+
+
+def test_time_limit_stops_at_a_stage_boundary(tmp_path):
+    result = _invoke(["factory", "--quick", "--out", str(tmp_path / "out"), "--minutes", "0"])
+    assert "time limit of 0 min reached before 'data'" in result.output
+    record = json.loads((tmp_path / "out" / "factory_run.json").read_text())
+    assert record["stopped_before"] == "data" and record["seconds"] == {}
+    assert not (tmp_path / "out" / "data").exists()
