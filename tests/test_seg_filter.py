@@ -258,3 +258,48 @@ def test_keep_fraction_threshold():
     assert parse_min_agreement(" AUTO ") == "auto" and parse_min_agreement("0.25") == 0.25
     with pytest.raises(PairforgeError, match="no pair has a labeled mask pixel"):
         keep_fraction_threshold([None], 0.5)
+
+
+def test_interrupted_run_scores_only_the_missing_pair(setup):
+    tmp, _ = setup
+    out = tmp / "resume"
+    args = [tmp / "set", "--head", tmp / "head", "--out", out, "--min-agreement", "0.7"]
+    _filter(*args)
+    before = (out / "filter.json").read_bytes()
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / ".filter" / "pairs").iterdir()}
+    for name in ("manifest.json", "filter.json", ".filter/pairs/p2.json", "images/p1.tif"):
+        (out / name).unlink()
+    assert "kept 4 of 6" in _filter(*args)
+    after = {p.name: p.stat().st_mtime_ns for p in (out / ".filter" / "pairs").iterdir()}
+    assert [n for n in stamps if after[n] != stamps[n]] == ["p2.json"]
+    assert (out / "filter.json").read_bytes() == before
+    assert (out / "images" / "p1.tif").read_bytes() == (
+        tmp / "set" / "images" / "p1.tif"
+    ).read_bytes()
+
+
+def test_no_select_tiles_keeps_the_best_fraction(setup):
+    tmp, _ = setup
+    _invoke(["seg", "fit", "--run", tmp / "run", "--data", tmp / "data", "--out", tmp / "head3",
+             *FIT, "--labels", 3, "--label-seed", 3])  # fmt: skip
+    out = tmp / "best"
+    line = _filter(tmp / "set", "--head", tmp / "head3", "--data", tmp / "data", "--out", out,
+                   "--keep-fraction", 0.5)  # fmt: skip
+    assert "kept 3 of 6" in line and "no labeled select tiles" in line
+    record = json.loads((out / "filter.json").read_text())
+    agreements = sorted((p["agreement"] for p in record["pairs"].values()), reverse=True)
+    assert record["threshold"] == agreements[2]
+    assert record["threshold_details"]["keep_fraction"] == 0.5
+
+
+def test_autolabel_head_of_another_budget_is_refused(setup):
+    tmp, head = setup
+    shutil.copytree(tmp / "set", tmp / "auto-set")
+    manifest = json.loads((tmp / "auto-set" / "manifest.json").read_text())
+    other = {**head.label_budget.to_dict(), "size": 3}
+    other["tiles"] = other["tiles"][:3]
+    manifest["head"] = {"sha256": "0" * 64, "label_budget": other}
+    (tmp / "auto-set" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PairforgeError, match="head with another label budget"):
+        _filter(tmp / "auto-set", "--head", tmp / "head", "--out", tmp / "bad2",
+                "--min-agreement", 0.5)  # fmt: skip

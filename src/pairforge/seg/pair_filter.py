@@ -160,9 +160,8 @@ def filter_pairs(
     echo=print,
 ) -> dict[str, Any]:
     """Write OUT (see the module docstring); returns the "filter" record."""
-    from pairforge.core.dataset_writer import module_sha256
+    from pairforge.core.dataset_writer import file_sha256, module_sha256
     from pairforge.data.dataset import load_dataset
-    from pairforge.data.spec import SPEC_FILE
 
     _check_keep_fraction(settings.keep_fraction)
     if settings.min_agreement == "auto":
@@ -177,8 +176,13 @@ def filter_pairs(
     factor = scale_factor(head, set_scale(manifest, set_dir, dataset.image_size(ids[0])), set_dir)
     head_sha = module_sha256(head.ensemble)
     entry = _head_entry(head, head_path, head_sha, manifest, set_dir)
-    request = {"set": str(set_dir.resolve()), "head_sha256": head_sha,
-               "data": None if data is None else str(Path(data).resolve()), **asdict(settings)}  # fmt: skip
+    request = {
+        "set": str(set_dir.resolve()),
+        "set_manifest_sha256": file_sha256(set_dir / MANIFEST),
+        "head_sha256": head_sha,
+        "data": None if data is None else str(Path(data).resolve()),
+        **asdict(settings),
+    }
     _check_state(out, set_dir, request)
     scores = _score_pairs(head, dataset, out, factor)
     threshold_path = out / STATE_DIR / "threshold.json"
@@ -192,13 +196,6 @@ def filter_pairs(
     pairs = {i: {**s, "kept": s["agreement"] is not None and s["agreement"] >= value}
              for i, s in scores.items()}  # fmt: skip
     kept = [i for i in ids if pairs[i]["kept"]]
-    for sample_id in kept:
-        for source in [*dataset.image_files(sample_id), dataset.mask_path(sample_id)]:
-            ensure_writable_dir(out / source.parent.name, "filtered set folder")
-            _copy(source, out / source.parent.name / source.name)
-    spec = dataset.spec.model_copy(deep=True)
-    spec.splits = {s: [i for i in members if pairs[i]["kept"]]
-                   for s, members in dataset.spec.splits.items()}  # fmt: skip
     record = {
         "head": entry, "threshold": value, "method": threshold["method"],
         "threshold_details": threshold, "metric": METRIC, "kept": len(kept), "total": len(ids),
@@ -206,11 +203,28 @@ def filter_pairs(
         "labels": None if head.label_budget is None else head.label_budget.summary(),
         "pairs": pairs,
     }  # fmt: skip
-    atomic_write_text(out / SPEC_FILE, spec.to_yaml())
-    atomic_write_json(out / FILTER_RECORD, record)
-    atomic_write_json(out / MANIFEST, {**manifest, "head": entry, "filter": record})  # last
+    _write_output(dataset, out, kept, record, manifest)
     echo(summary_line(record, out))
     return record
+
+
+def _write_output(dataset, out: Path, kept: list[str], record: dict, manifest: dict) -> None:
+    """The kept pairs' files (copied as they are), dataset.yaml, filter.json, manifest.json."""
+    from pairforge.data.spec import SPEC_FILE
+
+    files = [f for i in kept for f in (*dataset.image_files(i), dataset.mask_path(i))]
+    for folder in sorted({f.parent.name for f in files}):
+        ensure_writable_dir(out / folder, "filtered set folder")
+    for source in files:
+        _copy(source, out / source.parent.name / source.name)
+    spec = dataset.spec.model_copy(deep=True)
+    keep = set(kept)
+    spec.splits = {s: [i for i in members if i in keep]
+                   for s, members in dataset.spec.splits.items()}  # fmt: skip
+    atomic_write_text(out / SPEC_FILE, spec.to_yaml())
+    atomic_write_json(out / FILTER_RECORD, record)
+    # manifest.json last: a set with it is complete.
+    atomic_write_json(out / MANIFEST, {**manifest, "head": record["head"], "filter": record})
 
 
 def summary_line(record: dict[str, Any], out) -> str:
