@@ -1,8 +1,11 @@
-"""Label budgets of training runs: the budget of data.labels, and its checks on resume."""
+"""Label budgets of training runs: the budget of data.labels (or of a pseudo-labeled set's
+head), and its checks on resume."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pairforge.config import TrainConfig
 from pairforge.errors import PairforgeError
@@ -66,3 +69,59 @@ def _describe_budget_dict(value) -> str:
     except PairforgeError:
         return "an unreadable label budget"
     return "no label budget" if budget is None else f"the budget {budget.describe()}"
+
+
+PSEUDO_RECORD = "pseudolabel.json"  # written by `seg pseudolabel` (seg.pseudo_sets)
+
+
+@dataclass(frozen=True)
+class PseudoLabels:
+    """A pseudo-labeled training set: budget (its head's LabelBudget, the only true labels
+    behind its masks) and info (the run record's "pseudo_labels": path, head_sha256, filled)."""
+
+    budget: Any
+    info: dict[str, Any]
+
+
+def pseudo_labels_of(config: TrainConfig, task) -> PseudoLabels | None:
+    """The pseudo-label source of data.path (None: not a `seg pseudolabel` set, or a task that
+    reads no masks). PairforgeError when data.labels is set too (the set carries its head's
+    budget), or when a task that encodes masks (joint, mask, sr) would read a thresholded set
+    with unlabeled pixels (the codec needs a class at every pixel: use --filled-out)."""
+    import json
+
+    from pairforge.data.budget import budget_from_record
+
+    path = Path(config.data.path) / PSEUDO_RECORD
+    if not path.is_file() or not task.needs_masks:
+        return None
+    try:
+        record = json.loads(path.read_text())
+        head = record["head"]
+        budget = budget_from_record(head["label_budget"], f"{path} head.label_budget")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise PairforgeError(
+            f"{path}: unreadable ({type(err).__name__}: {err}); rerun `pairforge seg pseudolabel`"
+            " to rewrite the set"
+        ) from None
+    what = f"data.path {config.data.path} is a pseudo-labeled set (`seg pseudolabel`)"
+    if budget is None:
+        raise PairforgeError(f"{path}: {what} whose head records no label budget; rewrite it")
+    if config.data.labels is not None:
+        raise PairforgeError(
+            f"data.labels={config.data.labels}: {what}; it carries its head's label budget "
+            f"({budget.describe()}), the only true labels behind its masks. Remove data.labels "
+            "(--labels) to train on it, or point data.path at the original labeled dataset"
+        )
+    filled = record.get("filled") is True
+    kept = [m.get("kept_fraction") for m in (record.get("measurements") or {}).values()]
+    unlabeled = not kept or any(k is None or k < 1.0 for k in kept)
+    if task.has_mask_part and not filled and unlabeled:
+        raise PairforgeError(
+            f"{what} with unlabeled (ignore) pixels, its uncertain pixels and the head's select "
+            f"tiles; task {task.name} encodes a mask and needs a class at every pixel. Write "
+            "the filled set in the same pass (`pairforge seg pseudolabel HEAD --data D --out "
+            "OUT --filled-out DIR`) and train on data.path=DIR"
+        )
+    info = {"path": str(config.data.path), "head_sha256": head.get("sha256"), "filled": filled}
+    return PseudoLabels(budget, info)

@@ -104,7 +104,7 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
 
     from pairforge.core.tasks import TrainingSettings, get_task
     from pairforge.diffusion.schedule import alphas_cumprod, make_scheduler_config
-    from pairforge.train.labels import check_same_budget
+    from pairforge.train.labels import check_same_budget, pseudo_labels_of
     from pairforge.train.run_outputs import RunOutputs, TrainingLog
     from pairforge.train.step import NonFiniteStep, StepModel, train_step
 
@@ -125,8 +125,9 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
     # Read before the run folder is written, so bad data or a bad label budget (data.labels)
     # leaves no config.yaml that a corrected rerun would have to match.
     items_needed = opt.max_steps * opt.grad_accumulation * world * opt.batch_size
+    pseudo = pseudo_labels_of(config, task)  # a `seg pseudolabel` set: its head's budget
     ds, crops = _training_crops(config, task, items_needed)
-    budget = getattr(ds, "budget", None)  # the LabelBudget of data.labels, or None
+    budget = getattr(ds, "budget", None) if pseudo is None else pseudo.budget
 
     # Run directory: the resolved config; an existing run must have the same settings (and,
     # with data.labels, the same label budget).
@@ -181,7 +182,7 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
     outputs = RunOutputs(
         run_dir, config, accelerator, task, layout, ds.spec, crops.normalizer, scheduler_config,
         raw_model, ema, optimizer, bf16, preview_batch, last_saved=start_step,
-        label_budget=budget,
+        label_budget=budget, pseudo_labels=None if pseudo is None else pseudo.info,
     )  # fmt: skip
 
     # Training.

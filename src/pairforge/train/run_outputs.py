@@ -33,7 +33,9 @@ class RunOutputs:
     raw_model: the unwrapped model; ema: train.ema.EMA or None; spec / normalizer: the training
     data's (recorded in pairforge.json); preview_batch: {"image", "mask"} conditions of sdm / sr
     previews (None for unconditional tasks); last_saved: the newest checkpoint's step;
-    label_budget: the data.budget.LabelBudget the run reads masks from (None: no budget).
+    label_budget: the data.budget.LabelBudget the run reads masks from (None: no budget);
+    pseudo_labels: {"path", "head_sha256", "filled"} of a pseudo-labeled training set (whose
+    budget is its head's) or None.
     """
 
     run_dir: Path
@@ -51,6 +53,7 @@ class RunOutputs:
     preview_batch: dict[str, torch.Tensor] | None
     last_saved: int = 0
     label_budget: Any = None
+    pseudo_labels: dict | None = None
 
     @property
     def sampling_model(self) -> torch.nn.Module:
@@ -78,6 +81,7 @@ class RunOutputs:
             step=step,
             label_budget=None if self.label_budget is None else self.label_budget.to_dict(),
             reads_masks=self.task.needs_masks,
+            **({} if self.pseudo_labels is None else {"pseudo_labels": self.pseudo_labels}),
             **self.task.record_settings(config),
         )
 
