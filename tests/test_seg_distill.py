@@ -129,3 +129,23 @@ def test_synthetic_pairs_checked_against_the_budget(setup):
         PairforgeError, match=r"synthetic set .*syn-other \(joint\) read the budget"
     ):
         _distill(tmp, tmp / "bad", "--synthetic", tmp / "syn-other")
+
+
+def test_a_filtered_set_that_kept_no_pair_adds_nothing_and_says_so(setup):
+    import shutil
+
+    from pairforge.data.budget import make_budget
+    from pairforge.data.dataset import load_dataset
+
+    tmp = setup
+    _synthetic_set(tmp / "syn-none", make_budget(load_dataset(tmp / "data"), 6, 3, 32))
+    for folder in ("images", "masks"):
+        shutil.rmtree(tmp / "syn-none" / folder)
+    (tmp / "syn-none" / "filter.json").write_text(json.dumps({"kept": 0, "total": 4}))
+    report = _distill(tmp, tmp / "with-none", "--synthetic", tmp / "syn-none",
+                      "--weights", "pseudo=0,synthetic=0.5")  # fmt: skip
+    syn = report["sources"][1]
+    assert syn["tiles"] == 0 and syn["note"] == "seg filter kept none of its pairs"
+    assert any("kept none" in w for w in report["warnings"])
+    plain = _distill(tmp, tmp / "plain", "--weights", "pseudo=0")
+    assert report["mean_iou"] == plain["mean_iou"]  # the same training data and seed

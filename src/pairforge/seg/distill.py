@@ -143,6 +143,13 @@ def synthetic_source(path: Path, real, budget, scale, weight: float) -> Source:
     for maker in makers:
         require_covered(maker.budget, budget, f"synthetic set {path} ({maker.role})",
                         fix="generate it with generators trained on this budget")  # fmt: skip
+    kept = _filter_kept(path)
+    if kept == 0:  # `seg filter` kept no pair: nothing to add, said in the report
+        info = {"path": str(path), "tiles": 0, "label_sources": [m.describe() for m in makers],
+                "note": "seg filter kept none of its pairs"}  # fmt: skip
+        empty = torch.zeros((0, len(real.spec.channel_names), res, res), dtype=torch.float32)
+        return Source("synthetic", empty, torch.zeros((0, res, res), dtype=torch.int64), weight,
+                      info)  # fmt: skip
     dataset = load_dataset(path)
     names = [c.name for c in dataset.spec.classes], [c.name for c in real.spec.classes]
     channels = dataset.spec.channel_names, real.spec.channel_names
@@ -159,6 +166,17 @@ def synthetic_source(path: Path, real, budget, scale, weight: float) -> Source:
     info = {"path": str(path), "tiles": len(tiles["source"]),
             "label_sources": [m.describe() for m in makers]}  # fmt: skip
     return Source("synthetic", tiles["image"], tiles["mask"], weight, info)
+
+
+def _filter_kept(path: Path) -> int | None:
+    """How many pairs `seg filter` kept in the set at `path` (None: not a filtered set)."""
+    import json
+
+    try:
+        record = json.loads((path / "filter.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return record.get("kept") if isinstance(record, dict) else None
 
 
 def _scale(record: dict, pseudo: Path):
@@ -230,6 +248,9 @@ def distill(
             f"the pseudo-labeled set labels split {eval_split!r}, the split scored: its images "
             "were seen (without labels) in training"
         )
+    for source in sources:
+        if source.name == "synthetic" and source.images.shape[0] == 0:
+            warnings.append(f"synthetic set {source.info['path']}: {source.info['note']}")
     if synthetic and weights["synthetic"] == 0:
         warnings.append("--synthetic sets given with weight 0 (--weights synthetic=0): not used")
     if warnings:
