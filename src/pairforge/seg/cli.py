@@ -308,8 +308,7 @@ def pseudolabel_command(
     filled_out: Path = typer.Option(
         None,
         "--filled-out",
-        help="Also write a filled set here (for generators): head argmax everywhere, true "
-        "labels in the budget's fit tiles.",
+        help="Also write a filled set (for generators): head argmax, true labels in fit tiles.",
     ),  # fmt: skip
     overlap: int = _OVERLAP,
     device: str = _DEVICE,
@@ -320,10 +319,7 @@ def pseudolabel_command(
 
     Examples:
 
-      pairforge seg pseudolabel heads/g8 --data data/grains --out data/grains-pseudo
-
-      pairforge seg pseudolabel heads/g8 --data data/grains --out data/grains-pseudo \\
-        --filled-out data/grains-filled
+      pairforge seg pseudolabel heads/g8 --data data/grains --out g-pseudo --filled-out g-filled
 
       accelerate launch --num_processes 2 -m pairforge.cli seg pseudolabel heads/g8 ...
     """
