@@ -282,7 +282,9 @@ def finalize(job: SampledDataset, out: Path, num_processes: int) -> dict[str, An
     if job.summarize is not None:
         manifest.update(job.summarize(records))
     atomic_write_text(out / MANIFEST_FILE, json.dumps(manifest, indent=2))
-    target.write_grid(listed[:GRID_SAMPLES])
+    # A rerun that sampled nothing keeps its grid (the same samples: nothing to redraw).
+    if manifest["generated_this_session"]["samples"] or not (out / "grid.png").exists():
+        target.write_grid(listed[:GRID_SAMPLES])
     return manifest
 
 

@@ -160,7 +160,7 @@ def filter_pairs(
     echo=print,
 ) -> dict[str, Any]:
     """Write OUT (see the module docstring); returns the "filter" record."""
-    from pairforge.core.dataset_writer import file_sha256, module_sha256
+    from pairforge.core.dataset_writer import module_sha256
     from pairforge.data.dataset import load_dataset
 
     _check_keep_fraction(settings.keep_fraction)
@@ -178,7 +178,7 @@ def filter_pairs(
     entry = _head_entry(head, head_path, head_sha, manifest, set_dir)
     request = {
         "set": str(set_dir.resolve()),
-        "set_manifest_sha256": file_sha256(set_dir / MANIFEST),
+        "set_manifest_sha256": _manifest_sha256(manifest),
         "head_sha256": head_sha,
         "data": None if data is None else str(Path(data).resolve()),
         **asdict(settings),
@@ -206,6 +206,15 @@ def filter_pairs(
     _write_output(dataset, out, kept, record, manifest)
     echo(summary_line(record, out))
     return record
+
+
+def _manifest_sha256(manifest: dict) -> str:
+    """sha256 of what a set's manifest says about its pairs: every key but the last session's
+    counts (`generated_this_session`, rewritten by a generate rerun that made nothing)."""
+    import hashlib
+
+    content = {k: v for k, v in manifest.items() if k != "generated_this_session"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 def _write_output(dataset, out: Path, kept: list[str], record: dict, manifest: dict) -> None:
