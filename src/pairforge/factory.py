@@ -278,6 +278,12 @@ def factory_command(
     image_run: Path = typer.Option(
         None, "--image-run", help="An image-only DDPM run to reuse (its training is skipped)."
     ),
+    image_minutes: float = typer.Option(
+        None, "--image-minutes", min=0.1, help="Training time of the image DDPM [2.5]."
+    ),
+    generator_minutes: float = typer.Option(
+        None, "--generator-minutes", min=0.1, help="Training time of each generator [1.5]."
+    ),
     train_sets: list[str] = typer.Option(
         None, "--set", help="Extra `train --set key=value` for every training run (repeatable)."
     ),
@@ -299,6 +305,10 @@ def factory_command(
     if generator not in GENERATORS:
         raise PairforgeError(f"--generator {generator!r}: use one of {', '.join(GENERATORS)}")
     plan.generator = generator
+    if image_minutes is not None:
+        plan.image_minutes = image_minutes
+    if generator_minutes is not None:
+        plan.generator_minutes = generator_minutes
     plan.train_overrides += list(train_sets or [])
     if data is not None and not (data / "dataset.yaml").exists():
         raise PairforgeError(f"--data {data}: no dataset.yaml; give a pairforge dataset folder")
