@@ -22,27 +22,39 @@ def write_inference_model(
     info: RunRecord | dict[str, Any],
 ) -> Path:
     """Replace RUN/model/ with `model` (save_pretrained: safetensors + config.json),
-    scheduler_config.json and pairforge.json (`info`: a RunRecord, or its dict), via a temporary folder and renames.
+    scheduler_config.json and pairforge.json (`info`: a RunRecord, or its dict), via a
+    temporary folder and renames. Unconditional UNet2DModel runs (image / joint / mask) also get
+    the diffusers pipeline files (train.pipeline_export: model_index.json, unet/, scheduler/);
+    pairforge.json's "diffusers_pipeline" says whether they were written, or why not.
 
     A kill leaves RUN/model/ whole (old or new) plus maybe RUN/.model-tmp; the training command
     then rebuilds model/ (see `model_is_current`). A failed write raises PairforgeError.
     """
     from diffusers import DDPMScheduler
 
+    from pairforge.core.tasks import get_task
+    from pairforge.train import pipeline_export
+
+    if isinstance(info, RunRecord):
+        info = info.model_dump(mode="json", exclude_unset=True)
+    blocker = pipeline_export.pipeline_blocker(get_task(info["task"]), model, scheduler_config)
+    info = {**info, pipeline_export.RECORD_KEY: pipeline_export.record_entry(blocker)}
     run_dir = Path(run_dir)
     final, tmp, old = run_dir / MODEL_DIR, run_dir / MODEL_TMP_DIR, run_dir / MODEL_OLD_DIR
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp, safe_serialization=True)
-        DDPMScheduler.from_config(scheduler_config).save_config(tmp)
-        if isinstance(info, RunRecord):
-            info = info.model_dump(mode="json", exclude_unset=True)
+        scheduler = DDPMScheduler.from_config(scheduler_config)
+        scheduler.save_config(tmp)
+        if blocker is None:
+            pipeline_export.write_pipeline_files(tmp, scheduler)
         (tmp / INFO_FILE).write_text(
             json.dumps({"format_version": INFO_FORMAT_VERSION, **info}, indent=2)
         )
-        for file in tmp.iterdir():
-            with open(file, "rb") as f:
-                os.fsync(f.fileno())
+        for file in sorted(tmp.rglob("*")):  # unet/ and scheduler/ included
+            if file.is_file():
+                with open(file, "rb") as f:
+                    os.fsync(f.fileno())
         fault_point("model")  # tests: die with .model-tmp complete and model/ not yet replaced
         shutil.rmtree(old, ignore_errors=True)
         if final.exists():
