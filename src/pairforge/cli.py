@@ -38,7 +38,43 @@ def _compose() -> None:
     app.command("factory")(factory_command)
 
 
+def _escape_markup(root: typer.Typer) -> None:
+    """Show help text as written: typer renders every help string as rich markup, in which
+    bracketed text like "[default: 0,1,2]" or "[r, g, b]" is a style tag and vanishes. Escape
+    the brackets of every command's, group's and option's help once, here where the command
+    tree is composed (the sub-apps share option objects, hence `seen`)."""
+    import inspect
+
+    from rich.markup import escape
+    from typer.models import ParameterInfo
+
+    seen: set[int] = set()
+
+    def walk(sub: typer.Typer) -> None:
+        if sub.info.help is not None:
+            sub.info.help = escape(inspect.cleandoc(sub.info.help))
+        for command in sub.registered_commands:
+            if id(command) in seen:
+                continue
+            seen.add(id(command))
+            text = command.help if command.help is not None else inspect.getdoc(command.callback)
+            if text is not None:
+                command.help = escape(inspect.cleandoc(text))
+            for param in inspect.signature(command.callback).parameters.values():
+                info = param.default
+                if isinstance(info, ParameterInfo) and id(info) not in seen and info.help:
+                    seen.add(id(info))
+                    info.help = escape(info.help)
+        for group in sub.registered_groups:
+            if group.help is not None:
+                group.help = escape(inspect.cleandoc(group.help))
+            walk(group.typer_instance)
+
+    walk(root)
+
+
 _compose()
+_escape_markup(app)
 
 
 def main() -> None:

@@ -8,7 +8,9 @@ import typer
 
 app = typer.Typer(no_args_is_help=True, help="generate commands")
 
+# A paragraph of its own: the help's first paragraph is the summary line of command lists.
 EXAMPLES = """
+
 Examples:
 
   pairforge generate --pipeline joint --run runs/joint --n 64 --out gen/joint
