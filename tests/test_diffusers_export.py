@@ -97,8 +97,9 @@ def test_ddpm_pipeline_loads_the_runs_weights_and_schedule(runs, task, schedule,
     assert torch.equal(plain.state_dict()["conv_in.weight"], ours["conv_in.weight"])
 
 
-@pytest.mark.parametrize("task", ["image", "joint"])
-def test_pipeline_call_matches_pairforges_ddpm_sampler(runs, task):
+@pytest.mark.parametrize("task,channels", [("image", 2), ("joint", 2 + 3), ("mask", 3)])
+def test_pipeline_call_matches_pairforges_ddpm_sampler(runs, task, channels):
+    """channels: 2 image channels, + 3 one-hot mask channels (joint); mask: the 3 alone."""
     from diffusers import DDPMPipeline
 
     from pairforge.diffusion.sampling import model_denoiser, sample
@@ -112,8 +113,8 @@ def test_pipeline_call_matches_pairforges_ddpm_sampler(runs, task):
         output_type="np",
     ).images
     channels, res, _ = run.sample_shape
-    assert channels == (2 if task == "image" else 2 + 3)  # 2 image channels (+ 3 one-hot)
-    assert out.shape == (1, res, res, channels) and res == 16
+    assert run.sample_shape == (channels, 16, 16)
+    assert out.shape == (1, res, res, channels)
     # Same seed, same noise, same steps: DDPMPipeline's image is pairforge's ddpm sample x0,
     # mapped from [-1, 1] to [0, 1] and clamped.
     x0 = sample(model_denoiser(run.model), run.sample_shape, [7], "ddpm", 2, run.scheduler_config,
@@ -152,3 +153,17 @@ def test_blocker_names_a_schedule_ddpm_scheduler_cannot_express():
     )
     odd = UNet2DModel(**{**model.config, "out_channels": 2})
     assert "maps 1 to 2 channels" in pipeline_blocker(get_task("image"), odd, config)
+
+
+def test_the_model_folder_still_reads_as_a_plain_diffusers_unet_folder(runs):
+    """`seg fit --run RUN/model` (a diffusers UNet folder, now with unet/ inside) gets the
+    run's weights and its training schedule."""
+    from pairforge.seg.source import load_feature_source
+
+    run = load_run(runs["joint"])
+    source = load_feature_source(runs["joint"] / "model")
+    assert source.image_channels == run.model.config.in_channels == 5
+    for key, value in run.model.state_dict().items():
+        assert torch.equal(source.model.state_dict()[key], value), key
+    assert source.scheduler_config["beta_schedule"] == "linear"
+    assert source.scheduler_config["prediction_type"] == "v_prediction"
