@@ -70,9 +70,13 @@ class FactoryPlan:
     large_budget_tiles: int = 64
     large_budget_pixels: int = 128
     baseline_options: list[str] = field(default_factory=list)
-    pseudo_options: list[str] = field(default_factory=list)
+    # Windows without overlap: each is a crop like the head's training crops, and a 512 x 2048
+    # grain measurement takes 64 windows instead of 217 (the head's MLPs run at every source
+    # pixel of every window: the cost of the step).
+    pseudo_options: list[str] = field(default_factory=lambda: ["--overlap", "0"])
     filter_options: list[str] = field(default_factory=list)
-    distill_options: list[str] = field(default_factory=lambda: ["--epochs", "10"])
+    distill_epochs: int = 10
+    pseudo_crops: int | None = None  # None: seg distill's default (4 crops per crop area)
     synthetic_weights: str = "real=1,pseudo=1,synthetic=0.5"
     grain_preset: str = "demo"
 
@@ -100,7 +104,8 @@ class FactoryPlan:
             num_pairs=6,
             head_options=["--num-models", "2", "--epochs", "2", "--timesteps", "50,150"],
             baseline_options=["--epochs", "2"],
-            distill_options=["--epochs", "1", "--pseudo-crops", "16"],
+            distill_epochs=1,
+            pseudo_crops=16,
             grain_preset="tiny",
         )
 
@@ -160,7 +165,9 @@ def chain_stages(plan: FactoryPlan, out: Path, data: Path, image_run: Path, budg
              "--filled-out", str(filled), *plan.pseudo_options]  # fmt: skip
     distill = ["seg", "distill", "--data", str(data), "--pseudo", str(pseudo), *labels, "--seed",
                str(s), "--eval-split", "test", "--json", "--weights",
-               "real=1,pseudo=1,synthetic=0", *plan.distill_options]  # fmt: skip
+               "real=1,pseudo=1,synthetic=0", "--epochs", str(plan.distill_epochs)]  # fmt: skip
+    if plan.pseudo_crops is not None:
+        distill += ["--pseudo-crops", str(plan.pseudo_crops)]
     keep = ["seg", "filter", str(syn), "--head", str(head), "--data", str(data), "--out",
             str(filtered), *plan.filter_options]  # fmt: skip
     distill_syn = [*distill, "--synthetic", str(filtered)]
@@ -284,6 +291,12 @@ def factory_command(
     generator_minutes: float = typer.Option(
         None, "--generator-minutes", min=0.1, help="Training time of each generator [1.5]."
     ),
+    distill_epochs: int = typer.Option(
+        None, "--distill-epochs", min=1, help="Epochs of each distillation [10]."
+    ),
+    pseudo_crops: int = typer.Option(
+        None, "--pseudo-crops", min=1, help="Pseudo-labeled crops per distillation [4 per area]."
+    ),
     train_sets: list[str] = typer.Option(
         None, "--set", help="Extra `train --set key=value` for every training run (repeatable)."
     ),
@@ -305,6 +318,10 @@ def factory_command(
     if generator not in GENERATORS:
         raise PairforgeError(f"--generator {generator!r}: use one of {', '.join(GENERATORS)}")
     plan.generator = generator
+    if distill_epochs is not None:
+        plan.distill_epochs = distill_epochs
+    if pseudo_crops is not None:
+        plan.pseudo_crops = pseudo_crops
     if image_minutes is not None:
         plan.image_minutes = image_minutes
     if generator_minutes is not None:
