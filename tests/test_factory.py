@@ -71,6 +71,18 @@ def test_dry_run_lists_every_step_once(tmp_path):
     # The cheaper steps of every (budget, seed) come before the first generator is trained.
     first_train = next(i for i, line in enumerate(lines) if "demo-joint" in line)
     assert max(i for i, line in enumerate(lines) if " seg pseudolabel " in line) < first_train
+    # Every step takes the factory's own settings.
+    result = _invoke(["factory", "--dry-run", "--out", str(tmp_path), "--pseudo-crops", "1024",
+                      "--distill-epochs", "5", "--image-minutes", "8", "--generator-minutes", "3",
+                      "--generator", "two-stage", "--seeds", "0"])  # fmt: skip
+    lines = result.output.strip().splitlines()
+    distills = [line for line in lines if " seg distill " in line]
+    assert len(distills) == 2
+    assert all("--epochs 5" in line and "--pseudo-crops 1024" in line for line in distills)
+    assert "optim.max_minutes=8" in next(line for line in lines if "demo-image" in line)
+    assert sum("optim.max_minutes=3" in line for line in lines) == 2  # mask + SDM
+    assert any("--pipeline two-stage" in line for line in lines)
+    assert all("--overlap 0" in line for line in lines if " seg pseudolabel " in line)
     bad = CliRunner().invoke(app, ["factory", "--dry-run", "--generator", "gan"])
     assert bad.exit_code != 0 and "--generator 'gan'" in str(bad.exception)
 
