@@ -15,6 +15,7 @@ from pairforge.core.stats import mean_ci, paired_difference
 from pairforge.errors import PairforgeError
 from pairforge.eval.cli import report_command
 from pairforge.eval.downstream import summarize_runs, write_downstream
+from pairforge.eval.factory_compare import COMPARISONS, write_factory
 from pairforge.eval.few_label import write_few_label
 from pairforge.eval.fid import MEAN_ROW_LABEL, evaluate_fid
 from pairforge.eval.mask_stats import compare_mask_stats, plot_mask_stats
@@ -22,6 +23,24 @@ from pairforge.eval.report import build_report, collect_results
 from pairforge.eval.sets import load_eval_set
 
 pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+FACTORY_SCORES = {  # test mIoU per method and seed (budget 8)
+    "baseline": {0: 0.60, 1: 0.62, 2: 0.61},
+    "head": {0: 0.66, 1: 0.69, 2: 0.70},
+    "distill": {0: 0.68, 1: 0.70, 2: 0.73},
+    "distill-synthetic": {0: 0.69, 1: 0.69, 2: 0.74},
+}
+
+
+def factory_result() -> dict:
+    """A factory.json of one budget (8 tiles: 6 fit + 2 select) and three seeds."""
+    row = {"budget": "8", "tiles": 8, "fit_tiles": 6, "select_tiles": 2, "pixels": 131072,
+           "seeds": [0, 1, 2], "per_class": {}, "chain": {}}  # fmt: skip
+    row.update({m: mean_ci(list(v.values())) for m, v in FACTORY_SCORES.items()})
+    for a, b in COMPARISONS:
+        row[f"{a}_vs_{b}"] = paired_difference(FACTORY_SCORES[a], FACTORY_SCORES[b])
+    return {"metric": "factory", "classes": [], "rows": [row], "notes": ["paired per seed"]}
 
 
 @pytest.fixture
@@ -79,6 +98,7 @@ def results_dir(tmp_path):
         "notes": ["paired per seed"],
     }  # fmt: skip
     write_few_label(few_label, eval_dir)
+    write_factory(factory_result(), eval_dir)
     for name, miou in (("seg_head", 0.8), ("seg_baseline", 0.6)):
         seg = {"split": "test", "num_images": 8, "mean_iou": miou,
                "per_class_iou": {"binder": miou + 0.1, "grain": miou - 0.1}}  # fmt: skip
@@ -109,9 +129,8 @@ def test_report_renders_every_section(results_dir, tmp_path):
     out = build_report([results_dir], tmp_path / "report.html", title="tiny demo")
     page = out.read_text()
     assert "Missing:" not in page
-    for anchor in (
-        "samples", "fid", "mask-stats", "few-label", "segmentation", "downstream", "timing"
-    ):  # fmt: skip
+    for anchor in ("summary", "samples", "fid", "mask-stats", "factory", "few-label",
+                   "segmentation", "downstream", "timing"):  # fmt: skip
         assert f'<section id="{anchor}">' in page
     # seg results without "labels" (older pairforge) say so instead of inventing a budget
     assert (
@@ -124,9 +143,10 @@ def test_report_renders_every_section(results_dir, tmp_path):
     assert "<td>supervised baseline</td>" in page and "<td>IoU grain</td>" not in page
     assert "<th>IoU grain</th>" in page and "<td>train joint</td><td>12.500</td>" in page
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    # 2 dataset grids + run preview + 3 mask-statistics plots + downstream and few-label plots.
-    assert len(images) == 8
-    assert all(len(data) > 1000 for data in images)
+    # 2 dataset grids + run preview + 3 mask-statistics plots + downstream, few-label and factory
+    # plots + 4 real and 4 synthetic side-by-side tiles.
+    assert len(images) == 17
+    assert all(len(data) > 200 for data in images)  # real PNGs (the tiles are 16 px ones)
     assert "<td>intensity</td><td>inception</td>" in page
     fid = json.loads((results_dir / "eval" / "fid.json").read_text())
     for row in fid["rows"]:  # every FID row of the JSON, with its label and number
@@ -155,7 +175,8 @@ def test_missing_sections_are_stated(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     page = build_report([empty], tmp_path / "r.html").read_text()
-    assert page.count('class="missing"') == 7
+    # 8 sections + 4 summary items (the summary's boxes say what to run, too)
+    assert page.count('class="missing"') == 12
     assert "pairforge eval fid REAL_DIR FAKE_DIR --out EVAL_DIR" in page
     assert "pairforge eval downstream" in page
     with pytest.raises(PairforgeError, match="nowhere: not found"):
@@ -172,6 +193,7 @@ def test_report_command_is_a_typer_command(results_dir, tmp_path):
     assert out.is_file() and "wrote" in result.output
     page = out.read_text()
     # The datasets named in the eval JSON files are found and shown: only the demo timings
-    # (beside, not inside, the eval folder) are missing.
-    assert page.count('class="missing"') == 1 and "no demo.json found" in page
+    # (beside, not inside, the eval folder) are missing, in their section and the summary.
+    assert page.count('class="missing"') == 2
+    assert "no demo.json or factory_run.json found; run `pairforge demo`" in page
     assert "/demo/gen" in page

@@ -20,28 +20,20 @@ import datetime
 import html
 from pathlib import Path
 
+from pairforge.eval.report_html import STYLE
 from pairforge.eval.report_inputs import collect_results
 from pairforge.eval.report_sections import SECTIONS
 from pairforge.io import atomic_write_text
-
-STYLE = """
-body { font-family: sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
-table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
-img { max-width: 100%; margin: 0.4em 0; display: block; }
-.missing { color: #a40; font-style: italic; }
-.warning { color: #850; }
-pre { background: #f6f6f6; padding: 0.5em; font-size: 0.8em; overflow-x: auto; }
-"""
 
 
 def build_report(paths: list[str | Path], out: str | Path, title: str = "pairforge report") -> Path:
     """Write one self-contained HTML page for the results under `paths`; returns its path.
 
-    Sections, always in this order and always present: samples and overlays, FID / KID, mask
-    statistics, few-label segmentation mIoU, downstream mIoU, wall time. A section without
-    results says so.
+    Sections, always in this order and always present: the summary (labels used, test mIoU
+    with intervals and verdicts, FID per channel, the chain's time; each linking to its
+    section), samples (real beside synthetic at one scale), FID / KID, mask statistics, the
+    factory, few-label and downstream mIoU, wall time. A section without results says so. The
+    page fits a 1366 px wide screen: wide tables scroll inside their own box.
     """
     found = collect_results(paths)
     body = []
@@ -53,6 +45,7 @@ def build_report(paths: list[str | Path], out: str | Path, title: str = "pairfor
     stamp = datetime.datetime.now().isoformat(timespec="seconds")
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
         f"<h1>{html.escape(title)}</h1><p>written {stamp} from {html.escape(', '.join(inputs))}</p>"
         + "".join(body)

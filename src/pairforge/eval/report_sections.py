@@ -1,158 +1,21 @@
-"""The sections of the HTML report (`eval.report`): sample grids, FID / KID, mask statistics,
-few-label and downstream segmentation mIoU, wall time; each renders what `collect_results`
+"""The sections of the HTML report (`eval.report`): the summary, sample grids, FID / KID, mask
+statistics, few-label and downstream segmentation mIoU, wall time; each renders what `collect_results`
 found, or says what is missing and which command makes it."""
 
 from __future__ import annotations
 
-import base64
 import html
-import json
 from functools import partial
 from pathlib import Path
 
-import numpy as np
-
-from pairforge.errors import PairforgeError
-from pairforge.eval.report_inputs import ReportInputs, read_json
-
-GRID_SAMPLES = 6
-GRID_CROP = 256  # px shown of large measurements (a top-left crop, not downsampled)
-
-
-def _png_tag(data: bytes, alt: str, width: int | None = None) -> str:
-    encoded = base64.b64encode(data).decode("ascii")
-    size = f' style="max-width:{width}px"' if width else ""
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{encoded}"{size}>'
-
-
-def _png_file_tag(path: Path, alt: str) -> str:
-    if not path.is_file():
-        return _missing(f"{path.name} not found in {path.parent}")
-    return _png_tag(path.read_bytes(), alt)
-
-
-def _missing(what: str) -> str:
-    return f'<p class="missing">Missing: {html.escape(what)}</p>'
-
-
-def _table(header: list[str], rows: list[list]) -> str:
-    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _fmt(value, digits: int = 3) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return "nan" if np.isnan(value) else f"{value:.{digits}f}"
-    return str(value)
-
-
-def _records_table(columns, records: list[dict]) -> str:
-    """One table row per record; columns: (header, key of the record or function of it)."""
-    return _table(
-        [header for header, _ in columns],
-        [[get(r) if callable(get) else r[get] for _, get in columns] for r in records],
-    )
-
-
-def _settings_block(settings) -> str:
-    text = (
-        json.dumps(settings, indent=2, default=str) if not isinstance(settings, str) else settings
-    )
-    return f"<details><summary>settings</summary><pre>{html.escape(text)}</pre></details>"
-
-
-def render_pairs_grid(
-    dataset_dir: str | Path,
-    num_samples: int = GRID_SAMPLES,
-    scale: tuple[int, int] | None = None,
-) -> bytes:
-    """PNG of the first samples (labeled first): each channel (viridis), then mask and overlay.
-
-    Channels are scaled with the dataset normalizer's range ([-1, 1] after normalization).
-    `scale` = (crop_size, resolution): images larger than the crop show a crop_size crop
-    downsampled to the resolution (area; masks by majority), as the models see them, so real
-    and generated grids compare at one scale. Without it, images larger than 256 px show their
-    top-left 256 px crop. Samples of another size than the first are left out.
-    """
-    import tempfile
-
-    from pairforge.data.dataset import load_dataset
-    from pairforge.data.views import downsample_image, downsample_mask
-    from pairforge.viz import save_grid
-
-    ds = load_dataset(dataset_dir)
-    ids = ds.ids()
-    labeled = [i for i in ids if ds.has_mask(i)]
-    ids = (labeled or ids)[:num_samples]
-    images, masks = [], []
-    crop = GRID_CROP if scale is None else scale[0]
-    for sample_id in ids:
-        image, mask = ds.read_pair(sample_id)
-        image = ds.normalizer.encode(image[:, :crop, :crop])
-        mask = None if mask is None else mask[:crop, :crop]
-        if scale is not None and min(image.shape[1:]) >= crop and crop != scale[1]:
-            image = downsample_image(image, crop / scale[1])
-            mask = None if mask is None else downsample_mask(mask, crop / scale[1], ds.num_classes)
-        if images and image.shape != images[0].shape:
-            continue
-        images.append(image)
-        masks.append(mask)
-    with_masks = bool(labeled)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = save_grid(
-            Path(tmp) / "grid.png",
-            np.stack(images),
-            np.stack(masks) if with_masks else None,
-            channel_names=ds.spec.channel_names,
-            class_colors=ds.spec.class_colors,
-            value_ranges=[(-1.0, 1.0)] * ds.num_channels,
-            title=" | ".join(ds.spec.channel_names + (["mask", "overlay"] if with_masks else [])),
-        )
-        return path.read_bytes()
-
-
-def _samples_section(found: ReportInputs) -> str:
-    from pairforge.eval.sets import synthetic_scale
-
-    parts = []
-    # Show real measurements at the scale the generated pairs have (their runs' crop size and
-    # resolution), so the grids compare like for like.
-    scales = [synthetic_scale(d) for d in found.datasets]
-    shared = next((s for s in scales if s is not None), None)
-    for dataset, own in zip(found.datasets, scales):
-        try:
-            grid = _png_tag(
-                render_pairs_grid(dataset, scale=own or shared), f"samples of {dataset}"
-            )
-        except PairforgeError as err:
-            grid = _missing(f"samples of {dataset} cannot be shown: {err}")
-        extra = ""
-        manifest = dataset / "manifest.json"
-        if manifest.is_file():
-            settings = {k: v for k, v in read_json(manifest).items() if k != "samples"}
-            extra = _settings_block(settings)
-        parts.append(f"<h3>{html.escape(str(dataset))}</h3>{grid}{extra}")
-    for run in found.runs:
-        previews = sorted((run / "samples").glob("step-*.png"))
-        block = (
-            _png_file_tag(previews[-1], f"training samples of {run}")
-            if previews
-            else _missing(f"no training previews in {run / 'samples'}")
-        )
-        config = run / "config.yaml"
-        settings = _settings_block(config.read_text()) if config.is_file() else ""
-        parts.append(f"<h3>run {html.escape(str(run))}</h3>{block}{settings}")
-    if not parts:
-        return _missing(
-            "no datasets or runs found; pass a generated dataset (pairforge generate --out DIR) "
-            "or a run directory"
-        )
-    return "".join(parts)
+from pairforge.eval.report_html import missing as _missing
+from pairforge.eval.report_html import png_file_tag as _png_file_tag
+from pairforge.eval.report_html import records_table as _records_table
+from pairforge.eval.report_html import settings_block as _settings_block
+from pairforge.eval.report_html import table as _table
+from pairforge.eval.report_inputs import ReportInputs
+from pairforge.eval.report_samples import samples_section as _samples_section
+from pairforge.eval.report_summary import render_summary
 
 
 def _per_folder(kind: str, missing: str, render, found: ReportInputs) -> str:
@@ -391,6 +254,7 @@ _factory_section = partial(
 
 # (anchor, heading, render(found) -> HTML), in page order.
 SECTIONS = (
+    ("summary", "At a glance", render_summary),
     ("samples", "Samples and overlays", _samples_section),
     ("fid", "FID / KID", _fid_section),
     ("mask-stats", "Mask statistics", _mask_stats_section),
