@@ -153,7 +153,7 @@ def fid_item(found: ReportInputs) -> tuple[str, str]:
                 if r.get("kind") in ("channel", "mask", "domain")}  # fmt: skip
         targets += [t for t in rows if t not in targets]
         values.append((_pipeline_name(result), rows))
-    body = [[name, *[None if rows.get(t) is None else round(float(rows[t]), 1) for t in targets]]
+    body = [[name, *["-" if rows.get(t) is None else f"{float(rows[t]):.1f}" for t in targets]]
             for name, rows in values]  # fmt: skip
     return "fid", table(["FID (lower is closer)", *targets], body)
 
