@@ -7,7 +7,10 @@ import base64
 import io
 import json
 import re
+import shutil
+import subprocess
 
+import numpy as np
 import pytest
 from PIL import Image
 from test_eval_fixtures import write_dataset
@@ -91,7 +94,7 @@ def test_missing_inputs_give_run_hints(tmp_path):
                  "no fid.json found; run `pairforge eval fid REAL_DIR FAKE_DIR --out EVAL_DIR`",
                  "no demo.json or factory_run.json found; run `pairforge demo`"):  # fmt: skip
         assert hint in summary
-    assert summary.count("<div><h3>") == 4  # never an empty box
+    assert len(re.findall(r'<div class="\w+"><h3><a href="#[\w-]+">', summary)) == 4
 
 
 def _figure_images(page: str, side: str) -> list[tuple[str, str, Image.Image]]:
@@ -140,3 +143,20 @@ def test_layout_fits_a_laptop_screen(results_dir, tmp_path):  # noqa: F811
     page = build_report([results_dir], tmp_path / "r.html").read_text()
     assert page.count("<table>") == page.count('<div class="scroll"><table>') > 5
     assert f"<style>{STYLE}</style>" in page and "name='viewport'" in page
+
+
+@pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="needs chromium (apt-get install chromium)"
+)
+def test_page_fits_1366_px_in_a_real_browser(results_dir, tmp_path):  # noqa: F811
+    page = build_report([results_dir], tmp_path / "r.html")
+    shot = tmp_path / "shot.png"
+    command = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+               f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1366,6000",
+               f"--screenshot={shot}", page.as_uri()]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True, timeout=120)
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    drawn = np.where((pixels.sum(axis=2) < 750).any(axis=0))[0]
+    # Content inside the 1100 px column (+ padding), centered: nothing runs to the right edge,
+    # where a page wider than the window would be cut off.
+    assert drawn.min() > 100 and drawn.max() < 1366 - 100, (drawn.min(), drawn.max())

@@ -5,13 +5,16 @@ three levels down):
     EVAL/fid.json            `pairforge eval fid ... --out EVAL` (table rows, counts, settings)
     EVAL/mask_stats.json     `pairforge eval stats ... --out EVAL`, with mask_stats_*.png
     EVAL/downstream.json     `pairforge eval downstream ... --out EVAL`, with downstream.png
+    EVAL/few_label.json      `pairforge eval few-label` (head, real + synthetic vs the baseline)
+    EVAL/factory.json        `pairforge eval factory` / `pairforge factory` (every method, paired)
     EVAL/seg_<name>.json     `pairforge seg eval|baseline ... --json` output (mean_iou, per class)
-    OUT/demo.json            `pairforge demo` stage timings
+    OUT/demo.json            `pairforge demo` stage timings (OUT/factory_run.json: `factory`)
     RUN/model/pairforge.json a training run (RUN/config.yaml, RUN/samples/step-*.png)
     DATA/dataset.yaml        a dataset, e.g. generated pairs (DATA/manifest.json, grid.png)
 Datasets named in the eval JSON files ("real", "fake", "synthetic" sources) are shown too when
 they still exist. A section with nothing to show says what is missing and which command makes
-it; nothing is dropped silently. Images are embedded as base64 PNG.
+it; nothing is dropped silently. Images are embedded as base64 PNG. The page opens with a
+summary (eval.report_summary) and fits a 1366 px wide screen (docs/images/report-summary.png).
 """
 
 from __future__ import annotations

@@ -14,7 +14,6 @@ import numpy as np
 # table in its own horizontally scrollable box, images never wider than their box, long paths
 # allowed to break anywhere.
 STYLE = """
-html { overflow-x: hidden; }
 body { font-family: sans-serif; max-width: 1100px; margin: 1.5em auto; padding: 0 1em;
        color: #222; overflow-wrap: anywhere; }
 table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.9em; }
@@ -26,10 +25,16 @@ img { max-width: 100%; height: auto; margin: 0.4em 0; display: block; }
 .warning { color: #850; }
 pre { background: #f6f6f6; padding: 0.5em; font-size: 0.8em; overflow-x: auto;
       white-space: pre-wrap; }
-.summary { display: grid; grid-template-columns: repeat(auto-fit, minmax(320px, 1fr));
-           gap: 0.8em; }
+.summary { display: grid; grid-template-columns: minmax(0, 1fr) minmax(0, 1.5fr); gap: 0.8em;
+           align-items: start; }
 .summary > div { border: 1px solid #ccc; border-radius: 6px; padding: 0.3em 0.8em;
                  min-width: 0; background: #fafafa; }
+.summary > .miou { grid-column: 2; grid-row: 1 / span 3; }
+@media (max-width: 800px) {
+  .summary { grid-template-columns: minmax(0, 1fr); }
+  .summary > .miou { grid-column: auto; grid-row: auto; }
+}
+h1 { margin: 0.2em 0; }
 .summary h3 { margin: 0.3em 0; font-size: 1em; }
 .summary p { margin: 0.3em 0; }
 .side-by-side { display: flex; flex-wrap: wrap; gap: 1.2em; }

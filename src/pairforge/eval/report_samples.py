@@ -200,24 +200,24 @@ def side_by_side(gen_dir: Path, found: ReportInputs) -> str:
 def samples_section(found: ReportInputs) -> str:
     from pairforge.eval.sets import synthetic_scale
 
-    parts = []
+    # Real beside synthetic first: the comparison a reader looks for, before the full grids.
+    parts = [
+        f"<h3>Real vs synthetic, same scale: {html.escape(str(d))}</h3>" + side_by_side(d, found)
+        for d in found.datasets
+        if (d / "manifest.json").is_file()
+    ]
     # Show real measurements at the scale the generated pairs have (their runs' crop size and
     # resolution), so the grids compare like for like.
     scales = [synthetic_scale(d) for d in found.datasets]
     shared = next((s for s in scales if s is not None), None)
     for dataset, own in zip(found.datasets, scales):
-        generated = (dataset / "manifest.json").is_file()
-        pair_row = (
-            "<h4>Real vs synthetic, same scale</h4>" + side_by_side(dataset, found)
-            if generated
-            else ""
-        )
         try:
             grid = png_tag(render_pairs_grid(dataset, scale=own or shared), f"samples of {dataset}")
         except PairforgeError as err:
             grid = missing(f"samples of {dataset} cannot be shown: {err}")
+        generated = (dataset / "manifest.json").is_file()
         extra = read_manifest_settings(dataset) if generated else ""
-        parts.append(f"<h3>{html.escape(str(dataset))}</h3>{pair_row}{grid}{extra}")
+        parts.append(f"<h3>{html.escape(str(dataset))}</h3>{grid}{extra}")
     for run in found.runs:
         previews = sorted((run / "samples").glob("step-*.png"))
         block = (
