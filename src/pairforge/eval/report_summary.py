@@ -177,14 +177,16 @@ def time_item(found: ReportInputs) -> tuple[str, str]:
     return "timing", f"<ul>{''.join(lines)}</ul>"
 
 
-ITEMS = (("Labels used", labels_item), ("Test mIoU per method", miou_item),
-         ("FID per channel and mask", fid_item), ("The chain's wall time", time_item))  # fmt: skip
+# (title, item, CSS class): the mIoU box takes the wider right column, the others stack left.
+ITEMS = (("Labels used", labels_item, "labels"), ("Test mIoU per method", miou_item, "miou"),
+         ("FID per channel and mask", fid_item, "fid"),
+         ("The chain's wall time", time_item, "time"))  # fmt: skip
 
 
 def render_summary(found: ReportInputs) -> str:
     """The summary boxes, each titled by a link to its section."""
     boxes = []
-    for title, item in ITEMS:
+    for title, item, css in ITEMS:
         anchor, body = item(found)
-        boxes.append(f"<div><h3>{_link(anchor, title)}</h3>{body}</div>")
+        boxes.append(f'<div class="{css}"><h3>{_link(anchor, title)}</h3>{body}</div>')
     return f'<div class="summary">{"".join(boxes)}</div>'
