@@ -98,3 +98,14 @@ def test_val_every_validates_only_on_schedule_and_at_the_end():
     validated = [r["epoch"] for r in history["epochs"] if r["val_miou"] is not None]
     assert validated == [2, 4, 5]
     assert history["best_epoch"] in validated
+
+
+def test_steps_sets_whole_epochs_of_at_least_that_many_steps():
+    images, masks = _toy(10, 16, 0)  # 10 images, batch 4: 3 steps per epoch
+    kwargs = dict(num_classes=3, epochs=50, batch_size=4, progress=False)
+    _, history = train_supervised(images, masks, None, None, steps=7, **kwargs)
+    assert len(history["epochs"]) == 3  # ceil(7 / 3) epochs = 9 steps >= 7; epochs=50 ignored
+    _, history = train_supervised(images, masks, None, None, steps=3, **kwargs)
+    assert len(history["epochs"]) == 1
+    with pytest.raises(PairforgeError, match="steps=0"):
+        train_supervised(images, masks, None, None, steps=0, **kwargs)

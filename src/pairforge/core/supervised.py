@@ -221,6 +221,7 @@ def train_supervised(
     val_every: int = 1,
     progress: bool = True,
     sample_weights: torch.Tensor | None = None,
+    steps: int | None = None,
 ) -> tuple[torch.nn.Module, dict]:
     """Train an smp segmenter with cross-entropy; keep the weights of the best validation epoch.
 
@@ -238,6 +239,9 @@ def train_supervised(
             last epoch; > 1 saves time when validation is large compared with training.
         sample_weights: None (plain mean cross-entropy) or float (N,) >= 0 per training image:
             each labeled pixel's loss counts its image's weight (weighted mean per batch).
+        steps: None, or train ceil(steps / steps per epoch) epochs instead of `epochs` (at least
+            `steps` AdamW steps in whole epochs: the same training length whatever the number
+            of training images, e.g. across label budgets).
 
     Returns:
         (model in eval mode on `device`, history) with history = {"epochs": [{"epoch",
@@ -254,10 +258,14 @@ def train_supervised(
             f"epochs={epochs}, batch_size={batch_size}, val_every={val_every}: all must be >= 1"
         )
 
+    steps_per_epoch = math.ceil(train_images.shape[0] / batch_size)
+    if steps is not None:
+        if steps < 1:
+            raise PairforgeError(f"steps={steps}: give at least 1 (or None to use epochs)")
+        epochs = math.ceil(steps / steps_per_epoch)
     model = _seeded_model(train_images.shape[1], num_classes, arch, encoder, seed).to(device)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    steps_per_epoch = math.ceil(train_images.shape[0] / batch_size)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * steps_per_epoch)
     step = _EpochSettings(batch_size, augment, _network_stride(model), device)
 

@@ -40,6 +40,7 @@ from pairforge.seg.cli_options import (
     _SUP_ENCODER,
     _SUP_LR,
     _SUP_OUT,
+    _SUP_STEPS,
     _TIMESTEPS,
     _UNCERTAINTY,
 )
@@ -252,6 +253,7 @@ def baseline_command(
         400, "--epochs", min=1, help="Training epochs (one AdamW step per batch of tiles)."
     ),
     batch_size: int = _SUP_BATCH,
+    steps: int = _SUP_STEPS,
     lr: float = _SUP_LR,
     arch: str = _SUP_ARCH,
     encoder: str = _SUP_ENCODER,
@@ -277,7 +279,13 @@ def baseline_command(
         parse_labels(labels), label_seed, label_tile, label_split, crop_size, resolution
     )
     settings = BaselineSettings(
-        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, arch=arch, encoder=encoder
+        epochs=epochs,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        arch=arch,
+        encoder=encoder,
     )
     report = run_baseline(
         data, run, tiles, eval_split, settings, out=out, device=device, progress=not as_json
@@ -364,6 +372,7 @@ def distill_command(
         40, "--epochs", min=1, help="Training epochs (one AdamW step per batch of tiles)."
     ),
     batch_size: int = _SUP_BATCH,
+    steps: int = _SUP_STEPS,
     lr: float = _SUP_LR,
     arch: str = _SUP_ARCH,
     encoder: str = _SUP_ENCODER,
@@ -386,7 +395,8 @@ def distill_command(
 
     tiles = TileChoice(parse_labels(labels), label_seed, label_tile, label_split)
     settings = DistillSettings(
-        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, arch=arch, encoder=encoder,
+        epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, seed=seed, arch=arch,
+        encoder=encoder,
         weights=parse_weights(weights), pseudo_crops=pseudo_crops,
     )  # fmt: skip
     report = distill(

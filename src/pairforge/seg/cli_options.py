@@ -81,6 +81,9 @@ _CLASS_BALANCE = typer.Option(False, "--class-balance", help="Inverse-frequency 
 # Options of the supervised smp segmenter (`baseline` and `distill`).
 _EVAL_SPLIT = typer.Option("test", "--eval-split", help="Held-out split to report.")
 _SUP_BATCH = typer.Option(8, "--batch-size", min=1)
+_SUP_STEPS = typer.Option(
+    None, "--steps", min=1, help="At least this many steps (whole epochs); overrides --epochs."
+)
 _SUP_LR = typer.Option(1e-3, "--lr", min=0.0)
 _SUP_ARCH = typer.Option("unet", "--arch", help="smp architecture.")
 _SUP_ENCODER = typer.Option("resnet18", "--encoder", help="smp encoder (no pretrained).")

@@ -267,10 +267,11 @@ def head_labels(head: SegmentationHead) -> dict[str, Any]:
 class BaselineSettings:
     """How `seg baseline` trains its smp segmenter: the keyword arguments of
     `core.supervised.train_supervised` of the same names (epochs: one AdamW step per batch of
-    tiles; batch size, learning rate, seed, smp architecture and encoder, no pretrained
-    weights)."""
+    tiles; steps: None, or at least this many steps in whole epochs instead of `epochs`; batch
+    size, learning rate, seed, smp architecture and encoder, no pretrained weights)."""
 
     epochs: int = 400
+    steps: int | None = None
     batch_size: int = 8
     lr: float = 1e-3
     seed: int = 0
