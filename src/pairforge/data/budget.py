@@ -317,3 +317,50 @@ def _has_labeled_pixel(ds, tile: Tile, tile_size: int) -> bool:
     sample_id, y, x = tile
     mask = ds.read_mask(sample_id)
     return bool((mask[y : y + tile_size, x : x + tile_size] != IGNORE_INDEX).any())
+
+
+def budget_from_tiles(
+    ds,
+    tiles,
+    tile_size: int,
+    split: str = "train",
+    seed: int = 0,
+    select_every: int = DEFAULT_SELECT_EVERY,
+) -> LabelBudget:
+    """The budget of an explicit tile list (e.g. a head's budget plus the tiles `seg suggest`
+    picked and a person labeled), in the order given: that order decides the selection tiles
+    (every `select_every`-th), so appending tiles keeps the earlier ones' parts. `seed` is a
+    record only (the seed of the budget the list started from); size = len(tiles).
+
+    Every tile must be a `tile_size` grid cell of a labeled sample of `split`
+    (`candidate_tiles`), given once; PairforgeError naming the tile otherwise.
+    """
+    pool = candidate_tiles(ds, split, tile_size)
+    known = set(pool)
+    chosen: list[Tile] = []
+    for tile in tiles:
+        sample_id, y, x = str(tile[0]), int(tile[1]), int(tile[2])
+        if (sample_id, y, x) not in known:
+            raise PairforgeError(
+                f"label tile ({sample_id!r}, y {y}, x {x}) is not a {tile_size} px grid tile of a "
+                f"labeled sample of split {split!r} of {ds.root} (tiles start at multiples of "
+                f"{tile_size} px, lie inside their measurement and need a mask file); fix the "
+                "tile list or label that sample"
+            )
+        if (sample_id, y, x) in chosen:
+            raise PairforgeError(
+                f"label tile ({sample_id!r}, y {y}, x {x}) is listed twice; list each tile once"
+            )
+        chosen.append((sample_id, y, x))
+    if not chosen:
+        raise PairforgeError("a label budget from a tile list needs at least one tile")
+    return LabelBudget(
+        dataset=ds.spec.name,
+        split=split,
+        tile_size=int(tile_size),
+        seed=int(seed),
+        size=len(chosen),
+        pool=len(pool),
+        tiles=tuple(chosen),
+        select_every=select_every,
+    )
