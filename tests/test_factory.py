@@ -135,6 +135,52 @@ def test_the_chain_records_one_budget(chain):
     assert sources and all(s.budget is not None and s.budget.to_dict() == head for s in sources)
 
 
+def _relabel_outside(source: Path, out: Path, budget) -> None:
+    """A copy of `source` whose masks have every class id rotated outside the budget's tiles
+    of its label split (the val split everywhere); the test split is kept as it is."""
+    import numpy as np
+
+    from pairforge.data.dataset import DatasetWriter, load_dataset
+
+    dataset = load_dataset(source)
+    k, t = dataset.num_classes, budget.tile_size
+    with DatasetWriter(out, dataset.spec) as writer:
+        for split, ids in dataset.spec.splits.items():
+            for sample_id in ids:
+                image, mask = dataset.read_image(sample_id), dataset.read_mask(sample_id)
+                keep = np.zeros(mask.shape, bool)
+                if split == "test":
+                    keep[:] = True
+                for tile_id, y, x in budget.tiles if split == budget.split else ():
+                    if tile_id == sample_id:
+                        keep[y : y + t, x : x + t] = True
+                writer.add(sample_id, image, np.where(keep, mask, (mask + 1) % k), split=split)
+
+
+def test_no_step_reads_a_label_outside_the_budget(chain, tmp_path):
+    """The whole chain on a copy whose labels outside the budget (train split) and in the val
+    split are all wrong gives the same segmenters, bit for bit."""
+    from safetensors.torch import load_file
+
+    from pairforge.data.budget import make_budget
+    from pairforge.data.dataset import load_dataset
+
+    budget = make_budget(load_dataset(chain / "data"), 4, 0, 32)
+    _relabel_outside(chain / "data", tmp_path / "data", budget)
+    changed = load_dataset(tmp_path / "data")
+    first = changed.ids("train")[0]
+    assert (changed.read_mask(first) != load_dataset(chain / "data").read_mask(first)).any()
+    _invoke(["factory", "--quick", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "b")])
+    for method in RESULT_METHODS:
+        a, b = (json.loads((root / "eval" / "results" / method / "b4-s0.json").read_text())
+                for root in (chain, tmp_path / "b"))  # fmt: skip
+        assert (a["mean_iou"], a["per_class_iou"]) == (b["mean_iou"], b["per_class_iou"]), method
+    for model in ("distill-b4-s0", "distill-synthetic-b4-s0", "baseline-b4-s0"):
+        a, b = (load_file(str(root / "seg" / model / "model.safetensors"))
+                for root in (chain, tmp_path / "b"))  # fmt: skip
+        assert all(bool((a[key] == b[key]).all()) for key in a), model
+
+
 def test_rerun_redoes_nothing_and_resumes_a_lost_step(chain):
     before = _snapshot(chain)
     _invoke(["factory", "--quick", "--out", str(chain)])
