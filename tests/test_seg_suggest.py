@@ -262,3 +262,35 @@ def test_budget_from_tiles_order_parts_and_errors(setup):
         budget_from_tiles(ds, [("m0", 0, 0), ("m0", 0, 0)], 32)
     with pytest.raises(PairforgeError, match="'m3', y 0, x 0"):  # a val sample
         budget_from_tiles(ds, [("m3", 0, 0)], 32)
+
+
+def test_bench_suggest_quick_loop(setup, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    tmp, _ = setup
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_suggest.py"
+    spec = importlib.util.spec_from_file_location("bench_suggest", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.main(["--data", str(tmp / "data"), "--image-run", str(tmp / "run"),
+                         "--seeds", "0,1", "--rounds", "4,8,12", "--quick",
+                         "--json", str(tmp_path / "b.json"), "--markdown", str(tmp_path / "b.md")])  # fmt: skip
+    rows = result["rows"]
+    assert len(rows) == 2 * 2 * 3 and json.loads((tmp_path / "b.json").read_text())["rows"]
+    for seed in (0, 1):
+        mine = {(r["arm"], r["tiles"]): r for r in rows if r["seed"] == seed}
+        first = make_budget(load_dataset(tmp / "data"), 4, seed, 32, "train")
+        assert mine["random", 4]["miou"] == mine["suggested", 4]["miou"]  # one shared head
+        assert mine["random", 12]["labels"] == make_budget(
+            load_dataset(tmp / "data"), 12, seed, 32, "train").summary()  # fmt: skip
+        picked = [
+            tuple(t) for r in (mine["suggested", 8], mine["suggested", 12]) for t in r["picked"]
+        ]
+        assert len(picked) == 8 and len(set(picked)) == 8 and not set(picked) & set(first.tiles)
+        assert mine["suggested", 12]["labels"]["tiles"] == 12
+    line = result["summary"]["rounds"][2]
+    assert line["tiles"] == 12 and line["suggested_minus_random"]["n"] == 2
+    assert result["summary"]["goal"]["suggested_tiles"] == 8
+    assert "| 12 |" in (tmp_path / "b.md").read_text() and "Goal: 8 suggested vs 12" in (
+        tmp_path / "b.md").read_text()  # fmt: skip

@@ -96,7 +96,12 @@ def _write_mask(path: Path, ids: np.ndarray) -> None:
 
         atomic_write(path, lambda tmp: tifffile.imwrite(tmp, ids.astype(dtype)))
     else:
-        atomic_write(path, lambda tmp: np.save(open(tmp, "wb"), ids.astype(dtype)))
+
+        def save_npy(tmp: Path) -> None:
+            with open(tmp, "wb") as handle:  # a handle: np.save would append .npy to the name
+                np.save(handle, ids.astype(dtype))
+
+        atomic_write(path, save_npy)
 
 
 def export_tiles(ds, result: dict, folder: Path, record: dict) -> Path:
@@ -137,10 +142,9 @@ def _read_tiles(folder: Path) -> dict:
     try:
         meta = json.loads(path.read_text())
         for entry in meta["tiles"]:
-            entry["y"], entry["x"], entry["tile_size"] = (
-                int(entry[k]) for k in ("y", "x", "tile_size")
-            )
-            str(entry["sample_id"]), str(entry["mask"])
+            for key in ("y", "x", "tile_size"):
+                entry[key] = int(entry[key])
+            entry["sample_id"], entry["mask"] = str(entry["sample_id"]), str(entry["mask"])
         int(meta["fill_id"])
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as err:
         raise PairforgeError(
@@ -207,6 +211,7 @@ def import_labels(folder: str | Path, data: str | Path, echo=print) -> dict:
     docstring). Returns {"tiles", "samples", "budget"} (budget: LabelBudget.to_dict() or None)."""
     from pairforge.data.budget import LabelBudget, budget_from_tiles
     from pairforge.data.dataset import load_dataset
+    from pairforge.data.files import read_array
     from pairforge.data.layout import MASK_DIR
 
     folder = Path(folder)
@@ -228,8 +233,6 @@ def import_labels(folder: str | Path, data: str | Path, echo=print) -> dict:
     for entry, raw in labeled:
         by_sample.setdefault(entry["sample_id"], []).append((entry, raw))
     for sample_id, items in by_sample.items():
-        from pairforge.data.files import read_array
-
         path = ds.mask_path(sample_id)
         if path is None:
             if ds.spec.ignore_index is None:
