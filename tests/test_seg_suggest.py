@@ -294,3 +294,31 @@ def test_bench_suggest_quick_loop(setup, tmp_path):
     assert result["summary"]["goal"]["suggested_tiles"] == 8
     assert "| 12 |" in (tmp_path / "b.md").read_text() and "Goal: 8 suggested vs 12" in (
         tmp_path / "b.md").read_text()  # fmt: skip
+
+
+def test_import_with_ignore_index_keeps_unlabeled_pixels_and_labels_new_samples(setup):
+    tmp, head = setup
+    data = load_dataset(tmp / "data")
+    spec = data.spec.model_copy(update={"ignore_index": 255})
+    with DatasetWriter(tmp / "ign", spec) as writer:  # m2: a measurement nobody labeled yet
+        for split, ids in data.spec.splits.items():
+            for sample_id in ids:
+                image, mask = data.read_pair(sample_id)
+                writer.add(sample_id, image, None if sample_id == "m2" else mask, split=split)
+    assert not (tmp / "ign" / "masks" / "m2.png").exists()
+    _suggest(tmp, tmp / "ign", tmp / "ign-s", "--n", 16, "--export", tmp / "ignlabel")
+    meta = json.loads((tmp / "ignlabel" / "tiles.json").read_text())
+    assert meta["fill_id"] == 255 and "ignore_index" in meta["fill_meaning"]
+    for t in meta["tiles"]:
+        template = np.array(Image.open(tmp / "ignlabel" / t["mask"]))
+        template[:8] = 7  # top 8 rows labeled 'grain'; the rest stays unlabeled
+        Image.fromarray(template).save(tmp / "ignlabel" / t["mask"])
+    _cli("import-labels", tmp / "ignlabel", "--data", tmp / "ign")
+    new = np.asarray(Image.open(tmp / "ign" / "masks" / "m2.png"))
+    expected = np.full((64, 128), 255, np.uint8)
+    for t in meta["tiles"]:
+        if t["sample_id"] == "m2":
+            expected[t["y"] : t["y"] + 8, t["x"] : t["x"] + 32] = 7
+    assert np.array_equal(new, expected) and (expected == 7).any()
+    budget = json.loads((tmp / "ignlabel" / "budget.json").read_text())
+    assert len(budget["tiles"]) == 24 and budget["pool"] == 24
