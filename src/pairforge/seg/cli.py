@@ -411,8 +411,10 @@ def distill_command(
 def _register_more() -> None:
     # Commands whose typer function lives beside its library code.
     from pairforge.seg.pair_filter import register as register_filter
+    from pairforge.seg.suggest import register as register_suggest
 
     register_filter(app)
+    register_suggest(app)  # suggest, import-labels
 
 
 _register_more()
