@@ -85,10 +85,33 @@ class ModelConfig(_Section):
     attention_levels: list[bool] | None = None
     norm_num_groups: int | None = Field(None, ge=1)
     dropout: float | None = Field(None, ge=0.0, lt=1.0)
+    fraction_conditioning: bool = Field(
+        False,
+        description="mask / joint tasks: condition the U-Net on each crop's class fractions "
+        "(models.fractions; classifier-free guidance with `generate --fractions`)",
+    )
+    fraction_drop_prob: float = Field(
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description="training probability of dropping the fraction condition (the null "
+        "condition samples unconditionally; 0 = never trained, unconditional sampling refused)",
+    )
+    fraction_guidance: float = Field(
+        2.0, ge=0.0, description="default `generate --guidance-fractions` scale of the run"
+    )
 
     def overrides(self) -> dict[str, Any]:
-        """The fields set here, as keyword overrides for `models.factory.build_model`."""
-        return {k: v for k, v in self.model_dump(exclude={"preset"}).items() if v is not None}
+        """The fields set here, as keyword overrides for `models.factory.build_model`
+        (fraction conditioning as {"fraction_conditioning": {"drop_prob": p}} when on)."""
+        fraction_keys = {"preset", *FRACTION_KEYS}
+        chosen = {k: v for k, v in self.model_dump(exclude=fraction_keys).items() if v is not None}
+        if self.fraction_conditioning:
+            chosen["fraction_conditioning"] = {"drop_prob": self.fraction_drop_prob}
+        return chosen
+
+
+FRACTION_KEYS = ("fraction_conditioning", "fraction_drop_prob", "fraction_guidance")
 
 
 class DiffusionConfig(_Section):

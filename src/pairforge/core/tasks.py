@@ -14,6 +14,12 @@ from typing import Any, ClassVar
 
 import torch
 
+from pairforge.core.task_inputs import (  # noqa: F401  (re-exported: the tasks' helpers)
+    channels_last_input,
+    guided_denoiser,
+    low_res_condition,
+    segmap_from_mask,
+)
 from pairforge.data.codec import IGNORE_INDEX, MaskCodec
 from pairforge.errors import PairforgeError
 
@@ -65,11 +71,23 @@ class TaskLayout:
 
 @dataclass(frozen=True)
 class TrainingSettings:
-    """The task-specific training knobs: sdm classifier-free drop rate, sr augmentation."""
+    """The task-specific training knobs: sdm classifier-free drop rate, sr augmentation,
+    fraction_drop_prob: drop rate of the class-fraction condition (None: not conditioned)."""
 
     cond_drop_prob: float = 0.2
     noise_aug_max: float = 0.3
     scale_factor: int = 4
+    fraction_drop_prob: float | None = None
+
+    def for_model(self, model: torch.nn.Module) -> TrainingSettings:
+        """These settings with the fraction drop rate of a fraction-conditioned `model`."""
+        from dataclasses import replace
+
+        from pairforge.core.task_fractions import is_fraction_model
+
+        if not is_fraction_model(model):
+            return self
+        return replace(self, fraction_drop_prob=model.drop_prob)
 
 
 @dataclass(frozen=True)
@@ -80,50 +98,14 @@ class SamplingCondition:
            preview batch), image: (B, C, H, W) in ~[-1, 1] (sr preview only).
     seeds: the B sample seeds (sr: sample b's augmentation noise comes from
            stage_seed(seeds[b], "sr-augment"), as in the pipeline); None: 0 .. B-1.
+    fractions: (B, K) target class fractions (rows sum to 1) of a fraction-conditioned mask /
+           joint run; None: unconditional (the null condition).
     """
 
     mask: torch.Tensor | None = None
     image: torch.Tensor | None = None
     seeds: tuple[int, ...] | None = None
-
-
-def channels_last_input(x_t: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    return x_t.contiguous(memory_format=torch.channels_last) if channels_last else x_t
-
-
-def segmap_from_mask(mask: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(B, H, W) class indices -> (B, K, H, W) one-hot in {0, 1}; ignore pixels (>= K) get zeros."""
-    valid = (mask >= 0) & (mask < num_classes)
-    onehot = torch.nn.functional.one_hot(torch.where(valid, mask, 0), num_classes)
-    return (onehot * valid.unsqueeze(-1)).movedim(-1, -3).float()
-
-
-def guided_denoiser(
-    model: torch.nn.Module, segmap: torch.Tensor, guidance_scale: float, channels_last: bool = False
-) -> DenoiseFn:
-    """Classifier-free guidance for a SemanticUNet: out_u + s (out_c - out_u), one batched pass.
-
-    segmap (B, K, H, W) one-hot; the unconditional prediction uses an all-zero segmap.
-    s = 0 gives the unconditional, s = 1 the conditional prediction.
-    """
-    from pairforge.diffusion.guidance import classifier_free_batched
-
-    return classifier_free_batched(
-        lambda x_t, t, c: model(channels_last_input(x_t, channels_last), t, c).sample,
-        segmap,
-        torch.zeros_like(segmap),
-        guidance_scale,
-    )
-
-
-def low_res_condition(layout: TaskLayout, image_hr, mask_hr, scale_factor: int) -> torch.Tensor:
-    """The sr condition at resolution / scale_factor: cat(area-downsampled image, codec of the
-    majority-downsampled mask), (B, low_res_channels, h, w), before noise augmentation."""
-    from pairforge.data.views import downsample_image, downsample_mask
-
-    image_lr = downsample_image(image_hr, scale_factor)
-    mask_lr = downsample_mask(mask_hr, scale_factor, layout.num_classes)
-    return torch.cat([image_lr, layout.codec.encode(mask_lr).to(image_lr.dtype)], dim=1)
+    fractions: torch.Tensor | None = None
 
 
 class Task:
@@ -138,6 +120,7 @@ class Task:
     feature_source:  usable as the frozen DDPM of the few-label head (image / joint).
     domain_features: usable by the domain-feature FID row.
     stage:           the seed stream its samples' noise comes from (`core.seeds.stage_seed`).
+    fraction_conditioning: may be conditioned on class fractions (model.fraction_conditioning).
     """
 
     name: ClassVar[str]
@@ -149,6 +132,7 @@ class Task:
     feature_source: ClassVar[bool] = False
     domain_features: ClassVar[bool] = True
     stage: ClassVar[str]
+    fraction_conditioning: ClassVar[bool] = False
 
     def make_layout(self, image_channels: int, num_classes: int, codec_kind: str) -> TaskLayout:
         """The layout; the codec exists whenever the dataset declares >= 2 classes."""
@@ -215,10 +199,54 @@ class Task:
 
     def check_config(self, config) -> None:
         """Task-specific consistency of a TrainConfig; raise ValueError naming the keys."""
+        if config.model.fraction_conditioning and not self.fraction_conditioning:
+            raise ValueError(
+                f"model.fraction_conditioning=true applies to the mask and joint tasks, not "
+                f"task={self.name!r}; set model.fraction_conditioning=false"
+            )
 
     def record_settings(self, config) -> dict[str, Any]:
-        """The run record's task settings: {"sdm": SDMConfig dict or None, "sr": ...}."""
-        return {"sdm": None, "sr": None}
+        """The run record's task settings: {"sdm": SDMConfig dict or None, "sr": ...}, plus
+        "fraction_conditioning" {drop_prob, guidance} for a fraction-conditioned run."""
+        settings: dict[str, Any] = {"sdm": None, "sr": None}
+        if config.model.fraction_conditioning:
+            settings["fraction_conditioning"] = {
+                "drop_prob": config.model.fraction_drop_prob,
+                "guidance": config.model.fraction_guidance,
+                "condition": "per-class pixel fractions of the training crop's mask at model "
+                "resolution, unlabeled pixels excluded",
+            }
+        return settings
+
+
+class FractionTask(Task):
+    """A mask-generating UNet2DModel task that can be conditioned on class fractions."""
+
+    fraction_conditioning = True
+
+    def model_kwargs(self, layout: TaskLayout) -> dict[str, Any]:
+        # Used by models.factory.build_model only with model.fraction_conditioning.
+        return {"fraction_classes": layout.num_classes}
+
+    def training_inputs(self, layout, batch, generator, settings):
+        x0, extra = super().training_inputs(layout, batch, generator, settings)
+        if settings.fraction_drop_prob is None:
+            return x0, extra
+        from pairforge.core.task_fractions import training_condition
+
+        mask = batch["mask"]
+        return x0, training_condition(
+            mask, layout.num_classes, generator, settings.fraction_drop_prob
+        )
+
+    def denoiser(
+        self, layout, model, condition=None, *, guidance_scale=2.0, channels_last=False, **_
+    ):
+        if condition is None or condition.fractions is None:
+            return super().denoiser(layout, model, channels_last=channels_last)
+        from pairforge.core.task_fractions import guided_fraction_denoiser
+
+        return guided_fraction_denoiser(model, condition.fractions, guidance_scale, channels_last)
 
 
 class ImageTask(Task):
@@ -229,13 +257,13 @@ class ImageTask(Task):
     feature_source = True
 
 
-class JointTask(Task):
+class JointTask(FractionTask):
     name = "joint"
     stage = "joint"
     feature_source = True
 
 
-class MaskTask(Task):
+class MaskTask(FractionTask):
     name = "mask"
     stage = "mask"
     has_image_part = False
@@ -342,6 +370,7 @@ class SrTask(Task):
         return {"sdm": None, "sr": config.sr.model_dump()}
 
     def check_config(self, config) -> None:
+        super().check_config(config)
         if config.data.resolution % config.sr.scale_factor:
             raise ValueError(
                 f"data.resolution {config.data.resolution} is not divisible by "

@@ -99,11 +99,16 @@ def build_model(
     (`pairforge.core.tasks` says which class and arguments each task uses.)
     in_channels / out_channels: channels of the noisy sample / of the prediction (eps or v).
     sample_size: training resolution in pixels (the models are convolutional; other sizes work).
+    overrides["fraction_conditioning"] = {"drop_prob": p} (with class_kwargs fraction_classes K):
+    a `models.fractions.FractionConditionedUNet` around the UNet2DModel.
     """
     if model_class not in MODEL_CLASSES:
         raise PairforgeError(
             f"model class {model_class!r} is unknown; use one of {', '.join(MODEL_CLASSES)}."
         )
+    overrides = dict(overrides or {})
+    fractions = overrides.pop("fraction_conditioning", None)  # {"drop_prob": p} or None
+    fraction_classes = class_kwargs.pop("fraction_classes", None)
     spec = resolve_preset(preset, overrides)
     levels = len(spec.block_out_channels)
     if sample_size % 2 ** (levels - 1):
@@ -120,8 +125,18 @@ def build_model(
         "norm_num_groups": spec.norm_num_groups,
         "dropout": spec.dropout,
     }
+    if fractions and model_class != "UNet2DModel":
+        raise PairforgeError(
+            f"model.fraction_conditioning=true applies to UNet2DModel tasks (mask, joint), not "
+            f"a {model_class}; set model.fraction_conditioning=false."
+        )
     if model_class == "UNet2DModel":
-        return _unet2d(spec, common)
+        unet = _unet2d(spec, common)
+        if not fractions:
+            return unet
+        from pairforge.models.fractions import build_fraction_unet
+
+        return build_fraction_unet(unet, fraction_classes or 0, fractions["drop_prob"])
     return load_model_class(model_class)(
         attention_levels=spec.attention_levels, **common, **class_kwargs
     )
@@ -159,7 +174,8 @@ def load_model_class(name: str):
 
 def load_pretrained(model_class, directory):
     """`model_class.from_pretrained(directory)` with every parameter and buffer in freshly
-    allocated (64-byte aligned) memory, in eval mode.
+    allocated (64-byte aligned) memory, in eval mode. A UNet2DModel folder with a fraction
+    embedding (models.fractions) loads as the FractionConditionedUNet around it.
 
     Why: from_pretrained hands over tensors that point into the safetensors file buffer at the
     file's byte offsets (8-byte aligned, not 64). oneDNN/MKL choose a different GEMM kernel for a
@@ -169,6 +185,11 @@ def load_pretrained(model_class, directory):
     """
     import torch
 
+    from pairforge.models.fractions import FractionConditionedUNet, is_fraction_folder
+
+    if model_class.__name__ == "UNet2DModel" and is_fraction_folder(directory):
+        # A fraction-conditioned run: its UNet2DModel folder plus the fraction embedding.
+        model_class = FractionConditionedUNet
     model = model_class.from_pretrained(directory)
     with torch.no_grad():
         for tensor in [*model.parameters(), *model.buffers()]:

@@ -27,11 +27,25 @@ def pipeline_blocker(task, model, scheduler_config: dict[str, Any]) -> str | Non
     """Why RUN/model/ cannot be a DDPMPipeline folder, or None when it can.
 
     task: the run's core.tasks.Task; model: the denoiser being saved; scheduler_config: the
-    training DDPMScheduler config. DDPMPipeline draws (B, in_channels, sample_size, sample_size)
+    training DDPMScheduler config. A fraction-conditioned model (models.fractions) qualifies
+    through its null condition when training dropped the condition. DDPMPipeline draws (B, in_channels, sample_size, sample_size)
     noise and calls unet(x_t, t).sample with no condition, stepping a DDPMScheduler.
     """
     from diffusers import DDPMScheduler, UNet2DModel
 
+    from pairforge.models.fractions import FractionConditionedUNet
+
+    if isinstance(model, FractionConditionedUNet):
+        # Its null condition IS the inner UNet2DModel (the embedding adds exactly zero), which
+        # the folder holds: DDPMPipeline samples it unconditionally, but only a null condition
+        # that training saw (drop_prob > 0) gives real samples.
+        if model.drop_prob <= 0:
+            return (
+                "the run is fraction-conditioned with model.fraction_drop_prob=0: its null "
+                "(unconditional) condition was never trained, so DDPMPipeline, which passes no "
+                "condition, would sample an untrained model"
+            )
+        model = model.unet
     if not task.unconditional:
         return (
             f"task {task.name!r} samples from a condition (masks or low-resolution images), "

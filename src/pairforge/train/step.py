@@ -77,12 +77,14 @@ def train_step(
     for group in state.optimizer.param_groups:
         group["lr"] = lr
     step_loss = torch.zeros((), device=device)
+    # A fraction-conditioned model (model.fraction_conditioning) adds its drop rate.
+    task_settings = state.task_settings.for_model(state.raw_model)
     accumulation = len(micro_batches)
     for micro, (batch, (noise_seed, dropout)) in enumerate(zip(micro_batches, seeds, strict=True)):
         generator = torch.Generator().manual_seed(noise_seed)
         torch.manual_seed(dropout)
         x0, condition = state.task.training_inputs(
-            state.layout, batch, generator, state.task_settings
+            state.layout, batch, generator, task_settings
         )
         t = torch.randint(0, len(state.abar), (x0.shape[0],), generator=generator)
         eps = torch.randn(x0.shape, generator=generator)
