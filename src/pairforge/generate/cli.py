@@ -18,6 +18,12 @@ Examples:
   pairforge generate --pipeline two-stage --mask-run runs/mask --sdm-run runs/sdm
   --guidance 1.5 --sr runs/sr --n 256 --out gen/two-stage-sr
 
+  pairforge generate --pipeline two-stage --mask-run runs/mask-frac --sdm-run runs/sdm
+  --fractions grain=0.45,pore=0.10 --guidance-fractions 2 --n 64 --out gen/steered
+
+  pairforge generate --pipeline joint --run runs/joint-frac --oversample pore=3 --n 64
+  --out gen/more-pores
+
   pairforge generate --pipeline paint --sdm-run runs/sdm --masks my-masks --n 8 --out gen/painted
 
   accelerate launch --multi_gpu --num_processes 2 -m pairforge.cli generate ... (sharded; resumable)
@@ -28,6 +34,21 @@ N_HELP = (
     "resumed or extended to N pairs, and refused if it already holds more than N"
 )
 GUIDANCE_HELP = "classifier-free guidance scale (default: the SDM run's, else 1.5)"
+FRACTIONS_HELP = (
+    "target class fractions of a fraction-conditioned mask / joint run (trained with "
+    "model.fraction_conditioning=true), e.g. grain=0.45,pore=0.10: class names of the dataset, "
+    "values >= 0 summing to <= 1; classes left out share the remainder in proportion to their "
+    "training mean"
+)
+FRACTIONS_FROM_HELP = "train: each sample's target is the fractions of a training crop (seeded)"
+OVERSAMPLE_HELP = (
+    "targets drawn from the training crops with these classes' fractions multiplied, then "
+    "renormalized, e.g. pore=3"
+)
+FRACTION_GUIDANCE_HELP = (
+    "classifier-free guidance scale w on the fraction condition (default: the run's "
+    "model.fraction_guidance, else 2.0); 0 = unconditional"
+)
 SR_NOISE_LEVEL_HELP = "fixed low-res noise augmentation level (default: the SR run's, else 0.2)"
 
 
@@ -54,6 +75,12 @@ def generate(
     guidance: float | None = typer.Option(None, "--guidance", min=0.0, help=GUIDANCE_HELP),
     sr_noise_level: float | None = typer.Option(
         None, "--sr-noise-level", min=0.0, max=1.0, help=SR_NOISE_LEVEL_HELP
+    ),
+    fractions: str | None = typer.Option(None, "--fractions", help=FRACTIONS_HELP),
+    fractions_from: str | None = typer.Option(None, "--fractions-from", help=FRACTIONS_FROM_HELP),
+    oversample: str | None = typer.Option(None, "--oversample", help=OVERSAMPLE_HELP),
+    guidance_fractions: float | None = typer.Option(
+        None, "--guidance-fractions", min=0.0, help=FRACTION_GUIDANCE_HELP
     ),
     bf16: bool = typer.Option(
         False, "--bf16", help="bf16 autocast (same as --precision bf16; slow without AMX / GPU)"
@@ -89,6 +116,10 @@ def generate(
         guidance=guidance,
         sr_noise_level=sr_noise_level,
         precision="bf16" if bf16 else precision,
+        fractions=fractions,
+        fractions_from=fractions_from,
+        oversample=oversample,
+        fraction_guidance=guidance_fractions,
     )
     if dry_run:
         if state.is_main_process:
@@ -113,6 +144,9 @@ def _summary_line(out: Path, manifest: dict) -> str:
         f"{out}: {manifest['num_samples']} pairs ({done['samples']} new, "
         f"{done['process_seconds']:.1f} process-s)"
     )
+    errors = manifest.get("fraction_mean_abs_error")
+    if errors:
+        line += "; fraction error " + ", ".join(f"{k} {v:.3f}" for k, v in errors.items())
     if manifest.get("sr_mask_agreement_mean") is not None:
         line += f"; SR mask agreement {manifest['sr_mask_agreement_mean']:.4f}"
     return line

@@ -107,13 +107,27 @@ def mask_to_segmap(
     return segmap_from_mask(torch.where(valid, masks, -1), num_classes)
 
 
+def _draw(run, seeds, settings, fractions, fraction_guidance):
+    """draw_unconditional, or the guided draw towards fractions (B, K) of a conditioned run."""
+    if fractions is None:
+        return draw_unconditional(run, seeds, settings)
+    from pairforge.generate.fractions import draw_with_fractions
+
+    return draw_with_fractions(run, seeds, fractions, fraction_guidance, settings)
+
+
 def generate_joint(
-    run, seeds: Sequence[int], settings: SamplingSettings | None = None
+    run,
+    seeds: Sequence[int],
+    settings: SamplingSettings | None = None,
+    fractions: torch.Tensor | None = None,
+    fraction_guidance: float = 2.0,
 ) -> GeneratedPairs:
-    """One DDPM over image + mask codec channels (task "joint"); masks decoded with the run's codec."""
+    """One DDPM over image + mask codec channels (task "joint"); masks decoded with the run's codec.
+    fractions (B, K): targets of a fraction-conditioned run (guidance scale fraction_guidance)."""
     settings = settings or SamplingSettings()
     require_task(run, "joint", "joint pipeline")
-    drawn = draw_unconditional(run, seeds, settings)
+    drawn = _draw(run, seeds, settings, fractions, fraction_guidance)
     return GeneratedPairs(
         images=drawn.images,
         masks=drawn.masks,
@@ -123,12 +137,17 @@ def generate_joint(
 
 
 def generate_masks(
-    mask_run, seeds: Sequence[int], settings: SamplingSettings | None = None
+    mask_run,
+    seeds: Sequence[int],
+    settings: SamplingSettings | None = None,
+    fractions: torch.Tensor | None = None,
+    fraction_guidance: float = 2.0,
 ) -> torch.Tensor:
-    """Stage 1 of two-stage: (B, H, W) int64 class indices from an unconditional mask DDPM."""
+    """Stage 1 of two-stage: (B, H, W) int64 class indices from a mask DDPM (unconditional, or
+    guided towards target fractions (B, K) when the run is fraction-conditioned)."""
     settings = settings or SamplingSettings()
     require_task(mask_run, "mask", "two-stage mask stage")
-    return draw_unconditional(mask_run, seeds, settings).masks
+    return _draw(mask_run, seeds, settings, fractions, fraction_guidance).masks
 
 
 def paint_images(
@@ -179,8 +198,11 @@ def generate_two_stage(
     seeds: Sequence[int],
     guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
     settings: SamplingSettings | None = None,
+    fractions: torch.Tensor | None = None,
+    fraction_guidance: float = 2.0,
 ) -> GeneratedPairs:
-    """Mask DDPM -> decoded masks -> SDM with classifier-free guidance `guidance_scale`."""
+    """Mask DDPM -> decoded masks -> SDM with classifier-free guidance `guidance_scale`
+    (fractions (B, K): the mask stage's targets, see `generate_masks`)."""
     settings = settings or SamplingSettings()
     num_classes = sdm_run.model.config.num_classes
     if mask_run.codec.num_classes != num_classes or mask_run.resolution != sdm_run.resolution:
@@ -189,7 +211,7 @@ def generate_two_stage(
             f"{mask_run.resolution} px but the SDM run expects {num_classes} classes at "
             f"{sdm_run.resolution} px; train both on the same dataset and resolution."
         )
-    masks = generate_masks(mask_run, seeds, settings)
+    masks = generate_masks(mask_run, seeds, settings, fractions, fraction_guidance)
     return paint_images(sdm_run, masks, seeds, guidance_scale, settings)
 
 

@@ -60,12 +60,18 @@ def build_plan(
     guidance: float | None = None,
     sr_noise_level: float | None = None,
     precision: str = "fp32",
+    fractions: str | None = None,
+    fractions_from: str | None = None,
+    oversample: str | None = None,
+    fraction_guidance: float | None = None,
 ) -> GenerationPlan:
     """The plan of `pairforge generate`: paths {joint, mask, sdm, sr: run folder or None}.
 
     Checks the sampler and the pipeline's run flags before loading anything. Defaults: guidance
     from the SDM run's config (else 1.5), the SR noise level from the SR run's config (else
     0.2), steps the sampler's default, bf16 when `precision` resolves to it on `device`.
+    fractions / fractions_from / oversample / fraction_guidance: the targets of a
+    fraction-conditioned joint or mask run (`generate.fractions.build_targets`).
     """
     from pairforge.diffusion.sampling import DEFAULT_STEPS, SAMPLERS
     from pairforge.generate.pipelines import (
@@ -85,6 +91,9 @@ def build_plan(
     if sr_noise_level is None:
         sr_config = runs["sr"].run.config if "sr" in runs else None
         sr_noise_level = sr_config.sr.sample_noise_level if sr_config else DEFAULT_SR_NOISE_LEVEL
+    targets = _fraction_targets(
+        pipeline, runs, paths, fractions, fractions_from, oversample, fraction_guidance
+    )
     bf16 = resolve_precision(precision, device.type) == "bf16"
     sampling = SamplingSettings(
         sampler=sampler,
@@ -103,4 +112,21 @@ def build_plan(
         sr_noise_level=sr_noise_level,
         mask_source=masks,
         sampling=sampling,
+        fractions=targets,
     )
+
+
+def _fraction_targets(pipeline, runs, paths, fractions, fractions_from, oversample, guidance):
+    """The FractionTargets of the steering flags (None without them); paint has no mask DDPM."""
+    from pairforge.generate.fractions import build_targets
+
+    if fractions is None and fractions_from is None and oversample is None:
+        return None
+    role = next((r for r in ("joint", "mask") if r in runs), None)
+    if role is None:
+        raise PairforgeError(
+            f"--fractions / --fractions-from / --oversample steer the mask DDPM of --pipeline "
+            f"joint or two-stage, not --pipeline {pipeline}."
+        )
+    flag = f"{role_flag(role)} {paths[role]}"
+    return build_targets(runs[role].run, flag, fractions, fractions_from, oversample, guidance)

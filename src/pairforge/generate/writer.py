@@ -91,6 +91,7 @@ class GenerationPlan:
     sr_noise_level: float = DEFAULT_SR_NOISE_LEVEL
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     mask_source: Path | None = None
+    fractions: Any = None  # generate.fractions.FractionTargets of a conditioned run, or None
 
     def __post_init__(self) -> None:
         check_pipeline_runs(self.pipeline, self.runs)
@@ -98,6 +99,11 @@ class GenerationPlan:
             raise PairforgeError(
                 "--masks DATASET goes with --pipeline paint (and paint needs it); "
                 f"got --pipeline {self.pipeline} with --masks {self.mask_source}."
+            )
+        if self.fractions is not None and self.pipeline == "paint":
+            raise PairforgeError(
+                "--fractions / --fractions-from / --oversample steer the mask DDPM of --pipeline "
+                "joint or two-stage; paint takes its masks from --masks."
             )
         if self.num_samples < 1 or self.batch_size < 1:
             raise PairforgeError(
@@ -131,6 +137,8 @@ def generation_settings(plan: GenerationPlan) -> dict[str, Any]:
         "guidance_scale": plan.guidance_scale if plan.pipeline != "joint" else None,
         "sr": None,
     }
+    if plan.fractions is not None:  # only then: older outputs keep resuming
+        settings["fractions"] = plan.fractions.to_dict()
     if plan.mask_source is not None:
         settings["mask_source"] = str(Path(plan.mask_source).resolve())
     if "sr" in plan.runs:
@@ -148,15 +156,21 @@ def generate_pairs(
     """Run the plan's pipeline for `seeds` (paint: for `masks` (B, H, W) class indices);
     returns the final pairs and per-sample extras."""
     runs = {role: ref.run for role, ref in plan.runs.items()}
+    targets = plan.fractions.for_seeds(seeds) if plan.fractions is not None else None
+    steer = {"fractions": targets}
+    if targets is not None:
+        steer["fraction_guidance"] = plan.fractions.guidance
     if plan.pipeline == "paint":
         pairs = paint_images(runs["sdm"], masks, seeds, plan.guidance_scale, plan.sampling)
     elif plan.pipeline == "joint":
-        pairs = generate_joint(runs["joint"], seeds, plan.sampling)
+        pairs = generate_joint(runs["joint"], seeds, plan.sampling, **steer)
     else:
         pairs = generate_two_stage(
-            runs["mask"], runs["sdm"], seeds, plan.guidance_scale, plan.sampling
+            runs["mask"], runs["sdm"], seeds, plan.guidance_scale, plan.sampling, **steer
         )
     extras: list[dict[str, Any]] = [{} for _ in seeds]
+    if targets is not None:
+        _add_fractions(extras, targets, pairs, plan.fractions.names)
     if "sr" in runs:
         low_res_masks = pairs.masks
         pairs = super_resolve(runs["sr"], pairs, seeds, plan.sr_noise_level, plan.sampling)
@@ -164,6 +178,29 @@ def generate_pairs(
         for extra, value in zip(extras, agreement.per_sample_agreement, strict=True):
             extra["sr_mask_agreement"] = value
     return pairs, extras
+
+
+def _add_fractions(extras, targets, pairs: GeneratedPairs, names) -> None:
+    """Per-sample records: target and achieved class fractions (of the model-resolution mask)."""
+    from pairforge.generate.fractions import achieved_fractions
+
+    achieved = achieved_fractions(pairs.masks, pairs.num_classes)
+    for extra, target, got in zip(extras, targets.tolist(), achieved, strict=True):
+        extra["target_fractions"] = dict(zip(names, (round(v, 6) for v in target), strict=True))
+        extra["fractions"] = dict(zip(names, (round(float(v), 6) for v in got), strict=True))
+
+
+def _fraction_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Manifest keys of a steered set: mean absolute error of achieved vs target per class."""
+    rows = [r for r in records if "target_fractions" in r]
+    if not rows:
+        return {}
+    names = list(rows[0]["target_fractions"])
+    error = {
+        n: float(np.mean([abs(r["fractions"][n] - r["target_fractions"][n]) for r in rows]))
+        for n in names
+    }
+    return {"fraction_mean_abs_error": error}
 
 
 class MaskSource:
@@ -235,6 +272,16 @@ def _sr_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
     return {"sr_mask_agreement_mean": float(np.mean(values)) if values else None}
 
 
+def _summary(plan: GenerationPlan):
+    """summarize(records) of the writer: SR agreement and / or fraction errors, or None."""
+    parts = [
+        f for f, on in ((_sr_summary, "sr" in plan.runs), (_fraction_summary, plan.fractions)) if on
+    ]
+    if not parts:
+        return None
+    return lambda records: {k: v for part in parts for k, v in part(records).items()}
+
+
 def write_generated_dataset(
     plan: GenerationPlan, out: str | Path, **options: Any
 ) -> dict[str, Any] | None:
@@ -251,7 +298,7 @@ def write_generated_dataset(
         base_seed=plan.base_seed,
         batch_size=plan.batch_size,
         id_format=ID_FORMAT,
-        summarize=_sr_summary if "sr" in plan.runs else None,
+        summarize=_summary(plan),
     )
     if source is not None:
         job.batches = source.batches
