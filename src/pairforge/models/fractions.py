@@ -146,7 +146,7 @@ class FractionConditionedUNet(torch.nn.Module):
         try:
             config = json.loads((directory / EMBEDDING_CONFIG).read_text())
             state = load_file(str(directory / EMBEDDING_WEIGHTS))
-        except (OSError, ValueError) as err:
+        except Exception as err:  # OSError, JSON errors, SafetensorError of a damaged file
             raise PairforgeError(
                 f"{directory}: the fraction embedding ({EMBEDDING_CONFIG}, {EMBEDDING_WEIGHTS}) "
                 f"cannot be read ({err}); rebuild RUN/model by rerunning the training command."
