@@ -276,3 +276,25 @@ def test_drop_prob_zero_writes_no_diffusers_pipeline(tmp_path):
     assert pipeline_blocker(task, tiny_fraction_unet(drop_prob=0.1), scheduler) is None
     reason = pipeline_blocker(task, tiny_fraction_unet(drop_prob=0.0), scheduler)
     assert "model.fraction_drop_prob=0" in reason and "never trained" in reason
+
+
+def test_bench_fractions_quick(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import bench_fractions
+
+    out = tmp_path / "bench.json"
+    result = bench_fractions.main(["--quick", "--work", str(tmp_path / "work"), "--json", str(out)])
+    assert json.loads(out.read_text())["settings"]["quick"] is True
+    assert set(result["summary"]) == set(NAMES)
+    for name, row in result["summary"].items():
+        low, high = row["training_range"]
+        assert 0 <= low <= high <= 1 and row["inside_mae"] >= 0
+        inside = [r for r in result["rows"] if r["class"] == name and r["inside"]]
+        assert len(inside) == 3 and inside[0]["target"] == pytest.approx(low)
+    for row in result["rows"]:
+        assert sum(row["target_vector"].values()) == pytest.approx(1)
+        assert sum(row["achieved_mean"].values()) == pytest.approx(1, abs=1e-5)
+    assert result["unconditional"]["mask_stats"]["grain"]["components_per_mask"] >= 0
