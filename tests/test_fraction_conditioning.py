@@ -298,3 +298,27 @@ def test_bench_fractions_quick(tmp_path):
         assert sum(row["target_vector"].values()) == pytest.approx(1)
         assert sum(row["achieved_mean"].values()) == pytest.approx(1, abs=1e-5)
     assert result["unconditional"]["mask_stats"]["grain"]["components_per_mask"] >= 0
+
+
+def test_two_stage_steers_its_mask_stage(tmp_path):
+    from test_generate_cli import save_run
+
+    from pairforge.train.loop import train
+
+    data = write_tiny_dataset(tmp_path / "data")
+    config = tiny_config(data, "task=mask", "model.fraction_conditioning=true")
+    mask_run = train(config, tmp_path / "mask")
+    sdm_run = save_run(tmp_path / "sdm", "sdm")
+    common = ["--pipeline", "two-stage", "--mask-run", mask_run, "--sdm-run", sdm_run, "--n", 2]
+    result = invoke(*common, *FAST, "--fractions", "binder=0.3,grain=0.6", "--out", tmp_path / "o")
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["fractions"]["target"] == pytest.approx(
+        {"binder": 0.3, "grain": 0.6, "pore": 0.1}
+    )
+    assert manifest["samples"][1]["target_fractions"]["pore"] == pytest.approx(0.1)
+    # paint has no mask DDPM to steer
+    painted = invoke("--pipeline", "paint", "--sdm-run", sdm_run, "--masks", tmp_path / "o",
+                     "--fractions", "grain=0.5", *FAST, "--out", tmp_path / "p")  # fmt: skip
+    assert isinstance(painted.exception, PairforgeError)
+    assert "joint or two-stage, not --pipeline paint" in str(painted.exception)

@@ -23,6 +23,21 @@ def is_fraction_model(model: torch.nn.Module) -> bool:
     return isinstance(model, FractionConditionedUNet)
 
 
+def record_entry(config) -> dict:
+    """{"fraction_conditioning": {drop_prob, guidance, condition}} of pairforge.json for a
+    fraction-conditioned TrainConfig, else {}."""
+    if not config.model.fraction_conditioning:
+        return {}
+    return {
+        "fraction_conditioning": {
+            "drop_prob": config.model.fraction_drop_prob,
+            "guidance": config.model.fraction_guidance,
+            "condition": "per-class pixel fractions of the training crop's mask at model "
+            "resolution, unlabeled pixels excluded",
+        }
+    }
+
+
 def training_condition(
     mask: torch.Tensor, num_classes: int, generator: torch.Generator, drop_prob: float
 ) -> dict[str, torch.Tensor]:

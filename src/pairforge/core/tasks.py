@@ -208,15 +208,9 @@ class Task:
     def record_settings(self, config) -> dict[str, Any]:
         """The run record's task settings: {"sdm": SDMConfig dict or None, "sr": ...}, plus
         "fraction_conditioning" {drop_prob, guidance} for a fraction-conditioned run."""
-        settings: dict[str, Any] = {"sdm": None, "sr": None}
-        if config.model.fraction_conditioning:
-            settings["fraction_conditioning"] = {
-                "drop_prob": config.model.fraction_drop_prob,
-                "guidance": config.model.fraction_guidance,
-                "condition": "per-class pixel fractions of the training crop's mask at model "
-                "resolution, unlabeled pixels excluded",
-            }
-        return settings
+        from pairforge.core.task_fractions import record_entry
+
+        return {"sdm": None, "sr": None, **record_entry(config)}
 
 
 class FractionTask(Task):
@@ -234,10 +228,8 @@ class FractionTask(Task):
             return x0, extra
         from pairforge.core.task_fractions import training_condition
 
-        mask = batch["mask"]
-        return x0, training_condition(
-            mask, layout.num_classes, generator, settings.fraction_drop_prob
-        )
+        drop = settings.fraction_drop_prob
+        return x0, training_condition(batch["mask"], layout.num_classes, generator, drop)
 
     def denoiser(
         self, layout, model, condition=None, *, guidance_scale=2.0, channels_last=False, **_
