@@ -83,9 +83,7 @@ def train_step(
     for micro, (batch, (noise_seed, dropout)) in enumerate(zip(micro_batches, seeds, strict=True)):
         generator = torch.Generator().manual_seed(noise_seed)
         torch.manual_seed(dropout)
-        x0, condition = state.task.training_inputs(
-            state.layout, batch, generator, task_settings
-        )
+        x0, condition = state.task.training_inputs(state.layout, batch, generator, task_settings)
         t = torch.randint(0, len(state.abar), (x0.shape[0],), generator=generator)
         eps = torch.randn(x0.shape, generator=generator)
         x0, eps, t = x0.to(device), eps.to(device), t.to(device)
