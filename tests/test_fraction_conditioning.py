@@ -322,3 +322,22 @@ def test_two_stage_steers_its_mask_stage(tmp_path):
                      "--fractions", "grain=0.5", *FAST, "--out", tmp_path / "p")  # fmt: skip
     assert isinstance(painted.exception, PairforgeError)
     assert "joint or two-stage, not --pipeline paint" in str(painted.exception)
+
+
+def test_a_conditioned_joint_run_is_a_feature_source(steered_run):
+    """seg reads features of the bare UNet2DModel: the model under the dropped condition."""
+    from diffusers import UNet2DModel
+
+    from pairforge.seg.source import load_feature_source
+
+    source = load_feature_source(steered_run)
+    assert type(source.model) is UNet2DModel
+    from pairforge.core.run import load_run
+
+    size = int(source.extra["resolution"])
+    x = torch.randn(1, source.model.config.in_channels, size, size)
+    t = torch.tensor([10])
+    wrapped = load_run(steered_run).model
+    assert type(wrapped) is not UNet2DModel  # the run holds the conditioned wrapper
+    with torch.no_grad():
+        assert torch.equal(source.model(x, t).sample, wrapped(x, t).sample)

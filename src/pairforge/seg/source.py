@@ -91,12 +91,13 @@ def _load_pairforge_run(root: Path) -> FeatureSource:
             f"run {root} has task {run.task!r}; features need an unconditional image or joint "
             "DDPM (task image or joint)"
         )
-    in_channels = int(run.model.config.in_channels)
+    model = _unconditional_unet(run.model)
+    in_channels = int(model.config.in_channels)
     # x0 = cat(image, codec(mask)): image channels come first (core.tasks.TaskLayout).
     image_channels = int(run.record.image_channels or in_channels)
     reads_masks, label_budget = _run_labels(run, root)
     return FeatureSource(
-        model=run.model,
+        model=model,
         scheduler_config=dict(run.scheduler_config),
         image_channels=image_channels,
         normalizer=run.normalizer,
@@ -114,6 +115,20 @@ def _load_pairforge_run(root: Path) -> FeatureSource:
         reads_masks=reads_masks,
         label_budget=label_budget,
     )
+
+
+def _unconditional_unet(model):
+    """The plain UNet2DModel features are read from. A fraction-conditioned run wraps its U-Net
+    (models/fractions.py) and routes its condition through the U-Net's class embedding; a copy
+    without that embedding is the model under the dropped (null) condition, exactly."""
+    import copy
+
+    inner = getattr(model, "unet", None)
+    if inner is None:
+        return model
+    bare = copy.deepcopy(inner)
+    bare.class_embedding = None
+    return bare
 
 
 def _run_labels(run, root: Path):
