@@ -149,3 +149,20 @@ def test_a_filtered_set_that_kept_no_pair_adds_nothing_and_says_so(setup):
     assert any("kept none" in w for w in report["warnings"])
     plain = _distill(tmp, tmp / "plain", "--weights", "pseudo=0")
     assert report["mean_iou"] == plain["mean_iou"]  # the same training data and seed
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            _weights(tmp / "with-none").values(), _weights(tmp / "plain").values(), strict=True
+        )
+    )
+    # With pseudo-labels too (two sources of weight 1 + an empty one of weight 0.5): the same
+    # plain-mean run as without the empty set.
+    both = _distill(tmp, tmp / "both-none", "--synthetic", tmp / "syn-none")
+    alone = _distill(tmp, tmp / "alone", "--weights", "synthetic=0")
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            _weights(tmp / "both-none").values(), _weights(tmp / "alone").values(), strict=True
+        )
+    )
+    assert both["mean_iou"] == alone["mean_iou"]

@@ -271,10 +271,13 @@ def _train_and_report(data, chosen, sources, scale, eval_split, settings, device
     from pairforge.seg.commands import supervised_extra, supervised_report
     from pairforge.seg.data import class_names
 
-    images = torch.cat([s.images for s in sources])
-    masks = torch.cat([s.masks for s in sources])
-    per_sample = torch.cat([torch.full((s.images.shape[0],), s.weight) for s in sources])
-    uniform = len({s.weight for s in sources}) == 1  # the plain mean, as seg baseline
+    # An empty source (a filtered set that kept no pair) adds nothing, so it must not change
+    # the loss either: the run is then exactly the one without it.
+    used = [s for s in sources if s.images.shape[0] > 0]
+    images = torch.cat([s.images for s in used])
+    masks = torch.cat([s.masks for s in used])
+    per_sample = torch.cat([torch.full((s.images.shape[0],), s.weight) for s in used])
+    uniform = len({s.weight for s in used}) == 1  # the plain mean, as seg baseline
     select = chosen.select
     names = class_names(data)
     model, history = train_supervised(
