@@ -160,3 +160,28 @@ def test_page_fits_1366_px_in_a_real_browser(results_dir, tmp_path):  # noqa: F8
     # Content inside the 1100 px column (+ padding), centered: nothing runs to the right edge,
     # where a page wider than the window would be cut off.
     assert drawn.min() > 100 and drawn.max() < 1366 - 100, (drawn.min(), drawn.max())
+
+
+def test_factory_folder_real_data_and_empty_filtered_sets(tmp_path):
+    """In a factory folder the pseudo-labeled sets are not 'real', the chain's record names the
+    real data, and a filtered set that kept no pair says so instead of a missing-folder error."""
+    out = tmp_path / "factory"
+    real_dir = write_dataset(out / "data", 3, 32, seed=0)
+    pseudo = write_dataset(out / "pseudo" / "b8-s0", 3, 32, seed=2)
+    (pseudo / "pseudolabel.json").write_text(json.dumps({"kept_fraction": 0.9}))
+    gen_dir = write_dataset(out / "synthetic" / "b8-s0", 4, 16, seed=1)
+    (gen_dir / "manifest.json").write_text(json.dumps({"pipeline": "joint", "checkpoints": {}}))
+    empty = out / "synthetic" / "b8-s0-filtered"
+    empty.mkdir(parents=True)
+    shutil.copy(gen_dir / "dataset.yaml", empty / "dataset.yaml")
+    (empty / "manifest.json").write_text(json.dumps({"pipeline": "joint", "checkpoints": {}}))
+    (empty / "filter.json").write_text(
+        json.dumps({"kept": 0, "total": 4, "threshold": 0.9, "set": str(gen_dir)})
+    )
+    page = build_report([out], tmp_path / "r.html").read_text()
+    assert f"real: 16 px crops of {real_dir.name}" in page  # the real data, not the pseudo set
+    assert "kept none of the 4 pairs" in page and "folder not found" not in page
+    # The chain's own record wins over guessing.
+    (out / "factory_run.json").write_text(json.dumps({"data": str(pseudo), "seconds": {}}))
+    page = build_report([out], tmp_path / "r2.html").read_text()
+    assert f"real: 16 px crops of {pseudo.name}" in page

@@ -127,6 +127,9 @@ def synthetic_tiles(gen_dir: Path, count: int) -> list[np.ndarray]:
     return tiles
 
 
+MAX_SIDE_BY_SIDE = 4  # generated sets shown beside real tiles; the rest only as grids
+
+
 def real_source_of(gen_dir: Path, found: ReportInputs) -> Path | None:
     """The real dataset a generated set was compared with (fid / mask_stats / downstream
     results), else the only found dataset that is not generated."""
@@ -145,7 +148,12 @@ def real_source_of(gen_dir: Path, found: ReportInputs) -> Path | None:
         if any(same(s) for s in (synthetic if isinstance(synthetic, list) else [synthetic])):
             if data.get("real"):
                 return Path(data["real"])
-    plain = [d for d in found.datasets if not (d / "manifest.json").is_file()]
+    for _, record in found.timings:  # factory_run.json names the chain's real data
+        if record.get("data") and (Path(record["data"]) / "dataset.yaml").is_file():
+            return Path(record["data"])
+    # Generated sets have a manifest.json, pseudo-labeled ones a pseudolabel.json.
+    plain = [d for d in found.datasets
+             if not (d / "manifest.json").is_file() and not (d / "pseudolabel.json").is_file()]  # fmt: skip
     return plain[0] if len(plain) == 1 else None
 
 
@@ -160,12 +168,28 @@ def _figure(caption: str, tiles: list[np.ndarray], side: str) -> str:
     )
 
 
+def _filter_record(gen_dir: Path) -> dict | None:
+    """filter.json of a set written by `seg filter`, or None."""
+    import json
+
+    try:
+        record = json.loads((gen_dir / "filter.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def side_by_side(gen_dir: Path, found: ReportInputs) -> str:
     """Real tiles next to generated ones, same scale (the generator's crop size and resolution),
     same display size; or what is missing to show them."""
     from pairforge.data.dataset import load_dataset
     from pairforge.eval.sets import synthetic_scale
 
+    kept = _filter_record(gen_dir)
+    if kept is not None and not kept.get("kept"):
+        return (f"<p>`seg filter` kept none of the {kept.get('total')} pairs of "
+                f"{html.escape(str(kept.get('set', 'its set')))} (threshold "
+                f"{kept.get('threshold')}): nothing to show.</p>")  # fmt: skip
     real_dir = real_source_of(gen_dir, found)
     if real_dir is None or not (real_dir / "dataset.yaml").is_file():
         return missing(
@@ -201,16 +225,23 @@ def samples_section(found: ReportInputs) -> str:
     from pairforge.eval.sets import synthetic_scale
 
     # Real beside synthetic first: the comparison a reader looks for, before the full grids.
+    generated = [d for d in found.datasets if (d / "manifest.json").is_file()]
     parts = [
         f"<h3>Real vs synthetic, same scale: {html.escape(str(d))}</h3>" + side_by_side(d, found)
-        for d in found.datasets
-        if (d / "manifest.json").is_file()
+        for d in generated[:MAX_SIDE_BY_SIDE]
     ]
+    if len(generated) > MAX_SIDE_BY_SIDE:
+        rest = ", ".join(html.escape(str(d)) for d in generated[MAX_SIDE_BY_SIDE:])
+        parts.append(f"<p>{len(generated) - MAX_SIDE_BY_SIDE} more generated sets (their grids "
+                     f"are below): {rest}</p>")  # fmt: skip
     # Show real measurements at the scale the generated pairs have (their runs' crop size and
     # resolution), so the grids compare like for like.
     scales = [synthetic_scale(d) for d in found.datasets]
     shared = next((s for s in scales if s is not None), None)
     for dataset, own in zip(found.datasets, scales):
+        kept = _filter_record(dataset)
+        if kept is not None and not kept.get("kept"):
+            continue  # an empty filtered set: said in its real-vs-synthetic row above
         try:
             grid = png_tag(render_pairs_grid(dataset, scale=own or shared), f"samples of {dataset}")
         except PairforgeError as err:
