@@ -3,6 +3,7 @@ tiles or training the same segmenter spell their flags alike."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -88,3 +89,23 @@ _SUP_LR = typer.Option(1e-3, "--lr", min=0.0)
 _SUP_ARCH = typer.Option("unet", "--arch", help="smp architecture.")
 _SUP_ENCODER = typer.Option("resnet18", "--encoder", help="smp encoder (no pretrained).")
 _SUP_OUT = typer.Option(None, "--out", help="Save the model (safetensors + JSON) here.")
+
+
+def print_report(report: dict, as_json: bool, title: str) -> None:
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    mean = report["mean_iou"]
+    typer.echo(f"{title} on {report['split']} ({report['num_images']} tiles): mIoU {mean:.4f}")
+    labels = report.get("labels")
+    if labels and labels.get("budget") is None:
+        typer.echo(f"  labels read: {labels.get('tiles')} training tiles; {labels.get('note')}")
+    elif labels:
+        typer.echo(
+            f"  labels read: {labels.get('tiles')} tiles ({labels.get('fit_tiles')} fit + "
+            f"{labels.get('select_tiles')} select), {labels.get('pixels')} px"
+        )
+    for warning in report.get("warnings", []):
+        typer.echo(f"warning: {warning}", err=True)
+    for name, value in report["per_class_iou"].items():
+        typer.echo(f"  {name:>20s}: " + ("absent" if value is None else f"{value:.4f}"))
