@@ -22,10 +22,11 @@ files exist). With `filled_out` the filled set for generators is written in the 
 (`seg.pseudo_sets`: the head's argmax everywhere, true labels in the fit tiles only). Sharded
 under `accelerate launch`: process r labels ids[r::R]; see `seg.pseudo_sets`.
 
-Memory: one measurement at a time. Measured (peak RSS growth while segmenting and masking,
-tiny head, 2 channels, 2 classes): 23 MiB for 256 x 1024 px, 102 MiB for 512 x 2048 px, i.e.
-about 100 bytes per full-resolution pixel (upsampled probabilities and maps, masks, copies), so
-about 1.4 GB for a full 1270 x 10960 measurement (a few % more per extra class); not run there.
+Memory: one measurement at a time. Measured on a full-size 1270 x 10960 grain measurement
+(`bench/bench_pseudolabel_memory.py`: demo head of 10 MLPs, 2 channels, 3 classes, windows
+without overlap, --filled-out too): 1.87 GiB peak RSS of the whole process (torch and the head
+included), 274 s on one thread of a busy 2-core CPU. Smaller runs grow about 100 bytes per
+full-resolution pixel (upsampled probabilities and maps, masks, copies).
 """
 
 from __future__ import annotations
