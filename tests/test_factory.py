@@ -195,3 +195,18 @@ def test_rerun_redoes_nothing_and_resumes_a_lost_step(chain):
     lost = ("synthetic/b4-s0-filtered", "seg/distill-synthetic", "eval/results/distill-synthetic")
     assert redone and all(k.startswith(lost) for k in redone), sorted(redone)
     assert (chain / "eval" / "results" / "distill-synthetic" / "b4-s0.json").exists()
+
+
+def test_a_step_whose_command_changed_is_redone(chain):
+    """A result written by other settings is stale: the chain reruns that step (and keeps the
+    ones whose command is the same)."""
+    before = _snapshot(chain)
+    result = _invoke(["factory", "--quick", "--out", str(chain), "--distill-epochs", "2"])
+    assert "was written by another command: rerunning" in result.output
+    redone = _changed(before, _snapshot(chain))
+    assert "eval/results/distill/b4-s0.json" in redone
+    assert "eval/results/distill-synthetic/b4-s0.json" in redone
+    assert not any(k.startswith(("seg/head-", "eval/results/head", "eval/results/baseline",
+                                 "pseudo/", "runs/")) for k in redone), sorted(redone)  # fmt: skip
+    command = json.loads((chain / "eval/results/distill/.b4-s0.json.command.json").read_text())
+    assert command["args"][command["args"].index("--epochs") + 1] == "2"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import shlex
 import time
 from collections.abc import Callable
@@ -44,9 +45,33 @@ def invoke(command: click.Command, args: list[str], capture: Path | None = None)
     typer.echo(buffer.getvalue().rstrip())
 
 
+def _command_file(done: Path) -> Path:
+    """Where the command that wrote a stage's `done` file is kept, beside it."""
+    return done.with_name(f".{done.name}.command.json")
+
+
+def _finished(stage: Stage) -> str | None:
+    """Why `stage` need not run (its `done` file exists and was written by the same command),
+    or None. A done file whose recorded command differs (other settings) is stale: rerun."""
+    if stage.done is None or not stage.done.exists():
+        return None
+    record = _command_file(stage.done)
+    try:
+        args = json.loads(record.read_text())["args"]
+    except FileNotFoundError:
+        return f"{stage.done} exists (delete it to rerun)"  # written before commands were kept
+    except (OSError, ValueError, KeyError, TypeError):
+        args = None
+    if args != stage.args:
+        typer.echo(f"{stage.done} was written by another command: rerunning", err=True)
+        return None
+    return f"{stage.done} exists, written by this command (delete it to rerun)"
+
+
 def stage_runner(cli: click.Command, what: str) -> tuple[Callable[[Stage], None], dict[str, float]]:
     """(run, timings): run(stage) echoes a header with the time so far, skips a stage whose
-    `done` file exists, else invokes it and records its seconds in timings[stage.name]."""
+    `done` file exists and was written by the same command, else invokes it (recording the
+    command beside the done file) and records its seconds in timings[stage.name]."""
     timings: dict[str, float] = {}
     start = time.perf_counter()
 
@@ -55,9 +80,16 @@ def stage_runner(cli: click.Command, what: str) -> tuple[Callable[[Stage], None]
         elapsed = (t0 - start) / 60
         typer.secho(f"\n== {stage.name}  ({what} time so far {elapsed:.1f} min)", bold=True,
                     err=True)  # fmt: skip
-        if stage.done is not None and stage.done.exists():
-            typer.echo(f"done already: {stage.done} exists (delete it to rerun)", err=True)
+        reason = _finished(stage)
+        if reason is not None:
+            typer.echo(f"done already: {reason}", err=True)
             return
+        if stage.done is not None:
+            # A stale done file goes first, and the command is kept before it runs: a stage
+            # interrupted now has no done file, so the next run redoes it.
+            stage.done.unlink(missing_ok=True)
+            stage.done.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(_command_file(stage.done), json.dumps({"args": stage.args}))
         invoke(cli, stage.args, capture=stage.capture)
         timings[stage.name] = round(time.perf_counter() - t0, 1)
 

@@ -61,6 +61,8 @@ def load_results(results_dir: str | Path) -> dict[str, dict[tuple[str, int], tup
     found: dict[str, dict[tuple[str, int], tuple[Path, dict]]] = {}
     for method, _ in METHODS:
         for path in sorted((root / method).glob("*.json")):
+            if path.name.startswith("."):  # the chain's record of the command that wrote it
+                continue
             result = _read(path)
             key = (_budget(result["labels"]), int(result["labels"]["seed"]))
             found.setdefault(method, {})[key] = (path, result)
