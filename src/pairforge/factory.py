@@ -233,6 +233,25 @@ def final_stages(out: Path) -> list[Stage]:
     return [Stage("factory comparison", compare), Stage("report", report)]
 
 
+def _merged_record(out: Path, now: dict) -> dict:
+    """This invocation's record, keeping the stage times of earlier invocations into the same
+    folder (a rerun for more budgets or seeds adds to them; a stage run again is replaced):
+    "seconds" holds every stage's latest time, "invocations" each call's plan and total, and
+    "total_seconds" their sum."""
+    try:
+        before = json.loads((out / RUN_RECORD).read_text())
+    except (OSError, ValueError):
+        before = {}
+    calls = before.get("invocations") or (
+        [{k: before[k] for k in ("plan", "total_seconds", "stopped_before") if k in before}]
+        if "total_seconds" in before else []
+    )  # fmt: skip
+    calls.append({k: now[k] for k in ("plan", "total_seconds", "stopped_before")})
+    seconds = {**before.get("seconds", {}), **now["seconds"]}
+    total = round(sum(c["total_seconds"] for c in calls), 1)
+    return {**now, "seconds": seconds, "invocations": calls, "total_seconds": total}
+
+
 def run_factory(
     out: Path,
     plan: FactoryPlan,
@@ -256,10 +275,10 @@ def run_factory(
                         "the same command to continue", fg=typer.colors.YELLOW, err=True)  # fmt: skip
             break
         run(stage)
-    record = {"plan": asdict(plan), "data": str(data or out / "data"),
-              "image_run": str(image_run or out / "runs" / "image"),
-              "seconds": timings, "stopped_before": stopped,
-              "total_seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+    record = _merged_record(out, {
+        "plan": asdict(plan), "data": str(data or out / "data"),
+        "image_run": str(image_run or out / "runs" / "image"), "seconds": timings,
+        "stopped_before": stopped, "total_seconds": round(time.perf_counter() - start, 1)})  # fmt: skip
     atomic_write_text(out / RUN_RECORD, json.dumps(record, indent=2))
     compare, report = final_stages(out)
     if any((out / "eval" / "results" / "baseline").glob("*.json")):
