@@ -18,6 +18,22 @@ import typer
 from pairforge.errors import PairforgeError
 from pairforge.io import atomic_write_text
 
+# Training overrides of the smoke runs (`demo --quick`, `factory --quick`): tiny models, a few
+# steps; the numbers they produce mean nothing.
+QUICK_TRAIN_OVERRIDES = (
+    "model.preset=tiny",
+    "model.block_out_channels=null",
+    "model.attention_levels=null",
+    "data.crop_size=32",
+    "data.resolution=16",
+    "optim.max_steps=3",
+    "optim.batch_size=4",
+    "optim.warmup_steps=0",
+    "log.sample_every=0",
+    "log.checkpoint_every=3",
+    "log.progress=false",
+)
+
 
 @dataclass
 class Stage:

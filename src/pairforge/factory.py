@@ -35,7 +35,7 @@ from pathlib import Path
 import click
 import typer
 
-from pairforge.chain import Stage, budget_text, parse_list, stage_runner, tag
+from pairforge.chain import QUICK_TRAIN_OVERRIDES, Stage, budget_text, parse_list, stage_runner, tag
 from pairforge.errors import PairforgeError
 from pairforge.io import atomic_write_text
 
@@ -90,19 +90,7 @@ class FactoryPlan:
             seeds=[0],
             image_minutes=1.0,
             generator_minutes=1.0,
-            train_overrides=[
-                "model.preset=tiny",
-                "model.block_out_channels=null",
-                "model.attention_levels=null",
-                "data.crop_size=32",
-                "data.resolution=16",
-                "optim.max_steps=3",
-                "optim.batch_size=4",
-                "optim.warmup_steps=0",
-                "log.sample_every=0",
-                "log.checkpoint_every=3",
-                "log.progress=false",
-            ],  # fmt: skip
+            train_overrides=list(QUICK_TRAIN_OVERRIDES),
             num_pairs=6,
             head_options=["--num-models", "2", "--epochs", "2", "--timesteps", "50,150"],
             baseline_options=["--epochs", "2"],

@@ -58,7 +58,6 @@ def sample_seeds(task_name: str, seeds: Sequence[int]) -> list[int]:
 
 def draw_unconditional(run, seeds: Sequence[int], settings: SamplingSettings) -> DrawnSamples:
     """len(seeds) samples of an unconditional run (LoadedRun or alike), split into parts."""
-    from pairforge.diffusion.sampling import sample
 
     task = get_task(run.task)
     if not task.unconditional:
@@ -67,8 +66,17 @@ def draw_unconditional(run, seeds: Sequence[int], settings: SamplingSettings) ->
             "`pairforge generate` for sdm / sr runs."
         )
     layout = layout_of(run)
+    return draw_with(run, task.denoiser(layout, run.model), seeds, settings)
+
+
+def draw_with(run, denoiser, seeds: Sequence[int], settings: SamplingSettings) -> DrawnSamples:
+    """len(seeds) samples of `run` from `denoiser` (eps/v of x_t, t), each with the noise of its
+    seed in the run's stage (the same noise whatever the condition), split into parts."""
+    from pairforge.diffusion.sampling import sample
+
+    task, layout = get_task(run.task), layout_of(run)
     x0 = sample(
-        task.denoiser(layout, run.model),
+        denoiser,
         shape=(layout.sample_channels, run.resolution, run.resolution),
         seeds=sample_seeds(run.task, seeds),
         sampler=settings.sampler,

@@ -25,7 +25,7 @@ import torch
 from pairforge.core.run import layout_of
 from pairforge.core.task_fractions import is_fraction_model
 from pairforge.core.tasks import SamplingCondition, get_task
-from pairforge.core.unconditional import DrawnSamples, SamplingSettings, sample_seeds
+from pairforge.core.unconditional import DrawnSamples, SamplingSettings, draw_with
 from pairforge.errors import PairforgeError
 
 DEFAULT_FRACTION_GUIDANCE = 2.0
@@ -211,24 +211,11 @@ def draw_with_fractions(
 ) -> DrawnSamples:
     """Samples of a fraction-conditioned run guided towards targets (B, K): the noise of
     `draw_unconditional` (same seeds, same stage), eps = eps_null + w (eps_cond - eps_null)."""
-    from pairforge.diffusion.sampling import sample
-
     task = get_task(run.task)
     layout = layout_of(run)
     condition = SamplingCondition(fractions=targets, seeds=tuple(int(s) for s in seeds))
-    x0 = sample(
-        task.denoiser(layout, run.model, condition, guidance_scale=guidance),
-        shape=(layout.sample_channels, run.resolution, run.resolution),
-        seeds=sample_seeds(run.task, seeds),
-        sampler=settings.sampler,
-        steps=settings.steps,
-        scheduler_config=run.scheduler_config,
-        device=settings.device_for(run),
-        dtype=settings.dtype,
-        progress=settings.progress,
-    )
-    images, masks = task.split_sample(layout, x0.float())
-    return DrawnSamples(images, masks)
+    denoiser = task.denoiser(layout, run.model, condition, guidance_scale=guidance)
+    return draw_with(run, denoiser, seeds, settings)
 
 
 def achieved_fractions(masks: torch.Tensor, num_classes: int) -> np.ndarray:
