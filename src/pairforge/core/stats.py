@@ -68,3 +68,11 @@ def format_difference(diff: Mapping[str, Any], scale: float = 100.0) -> str:
         return f"{mean:+.1f} (one seed: no interval)"
     low, high = (scale * v for v in diff["ci"])
     return f"{mean:+.1f} [{low:+.1f}, {high:+.1f}]: {diff['verdict']}"
+
+
+def format_mean_std(stat: Mapping[str, Any] | None, scale: float = 100.0) -> str:
+    """A `mean_ci` result as "mean +- std" in percent ("-" when missing; no std for n = 1)."""
+    if not stat:
+        return "-"
+    std = "" if stat["std"] is None else f" +- {scale * stat['std']:.1f}"
+    return f"{scale * stat['mean']:.1f}{std}"

@@ -16,7 +16,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pairforge.core.stats import format_difference, mean_ci, paired_difference
+from pairforge.core.stats import (
+    format_difference,
+    format_mean_std,
+    mean_ci,
+    paired_difference,
+)
 from pairforge.errors import PairforgeError
 
 METHODS = (
@@ -182,11 +187,7 @@ def compare_factory(results_dir: str | Path, chain_root: str | Path | None = Non
     }
 
 
-def _cell(stat: dict | None) -> str:
-    if not stat:
-        return "-"
-    std = "" if stat["std"] is None else f" +- {100 * stat['std']:.1f}"
-    return f"{100 * stat['mean']:.1f}{std}"
+_cell = format_mean_std
 
 
 def _diff(row: dict, a: str, b: str) -> str:

@@ -14,7 +14,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pairforge.core.stats import format_difference, mean_ci, paired_difference
+from pairforge.core.stats import (
+    format_difference,
+    format_mean_std,
+    mean_ci,
+    paired_difference,
+)
 from pairforge.errors import PairforgeError
 
 METHODS = (("baseline", "supervised baseline (real only)"), ("head", "diffusion-feature head"),
@@ -121,11 +126,7 @@ def compare_few_label(
     }
 
 
-def _cell(stat: dict | None) -> str:
-    if not stat:
-        return "-"
-    std = "" if stat["std"] is None else f" +- {100 * stat['std']:.1f}"
-    return f"{100 * stat['mean']:.1f}{std}"
+_cell = format_mean_std
 
 
 FEW_LABEL_HEADER = [
