@@ -7,6 +7,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 from test_seg_budget import _rewritten
 from test_seg_cli import _invoke, _tiny_run, _toy_dataset
 from test_seg_pseudolabel import BUDGET, FIT, _region
@@ -151,8 +152,13 @@ def _sharded(tmp, out, filled, num):
     barrier, results, errors = threading.Barrier(num), [None] * num, []
     settings = PseudoSettings(threshold="auto", target_accuracy=0.9, soft=True)
 
+    # Heads load here, one after the other: diffusers builds models under a "meta" device mode,
+    # and torch's mode stack is shared by threads, so two loads at once can leave every later
+    # tensor of the test session on the meta device.
+    heads = [SegmentationHead.load(tmp / "head") for _ in range(num)]
+
     def work(rank):
-        head = SegmentationHead.load(tmp / "head")
+        head = heads[rank]
         try:
             results[rank] = pseudolabel(
                 head, tmp / "data", out, settings, filled_out=filled, echo=lambda s: None,
@@ -169,6 +175,7 @@ def _sharded(tmp, out, filled, num):
         thread.join()
     if errors:
         raise errors[0]
+    assert torch.empty(1).device.type == "cpu"  # no device mode left behind
     return results
 
 
