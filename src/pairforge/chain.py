@@ -35,6 +35,15 @@ QUICK_TRAIN_OVERRIDES = (
 )
 
 
+# The CPU configs of the demo and the factory, per training role.
+DEMO_CONFIGS = {
+    "image": "demo-image",
+    "joint": "demo-joint",
+    "mask": "demo-mask",
+    "sdm": "demo-sdm",
+}
+
+
 @dataclass
 class Stage:
     """One stage: one `pairforge` command (its arguments); `capture` keeps stdout (JSON);
@@ -45,6 +54,14 @@ class Stage:
     args: list[str]
     capture: Path | None = None
     done: Path | None = None
+
+
+def train_stage(config: str, run: Path, data: Path, minutes: float, sets=()) -> Stage:
+    """`pairforge train CONFIG --out RUN` on `data` for `minutes`, with extra `--set`s."""
+    args = ["train", config, "--out", str(run)]
+    for value in [f"data.path={data}", f"optim.max_minutes={minutes:g}", *sets]:
+        args += ["--set", value]
+    return Stage(f"train {run.name}", args)
 
 
 def invoke(command: click.Command, args: list[str], capture: Path | None = None) -> None:

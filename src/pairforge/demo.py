@@ -21,7 +21,16 @@ from pathlib import Path
 import click
 import typer
 
-from pairforge.chain import QUICK_TRAIN_OVERRIDES, Stage, budget_text, parse_list, stage_runner, tag
+from pairforge.chain import (
+    DEMO_CONFIGS,
+    QUICK_TRAIN_OVERRIDES,
+    Stage,
+    budget_text,
+    parse_list,
+    stage_runner,
+    tag,
+    train_stage,
+)
 from pairforge.errors import PairforgeError
 from pairforge.io import atomic_write_text
 
@@ -49,14 +58,7 @@ class DemoPlan:
     # Joint generators of the small budgets: they see 8 or 32 tiles, so they train shortly.
     joint_minutes: float = 0.75
     train_overrides: list[str] = field(default_factory=list)
-    configs: dict[str, str] = field(
-        default_factory=lambda: {
-            "image": "demo-image",
-            "joint": "demo-joint",
-            "mask": "demo-mask",
-            "sdm": "demo-sdm",
-        }
-    )
+    configs: dict[str, str] = field(default_factory=lambda: dict(DEMO_CONFIGS))
     budgets: list[str] = field(default_factory=lambda: ["8", "32", "all"])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     num_pairs: int = 64
@@ -106,11 +108,8 @@ class DemoPlan:
 
 
 def _train(plan: DemoPlan, out: Path, role: str, run: str, minutes: float, sets: list[str]):
-    args = ["train", plan.configs[role], "--out", str(out / "runs" / run)]
-    for value in [f"data.path={out / 'data'}", f"optim.max_minutes={minutes:g}", *sets,
-                  *plan.train_overrides]:  # fmt: skip
-        args += ["--set", value]
-    return Stage(f"train {run}", args)
+    return train_stage(plan.configs[role], out / "runs" / run, out / "data", minutes,
+                       [*sets, *plan.train_overrides])  # fmt: skip
 
 
 def _training_stages(out: Path, plan: DemoPlan, seed: int) -> list[Stage]:

@@ -35,7 +35,16 @@ from pathlib import Path
 import click
 import typer
 
-from pairforge.chain import QUICK_TRAIN_OVERRIDES, Stage, budget_text, parse_list, stage_runner, tag
+from pairforge.chain import (
+    DEMO_CONFIGS,
+    QUICK_TRAIN_OVERRIDES,
+    Stage,
+    budget_text,
+    parse_list,
+    stage_runner,
+    tag,
+    train_stage,
+)
 from pairforge.errors import PairforgeError
 from pairforge.io import atomic_write_text
 
@@ -55,14 +64,7 @@ class FactoryPlan:
     generator: str = "joint"
     image_minutes: float = 2.5
     generator_minutes: float = 1.5
-    configs: dict[str, str] = field(
-        default_factory=lambda: {
-            "image": "demo-image",
-            "joint": "demo-joint",
-            "mask": "demo-mask",
-            "sdm": "demo-sdm",
-        }  # fmt: skip
-    )
+    configs: dict[str, str] = field(default_factory=lambda: dict(DEMO_CONFIGS))
     train_overrides: list[str] = field(default_factory=list)
     num_pairs: int = 64
     head_options: list[str] = field(default_factory=lambda: ["--num-models", "10"])
@@ -101,11 +103,7 @@ class FactoryPlan:
 
 
 def _train(plan: FactoryPlan, role: str, run: Path, data: Path, minutes: float, sets=()):
-    args = ["train", plan.configs[role], "--out", str(run)]
-    for value in [f"data.path={data}", f"optim.max_minutes={minutes:g}", *sets,
-                  *plan.train_overrides]:  # fmt: skip
-        args += ["--set", value]
-    return Stage(f"train {run.name}", args)
+    return train_stage(plan.configs[role], run, data, minutes, [*sets, *plan.train_overrides])
 
 
 def _result(out: Path, method: str, name: str) -> Path:
