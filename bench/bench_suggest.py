@@ -16,10 +16,16 @@ seeds and the paired difference suggested - random with a Student-t 95 % interva
 (`pairforge.core.stats.paired_difference`); and the goal of issue 14: suggested at the middle
 round vs random at the last (e.g. 16 suggested vs 32 random).
 
-Not measured here: the final segmenter (distilled / supervised) on these budgets.
+Final segmenter (`--final`): each round's head pseudo-labels the dataset and a U-Net is
+distilled on the budget's tiles + those pseudo-labels, with the factory's settings
+(`pairforge seg pseudolabel --overlap 0`, `seg distill --labels BUDGET.json --epochs 5
+--pseudo-crops 1024 --weights real=1,pseudo=1,synthetic=0`, seed s), scored on the test split.
+Heads, budget files and results are kept in `--work` (one folder per seed / arm / round), so an
+interrupted run resumes: a finished seed's heads and a finished distillation are not redone.
 
   OMP_NUM_THREADS=1 python bench/bench_suggest.py --data /tmp/segbench/grains \
       --image-run /tmp/segbench/run --seeds 0,1,2,3,4 --rounds 8,16,32 \
+      --work /tmp/segbench/suggest --final \
       --json bench/results/bench_suggest.json --markdown bench/results/bench_suggest.md
 """
 
@@ -29,6 +35,7 @@ import argparse
 import json
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -77,11 +84,27 @@ def run_seed(source, dataset, test, names, args, seed) -> list[dict]:
 
     crop = source.extra["crop_size"]
     rounds = args.rounds
+    done = args.work / f"rows-s{seed}.json" if args.work else None
+    if done is not None and done.exists():
+        rows = json.loads(done.read_text())
+        print(f"seed {seed}: heads done ({done})", flush=True)
+        return rows
     rows = []
+
+    def keep(head, budget, arm, tiles) -> str | None:
+        """Save the head and its budget file under --work; the folder (None without --work)."""
+        if args.work is None:
+            return None
+        folder = args.work / f"s{seed}-{arm}-{tiles}"
+        head.save(folder / "head")
+        (folder / "budget.json").write_text(json.dumps(budget.to_dict()))
+        return str(folder)
+
     first = make_budget(dataset, rounds[0], seed, crop, "train")
     head, miou, seconds = fit_and_score(source, dataset, first, test, names, args, seed)
     shared = {"round": 1, "tiles": rounds[0], "miou": miou, "fit_seconds": seconds,
-              "labels": first.summary(), "picked": []}  # fmt: skip
+              "labels": first.summary(), "picked": [],
+              "work": keep(head, first, "shared", rounds[0])}  # fmt: skip
     rows += [{"seed": seed, "arm": arm, **shared} for arm in ARMS]
     budget = first
     for index, size in enumerate(rounds[1:], start=2):
@@ -91,24 +114,67 @@ def run_seed(source, dataset, test, names, args, seed) -> list[dict]:
         head, miou, seconds = fit_and_score(source, dataset, budget, test, names, args, seed)
         rows.append({"seed": seed, "arm": "suggested", "round": index, "tiles": size,
                      "miou": miou, "fit_seconds": seconds, "labels": budget.summary(),
-                     "picked": [list(t) for t in picked]})  # fmt: skip
+                     "picked": [list(t) for t in picked],
+                     "work": keep(head, budget, "suggested", size)})  # fmt: skip
         random_budget = make_budget(dataset, size, seed, crop, "train")
-        _, miou, seconds = fit_and_score(source, dataset, random_budget, test, names, args, seed)
+        other, miou, seconds = fit_and_score(source, dataset, random_budget, test, names, args,
+                                             seed)  # fmt: skip
         rows.append({"seed": seed, "arm": "random", "round": index, "tiles": size, "miou": miou,
-                     "fit_seconds": seconds, "labels": random_budget.summary(), "picked": []})  # fmt: skip
+                     "fit_seconds": seconds, "labels": random_budget.summary(), "picked": [],
+                     "work": keep(other, random_budget, "random", size)})  # fmt: skip
     for row in rows:
         print(f"seed {seed} {row['arm']:9s} {row['tiles']:3d} tiles: test mIoU {row['miou']:.4f}",
               flush=True)  # fmt: skip
+    if done is not None:
+        done.write_text(json.dumps(rows))
     return rows
 
 
-def summarize(rows: list[dict], rounds: list[int]) -> dict:
+def distill_round(folder: Path, data: Path, seed: int, quick: bool) -> dict:
+    """Test result of the segmenter distilled from the head in `folder` on its budget file
+    (the factory's settings; see the module docstring). Kept as folder/distill.json."""
+    result = folder / "distill.json"
+    if result.exists():
+        return json.loads(result.read_text())
+    run = [sys.executable, "-m", "pairforge.cli"]
+    epochs, crops = ("1", "16") if quick else ("5", "1024")
+    subprocess.run([*run, "seg", "pseudolabel", str(folder / "head"), "--data", str(data),
+                    "--out", str(folder / "pseudo"), "--overlap", "0"], check=True)  # fmt: skip
+    out = subprocess.run(
+        [*run, "seg", "distill", "--data", str(data), "--pseudo", str(folder / "pseudo"),
+         "--labels", str(folder / "budget.json"), "--seed", str(seed), "--eval-split", "test",
+         "--json", "--weights", "real=1,pseudo=1,synthetic=0", "--epochs", epochs,
+         "--pseudo-crops", crops, "--out", str(folder / "distill")],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    report = json.loads(out)
+    result.write_text(json.dumps(report))
+    return report
+
+
+def add_final(rows: list[dict], args) -> None:
+    """rows[i]["final_miou"]: the distilled segmenter's test mIoU (shared round: once)."""
+    for row in rows:
+        if row["work"] is None:
+            raise SystemExit("--final needs --work (the heads and budgets are kept there)")
+        start = time.perf_counter()
+        report = distill_round(Path(row["work"]), args.data, row["seed"], args.quick)
+        if report["labels"]["fingerprint"] != row["labels"]["fingerprint"]:
+            raise SystemExit(f"{row['work']}: the distillation read other labels than the head")
+        row["final_miou"] = float(report["mean_iou"])
+        row["final_labels"] = report["labels"]
+        row["final_seconds"] = time.perf_counter() - start
+        print(f"seed {row['seed']} {row['arm']:9s} {row['tiles']:3d} tiles: distilled test mIoU "
+              f"{row['final_miou']:.4f}", flush=True)  # fmt: skip
+
+
+def summarize(rows: list[dict], rounds: list[int], key: str = "miou") -> dict:
     """Per arm and budget: mean / std over seeds; paired suggested - random per budget; and
     suggested at the middle budget - random at the last (the goal)."""
     from pairforge.core.stats import paired_difference
 
     def by_seed(arm, tiles):
-        return {r["seed"]: r["miou"] for r in rows if r["arm"] == arm and r["tiles"] == tiles}
+        return {r["seed"]: r[key] for r in rows if r["arm"] == arm and r["tiles"] == tiles}
 
     table = []
     for tiles in rounds:
@@ -135,29 +201,36 @@ def summarize(rows: list[dict], rounds: list[int]) -> dict:
 def markdown(result: dict) -> str:
     from pairforge.core.stats import format_difference
 
-    summary, settings = result["summary"], result["settings"]
+    settings = result["settings"]
     lines = [
         "# Suggested vs random tiles to label (test mIoU, %)",
         "",
         f"Seeds {settings['seeds']}, diversity {settings['diversity']}, image run "
         f"`{settings['image_run']}`, {settings['num_models']} MLPs, {settings['mlp_epochs']} "
-        f"epochs{' (quick: numbers mean nothing)' if settings['quick'] else ''}.",
-        "",
-        "| labeled tiles | random | suggested | suggested - random (paired 95 % CI) |",
-        "|---|---|---|---|",
+        f"epochs, {settings['test_tiles']} test tiles"
+        f"{' (quick: numbers mean nothing)' if settings['quick'] else ''}.",
     ]
 
     def cell(part):
         std = "" if part["std"] is None else f" +- {100 * part['std']:.1f}"
         return f"{100 * part['mean']:.1f}{std}"
 
-    for line in summary["rounds"]:
-        lines.append(f"| {line['tiles']} | {cell(line['random'])} | {cell(line['suggested'])} | "
-                     f"{format_difference(line['suggested_minus_random'])} |")  # fmt: skip
-    goal = summary["goal"]
-    lines += ["", f"Goal: {goal['suggested_tiles']} suggested vs {goal['random_tiles']} random "
-              f"tiles: {format_difference(goal['difference'])}.", ""]  # fmt: skip
-    return "\n".join(lines)
+    parts = [("Head (pixel-MLP ensemble)", result["summary"])]
+    if result.get("summary_final"):
+        parts.append(("Final segmenter (distilled U-Net, factory settings)",
+                      result["summary_final"]))  # fmt: skip
+    for title, summary in parts:
+        lines += ["", f"## {title}", "",
+                  "| labeled tiles | random | suggested | suggested - random (paired 95 % CI) |",
+                  "|---|---|---|---|"]  # fmt: skip
+        for line in summary["rounds"]:
+            lines.append(f"| {line['tiles']} | {cell(line['random'])} | "
+                         f"{cell(line['suggested'])} | "
+                         f"{format_difference(line['suggested_minus_random'])} |")  # fmt: skip
+        goal = summary["goal"]
+        lines += ["", f"Goal: {goal['suggested_tiles']} suggested vs {goal['random_tiles']} "
+                  f"random tiles: {format_difference(goal['difference'])}."]  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -173,6 +246,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--markdown", type=Path, default=None)
+    parser.add_argument("--work", type=Path, default=None,
+                        help="keep heads, budgets and distillations here (resumable)")
+    parser.add_argument("--final", action="store_true",
+                        help="also distill each round's segmenter (needs --work)")
     parser.add_argument("--quick", action="store_true", help="toy smoke run: 2 MLPs, 2 epochs")
     args = parser.parse_args(argv)
     if args.quick:
@@ -181,6 +258,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.rounds != sorted(set(args.rounds)) or len(args.rounds) < 2:
         parser.error(f"--rounds {args.rounds}: give at least two growing budgets, e.g. 8,16,32")
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.final and args.work is None:
+        parser.error("--final needs --work (the heads and budgets are kept there)")
+    if args.work is not None:
+        args.work.mkdir(parents=True, exist_ok=True)
 
     from pairforge.data.dataset import load_dataset
     from pairforge.seg.data import class_names, labeled_tiles
@@ -197,6 +278,8 @@ def main(argv: list[str] | None = None) -> dict:
     test = labeled_tiles(args.data, "test", crop, res, source.normalizer or dataset.normalizer)
     start = time.perf_counter()
     rows = [row for seed in seeds for row in run_seed(source, dataset, test, names, args, seed)]
+    if args.final:
+        add_final(rows, args)
     result = {
         "settings": {
             "seeds": seeds,
@@ -208,9 +291,11 @@ def main(argv: list[str] | None = None) -> dict:
             "mlp_epochs": args.mlp_epochs,
             "timesteps": args.timesteps,
             "quick": args.quick,
+            "final": args.final,
             "test_tiles": len(test.source),
         },  # fmt: skip
         "summary": summarize(rows, args.rounds),
+        "summary_final": summarize(rows, args.rounds, "final_miou") if args.final else None,
         "rows": rows,
         "seconds": time.perf_counter() - start,
         "machine": {"platform": platform.platform(), "processor": platform.processor()},

@@ -197,6 +197,39 @@ def test_export_fill_import_round_trip(setup):
     assert tiles[:8] == list(head.label_budget.tiles) and len(tiles) == 11
     assert tiles[8:] == [(t["sample_id"], t["y"], t["x"]) for t in meta["tiles"]]
     assert budget["select_every"] == 4 and budget["seed"] == 3
+    # The next head fits on exactly that budget file: --labels DIR/budget.json.
+    _invoke(["seg", "fit", "--run", tmp / "run", "--data", tmp / "rt", "--out", tmp / "head2",
+             *FIT, "--labels", tmp / "label" / "budget.json"])  # fmt: skip
+    assert SegmentationHead.load(tmp / "head2").label_budget.to_dict() == budget
+
+
+def test_budget_file_errors(setup):
+    from pairforge.data.budget import load_budget_file, parse_labels_choice
+
+    tmp, head = setup
+    ds = load_dataset(tmp / "data")
+    assert parse_labels_choice("8") == 8 and parse_labels_choice("all") is None
+    assert parse_labels_choice(" b.JSON") == __import__("pathlib").Path("b.JSON")
+    # A head's head.json carries its budget: it is read as that budget.
+    assert load_budget_file(tmp / "head" / "head.json", ds) == head.label_budget
+    with pytest.raises(PairforgeError, match="nope.json: no such label budget file"):
+        load_budget_file(tmp / "nope.json", ds)
+    bad = tmp / "bad-budget.json"
+    bad.write_text("{not json")
+    with pytest.raises(PairforgeError, match="bad-budget.json: not readable JSON"):
+        load_budget_file(bad, ds)
+    record = head.label_budget.to_dict()
+    bad.write_text(json.dumps({**record, "dataset": "other"}))
+    with pytest.raises(PairforgeError, match="dataset 'other', but the data is 'toy'"):
+        load_budget_file(bad, ds)
+    bad.write_text(json.dumps(record))
+    with pytest.raises(PairforgeError, match="split 'train', not 'val'; pass --label-split train"):
+        load_budget_file(bad, ds, split="val")
+    with pytest.raises(PairforgeError, match="are 32 px, not 64 px; leave --label-tile out"):
+        load_budget_file(bad, ds, tile_size=64)
+    bad.write_text(json.dumps({**record, "tiles": [["m0", 16, 0]]}))
+    with pytest.raises(PairforgeError, match=r"\('m0', y 16, x 0\) is not a 32 px grid tile"):
+        load_budget_file(bad, ds)
 
 
 def test_import_refuses_bad_labels_and_writes_nothing(setup):
@@ -294,6 +327,42 @@ def test_bench_suggest_quick_loop(setup, tmp_path):
     assert result["summary"]["goal"]["suggested_tiles"] == 8
     assert "| 12 |" in (tmp_path / "b.md").read_text() and "Goal: 8 suggested vs 12" in (
         tmp_path / "b.md").read_text()  # fmt: skip
+
+
+def _bench_suggest():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_suggest.py"
+    spec = importlib.util.spec_from_file_location("bench_suggest", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+@pytest.mark.slow
+def test_bench_suggest_final_segmenters_resume(setup, tmp_path):
+    tmp, _ = setup
+    bench = _bench_suggest()
+    flags = ["--data", str(tmp / "data"), "--image-run", str(tmp / "run"), "--seeds", "0,1",
+             "--rounds", "4,8", "--quick", "--work", str(tmp_path / "work"), "--final",
+             "--markdown", str(tmp_path / "b.md")]  # fmt: skip
+    result = bench.main(flags)
+    rows = result["rows"]
+    assert len(rows) == 2 * 2 * 2
+    # Distilled on exactly each head's budget (the budget file), scored on the test split.
+    for row in rows:
+        assert 0 < row["final_miou"] <= 1
+        assert row["final_labels"]["fingerprint"] == row["labels"]["fingerprint"]
+    assert result["summary_final"]["rounds"][1]["suggested_minus_random"]["n"] == 2
+    assert "## Final segmenter" in (tmp_path / "b.md").read_text()
+    # Rerun: heads and distillations are read back from --work, nothing is fitted again.
+    kept = sorted((tmp_path / "work").rglob("*.json"))
+    stamps = [p.stat().st_mtime_ns for p in kept]
+    again = bench.main(flags)
+    assert [p.stat().st_mtime_ns for p in kept] == stamps
+    assert [r["final_miou"] for r in again["rows"]] == [r["final_miou"] for r in rows]
+    assert [r["miou"] for r in again["rows"]] == [r["miou"] for r in rows]
 
 
 def test_import_with_ignore_index_keeps_unlabeled_pixels_and_labels_new_samples(setup):

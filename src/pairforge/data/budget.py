@@ -22,6 +22,7 @@ than k tiles) means a fixed schedule: no early stopping, the last epoch is kept.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,15 @@ def parse_labels(text: str | int | None, flag: str = "--labels") -> int | None:
     if value < 1:
         raise PairforgeError(f"{flag} {value}: give at least 1 labeled tile, or 'all'")
     return value
+
+
+def parse_labels_choice(text: str | int | None, flag: str = "--labels") -> int | None | Path:
+    """`--labels` text -> number of tiles, None for 'all', or the Path of a budget file (text
+    ending in .json: a budget written by `seg import-labels`, a head or a run; read with
+    `load_budget_file`)."""
+    if isinstance(text, str) and text.strip().lower().endswith(".json"):
+        return Path(text.strip())
+    return parse_labels(text, flag)
 
 
 @dataclass(frozen=True)
@@ -364,3 +374,57 @@ def budget_from_tiles(
         tiles=tuple(chosen),
         select_every=select_every,
     )
+
+
+def load_budget_file(
+    path: str | Path,
+    ds,
+    split: str | None = None,
+    tile_size: int | None = None,
+    flag: str = "--labels",
+) -> LabelBudget:
+    """The LabelBudget stored in `path` (JSON: `LabelBudget.to_dict()`, e.g. the budget.json of
+    `seg import-labels`, or a record with a "label_budget" entry such as a head's head.json),
+    checked against `ds`: same dataset name, `split` / `tile_size` when given, and every tile
+    still a grid tile of a labeled sample (`budget_from_tiles`). PairforgeError naming the file
+    and the fix otherwise."""
+    import json
+
+    path = Path(path)
+    where = f"{flag} {path}"
+    if not path.is_file():
+        raise PairforgeError(
+            f"{where}: no such label budget file; give a number of tiles (e.g. 8), 'all', or "
+            "the budget.json written by `pairforge seg import-labels`"
+        )
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise PairforgeError(
+            f"{where}: not readable JSON ({type(err).__name__}: {err}); re-create the file"
+        ) from None
+    if isinstance(data, dict) and "tiles" not in data and isinstance(
+        data.get("label_budget"), dict
+    ):
+        data = data["label_budget"]  # a record that carries a budget (head.json, pairforge.json)
+    if not isinstance(data, dict):
+        raise PairforgeError(f"{where}: not a label budget (a JSON object); re-create the file")
+    budget = LabelBudget.from_dict(data, where)
+    if budget.dataset != ds.spec.name:
+        raise PairforgeError(
+            f"{where}: a budget of dataset {budget.dataset!r}, but the data is {ds.spec.name!r} "
+            f"({ds.root}); pass the dataset it was made for"
+        )
+    if split is not None and split != budget.split:
+        raise PairforgeError(
+            f"{where}: the budget's tiles come from split {budget.split!r}, not {split!r}; pass "
+            f"--label-split {budget.split} (or leave it out)"
+        )
+    if tile_size is not None and tile_size != budget.tile_size:
+        raise PairforgeError(
+            f"{where}: the budget's tiles are {budget.tile_size} px, not {tile_size} px; leave "
+            "--label-tile out (the file sets it)"
+        )
+    budget_from_tiles(ds, budget.tiles, budget.tile_size, budget.split, budget.seed,
+                      budget.select_every)  # fmt: skip  (raises naming a tile that moved)
+    return budget

@@ -90,7 +90,7 @@ def fit_command(
 
       pairforge seg fit --run runs/demo-image --data data/grains --noise-levels baranchuk
     """
-    from pairforge.data.budget import parse_labels
+    from pairforge.data.budget import parse_labels_choice
     from pairforge.seg.commands import fit_head_on_dataset, fit_summary
     from pairforge.seg.data import TileChoice
     from pairforge.seg.features import feature_config_from_flags
@@ -108,7 +108,7 @@ def fit_command(
         seed=seed,
     )
     tiles = TileChoice(
-        parse_labels(labels), label_seed, label_tile, label_split, crop_size, resolution
+        parse_labels_choice(labels), label_seed, label_tile, label_split, crop_size, resolution
     )
     fitted = fit_head_on_dataset(
         run, data, tiles, feature_config, settings, cache_dir=cache, device=device
@@ -251,12 +251,12 @@ def baseline_command(
 
       pairforge seg baseline --run runs/demo-image --data data/grains --labels 8 --json
     """
-    from pairforge.data.budget import parse_labels
+    from pairforge.data.budget import parse_labels_choice
     from pairforge.seg.commands import BaselineSettings, run_baseline
     from pairforge.seg.data import TileChoice
 
     tiles = TileChoice(
-        parse_labels(labels), label_seed, label_tile, label_split, crop_size, resolution
+        parse_labels_choice(labels), label_seed, label_tile, label_split, crop_size, resolution
     )
     settings = BaselineSettings(
         epochs=epochs,

@@ -13,7 +13,8 @@ _LABELS = typer.Option(
     "all",
     "--labels",
     help="Label budget: this many labeled tiles of the label split, drawn by --label-seed "
-    "(every 4th is a selection tile for early stopping / best epoch), or 'all'.",
+    "(every 4th is a selection tile for early stopping / best epoch), 'all', or a budget file "
+    "(budget.json of seg import-labels: the head's tiles plus the newly labeled ones).",
 )
 _LABEL_SEED = typer.Option(0, "--label-seed", min=0, help="Seed of the label budget's draw.")
 _LABEL_TILE = typer.Option(

@@ -123,11 +123,11 @@ def distill_command(
 
       pairforge seg distill --data data/grains --pseudo data/grains-pseudo --labels 8 --json
     """
-    from pairforge.data.budget import parse_labels
+    from pairforge.data.budget import parse_labels_choice
     from pairforge.seg.data import TileChoice
     from pairforge.seg.distill import DistillSettings, distill, parse_weights, source_lines
 
-    tiles = TileChoice(parse_labels(labels), label_seed, label_tile, label_split)
+    tiles = TileChoice(parse_labels_choice(labels), label_seed, label_tile, label_split)
     settings = DistillSettings(
         epochs=epochs, steps=steps, batch_size=batch_size, lr=lr, seed=seed, arch=arch,
         encoder=encoder,

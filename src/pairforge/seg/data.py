@@ -26,13 +26,15 @@ class TileChoice:
     """Which labeled tiles `seg fit` and `seg baseline` train on (the same for both): a label
     budget (`pairforge.data.budget`).
 
-    labels: budget size in tiles (None: every tile of the label split); label_seed: the
+    labels: budget size in tiles (None: every tile of the label split), or the Path of a
+    budget file (`pairforge.data.budget.load_budget_file`: its tiles, seed and tile size, e.g.
+    the budget.json of `seg import-labels`); label_seed: the
     budget's seed; label_tile: budget tile side in source px (None: the model's crop_size);
     label_split: the split the tiles come from; crop_size / resolution: source tile side and
     model side in px (None: the run's, see `pairforge.seg.source.tile_scale`).
     """
 
-    labels: int | None = None
+    labels: int | Path | None = None
     label_seed: int = 0
     label_tile: int | None = None
     label_split: str = "train"
@@ -98,6 +100,11 @@ def draw_budget(data: str | Path, choice: TileChoice, crop_size: int):
     from pairforge.data.dataset import load_dataset
 
     dataset = load_dataset(data)
+    if isinstance(choice.labels, Path):  # a budget file: its own tiles, tile size and split
+        from pairforge.data.budget import load_budget_file
+
+        return dataset, load_budget_file(choice.labels, dataset, choice.label_split,
+                                         choice.label_tile)  # fmt: skip
     tile = choice.label_tile or crop_size
     return dataset, make_budget(dataset, choice.labels, choice.label_seed, tile, choice.label_split)
 

@@ -262,7 +262,8 @@ def import_labels(folder: str | Path, data: str | Path, echo=print) -> dict:
         + (
             ""
             if budget is None
-            else f"; budget of the head's + these tiles: {folder / BUDGET_FILE}"
+            else f"; budget of the head's + these tiles: {folder / BUDGET_FILE} (fit the next "
+            f"head on it: pairforge seg fit ... --labels {folder / BUDGET_FILE})"
         )
     )
     return {"tiles": tiles, "samples": sorted(by_sample), "budget": budget}
