@@ -217,7 +217,8 @@ def markdown(result: dict) -> str:
 
     parts = [("Head (pixel-MLP ensemble)", result["summary"])]
     if result.get("summary_final"):
-        parts.append(("Final segmenter (distilled U-Net, factory settings)",
+        parts.append(("Final segmenter (distilled U-Net, factory settings; seeds "
+                f"{settings.get('final_seeds') or settings['seeds']})",
                       result["summary_final"]))  # fmt: skip
     for title, summary in parts:
         lines += ["", f"## {title}", "",
@@ -246,10 +247,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--markdown", type=Path, default=None)
-    parser.add_argument("--work", type=Path, default=None,
-                        help="keep heads, budgets and distillations here (resumable)")
-    parser.add_argument("--final", action="store_true",
-                        help="also distill each round's segmenter (needs --work)")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="keep heads, budgets and distillations here (resumable)",
+    )
+    parser.add_argument(
+        "--final", action="store_true", help="also distill each round's segmenter (needs --work)"
+    )
+    parser.add_argument("--final-seeds", default=None,
+                        help="distill only for these seeds (default: every seed)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="toy smoke run: 2 MLPs, 2 epochs")
     args = parser.parse_args(argv)
     if args.quick:
@@ -279,7 +287,8 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     rows = [row for seed in seeds for row in run_seed(source, dataset, test, names, args, seed)]
     if args.final:
-        add_final(rows, args)
+        final = seeds if args.final_seeds is None else [int(x) for x in args.final_seeds.split(",")]
+        add_final([row for row in rows if row["seed"] in final], args)
     result = {
         "settings": {
             "seeds": seeds,
@@ -292,10 +301,15 @@ def main(argv: list[str] | None = None) -> dict:
             "timesteps": args.timesteps,
             "quick": args.quick,
             "final": args.final,
+            "final_seeds": args.final_seeds,
             "test_tiles": len(test.source),
         },  # fmt: skip
         "summary": summarize(rows, args.rounds),
-        "summary_final": summarize(rows, args.rounds, "final_miou") if args.final else None,
+        "summary_final": (
+            summarize([r for r in rows if "final_miou" in r], args.rounds, "final_miou")
+            if args.final
+            else None
+        ),
         "rows": rows,
         "seconds": time.perf_counter() - start,
         "machine": {"platform": platform.platform(), "processor": platform.processor()},

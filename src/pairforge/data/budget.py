@@ -403,8 +403,10 @@ def load_budget_file(
         raise PairforgeError(
             f"{where}: not readable JSON ({type(err).__name__}: {err}); re-create the file"
         ) from None
-    if isinstance(data, dict) and "tiles" not in data and isinstance(
-        data.get("label_budget"), dict
+    if (
+        isinstance(data, dict)
+        and "tiles" not in data
+        and isinstance(data.get("label_budget"), dict)
     ):
         data = data["label_budget"]  # a record that carries a budget (head.json, pairforge.json)
     if not isinstance(data, dict):
@@ -425,6 +427,7 @@ def load_budget_file(
             f"{where}: the budget's tiles are {budget.tile_size} px, not {tile_size} px; leave "
             "--label-tile out (the file sets it)"
         )
-    budget_from_tiles(ds, budget.tiles, budget.tile_size, budget.split, budget.seed,
-                      budget.select_every)  # fmt: skip  (raises naming a tile that moved)
+    budget_from_tiles(
+        ds, budget.tiles, budget.tile_size, budget.split, budget.seed, budget.select_every
+    )  # fmt: skip  (raises naming a tile that moved)
     return budget

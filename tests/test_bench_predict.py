@@ -1,0 +1,56 @@
+"""bench/bench_predict.py on a toy head: the step breakdown adds up to the child's wall time,
+the masks it writes are `seg predict`'s, and the overlap study pairs heads per overlap."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_seg_cli import _invoke, _tiny_run, _toy_dataset
+
+
+def _bench():
+    path = Path(__file__).resolve().parents[1] / "bench" / "bench_predict.py"
+    spec = importlib.util.spec_from_file_location("bench_predict", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_bench_predict_toy(tmp_path):
+    _tiny_run(tmp_path / "run")
+    _toy_dataset(tmp_path / "data")
+    heads = []
+    for seed in (0, 1):
+        heads.append(tmp_path / f"head{seed}")
+        _invoke(["seg", "fit", "--run", tmp_path / "run", "--data", tmp_path / "data", "--out",
+                 heads[-1], "--num-models", 2, "--epochs", 2, "--timesteps", "50,150",
+                 "--labels", 4, "--label-seed", seed, "--seed", seed])  # fmt: skip
+    _invoke(["seg", "predict", heads[0], "--data", tmp_path / "data", "--out", tmp_path / "ref"])
+    bench = _bench()
+    result = bench.main(["--head", str(heads[0]), "--full", str(tmp_path / "w"), "--data",
+                         str(tmp_path / "data"), "--overlaps", "8,0", "--quality-data",
+                         str(tmp_path / "data"), "--quality-heads", *map(str, heads),
+                         "--json", str(tmp_path / "b.json"), "--markdown", str(tmp_path / "b.md")])  # fmt: skip
+    first, second = result["timing"]
+    assert (first["overlap"], second["overlap"]) == (8, 0)
+    for line in result["timing"]:
+        steps = sum(line["steps"].values()) + line["windows_other"]
+        assert steps == pytest.approx(line["wall"], rel=0.05, abs=0.05)
+        assert line["peak_rss_gib"] > 0.05 and line["steps"]["U-Net features"] > 0
+    # 5 samples of 64 x 128 at scale 2: 32 x 64 model px, 16 px windows -> 3 x 7 (overlap 8)
+    # and 2 x 4 (overlap 0) windows each.
+    assert (first["windows"], second["windows"]) == (5 * 21, 5 * 8)
+    for sample in ("m0", "m3"):  # the bench ran seg predict's code: the same masks
+        ref = np.asarray(Image.open(tmp_path / "ref" / "masks" / f"{sample}.png"))
+        got = np.asarray(Image.open(tmp_path / "w" / "pred-o8" / "masks" / f"{sample}.png"))
+        assert np.array_equal(ref, got)
+    summary = result["quality_summary"]
+    assert [line["overlap"] for line in summary] == [8, 0]
+    assert summary[0]["minus_first"]["mean"] == 0 and summary[0]["changed"] == 0
+    assert summary[1]["minus_first"]["n"] == 2
+    assert json.loads((tmp_path / "b.json").read_text())["quality"]["split"] == "val"
+    assert "| 0 |" in (tmp_path / "b.md").read_text()
