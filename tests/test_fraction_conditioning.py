@@ -341,3 +341,41 @@ def test_a_conditioned_joint_run_is_a_feature_source(steered_run):
     assert type(wrapped) is not UNet2DModel  # the run holds the conditioned wrapper
     with torch.no_grad():
         assert torch.equal(source.model(x, t).sample, wrapped(x, t).sample)
+
+
+@pytest.mark.slow
+def test_bench_oversample_tiny(tmp_path):
+    """bench_oversample end to end on a tiny steered joint run (budget 'all') and a dataset
+    with a test split: three comparisons paired over 2 seeds, one shared real-only protocol."""
+    import sys
+    from pathlib import Path
+
+    from pairforge.data.dataset import DatasetWriter, load_dataset
+    from pairforge.train.loop import train
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import bench_oversample
+
+    tiny = load_dataset(write_tiny_dataset(tmp_path / "tiny", num_samples=4))
+    with DatasetWriter(tmp_path / "data", tiny.spec.model_copy(update={"splits": {}})) as writer:
+        for index, sample_id in enumerate(tiny.ids(None)):
+            image, mask = tiny.read_pair(sample_id)
+            writer.add(sample_id, image, mask, split="test" if index == 3 else "train")
+    config = tiny_config(tmp_path / "data", "task=joint", "model.fraction_conditioning=true",
+                         "data.labels=all")  # fmt: skip
+    run = train(config, tmp_path / "run")
+    out = tmp_path / "b.json"
+    result = bench_oversample.main([
+        "--data", str(tmp_path / "data"), "--joint-run", str(run), "--out", str(tmp_path / "o"),
+        "--n", "4", "--seeds", "0,1", "--steps", "2", "--sample-steps", "2",
+        "--json", str(out), "--markdown", str(tmp_path / "b.md")])  # fmt: skip
+    assert json.loads(out.read_text())["oversample_minus_train"]["n"] == 2
+    assert set(result["class_iou"]) == {"real", "train", "oversample"}
+    assert all(0 <= v <= 1 for v in result["fraction"].values())
+    data = load_dataset(tmp_path / "data")
+    real = np.mean([(data.read_mask(i) == 2).mean() for i in data.ids(None)])
+    assert result["real_fraction"] == pytest.approx(real) and real > 0
+    manifest = json.loads((tmp_path / "o" / "sets" / "oversample" / "manifest.json").read_text())
+    assert manifest["fractions"]["oversample"] == {"pore": 3.0}
+    text = (tmp_path / "b.md").read_text()
+    assert "| oversample |" in text and "Oversample - train, pore IoU" in text
