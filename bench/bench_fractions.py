@@ -95,6 +95,29 @@ def draw(run, seeds, target, args, settings) -> np.ndarray:
     return np.concatenate(out)
 
 
+class MaskFID:
+    """Inception FID of mask sets (class colors) against `real` (N, H, W) masks."""
+
+    def __init__(self, real: np.ndarray, colors):
+        from pairforge.eval.distances import feature_stats
+        from pairforge.eval.inception import InceptionFeatureExtractor
+
+        self.extractor, self.colors = InceptionFeatureExtractor(), colors
+        self.real = feature_stats(self.features(real), keep_features=True)
+
+    def features(self, masks: np.ndarray) -> np.ndarray:
+        from pairforge.eval.inception import extract_features
+        from pairforge.eval.rgb import mask_to_rgb
+
+        return extract_features(self.extractor, mask_to_rgb(masks, self.colors), batch_size=32)
+
+    def __call__(self, masks: np.ndarray) -> float:
+        from pairforge.eval.distances import feature_stats, frechet_distance_of_stats
+
+        fake = feature_stats(self.features(masks), keep_features=True)
+        return float(frechet_distance_of_stats(self.real, fake))
+
+
 def measure(run, args) -> dict:
     """The bench's rows and summary for a loaded fraction-conditioned run."""
     from pairforge.core.unconditional import SamplingSettings
@@ -105,6 +128,12 @@ def measure(run, args) -> dict:
     settings = SamplingSettings(sampler=args.sampler, steps=args.sample_steps, device=args.device)
     seeds = list(range(args.seed, args.seed + args.n))
     reference = draw(run, seeds, None, args, settings)
+    fid = None
+    if args.fid:
+        from pairforge.generate.fractions import training_masks
+
+        count = 16 if args.quick else 512
+        fid = MaskFID(training_masks(run, count, seed=1)[0].numpy(), run.spec.class_colors)
     rows = []
     for target in targets_per_class(pool, names):
         masks = draw(run, seeds, target["vector"], args, settings)
@@ -117,6 +146,7 @@ def measure(run, args) -> dict:
             "mean_abs_error": dict(zip(names, map(float, error), strict=True)),
             "steered_error": float(error[names.index(target["class"])]),
             "mask_stats": mask_statistics(masks, names),
+            "mask_fid": None if fid is None else fid(masks),
         })  # fmt: skip
     summary = {}
     for name in names:
@@ -137,6 +167,7 @@ def measure(run, args) -> dict:
         "unconditional": {
             "achieved_mean": dict(zip(names, map(float, unconditional), strict=True)),
             "mask_stats": mask_statistics(reference, names),
+            "mask_fid": None if fid is None else fid(reference),
         },
         "train_mean": dict(zip(names, map(float, pool.mean(0)), strict=True)),
     }
@@ -161,9 +192,12 @@ def markdown(result: dict) -> str:
             f"| {name} | {low:.3f}-{high:.3f} | {row['inside_mae']:.4f} | "
             f"{row['beyond_mae']:.4f} | {'met' if row['goal_met'] else 'not met'} |"
         )
-    lines += ["", "| class | target | inside | achieved | error | components/mask | uncond. |",
-              "|---|---|---|---|---|---|---|"]  # fmt: skip
-    reference = result["unconditional"]["mask_stats"]
+    uncond = result["unconditional"]
+    fids = uncond.get("mask_fid") is not None
+    lines += ["", "| class | target | inside | achieved | error | components/mask | uncond. |"
+              + (" mask FID | uncond. mask FID |" if fids else ""),
+              "|---|---|---|---|---|---|---|" + ("---|---|" if fids else "")]  # fmt: skip
+    reference = uncond["mask_stats"]
     for r in result["rows"]:
         c = r["class"]
         lines.append(
@@ -171,7 +205,13 @@ def markdown(result: dict) -> str:
             f"{r['achieved_mean'][c]:.3f} | {r['steered_error']:.4f} | "
             f"{r['mask_stats'][c]['components_per_mask']:.1f} | "
             f"{reference[c]['components_per_mask']:.1f} |"
+            + (f" {r['mask_fid']:.1f} | {uncond['mask_fid']:.1f} |" if fids else "")
         )
+    if fids:
+        lines += ["", f"Mask FID: Inception FID (class colors) of the {s['n']} masks of a "
+                  "setting against 512 training mask crops of the run (another crop seed than "
+                  "the fraction pool); at this sample count FID is biased upward, so compare "
+                  "settings with each other, not with published FIDs."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -203,6 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default=None)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--markdown", type=Path, default=None)
+    parser.add_argument("--fid", action="store_true", help="mask FID of every setting")
     parser.add_argument("--quick", action="store_true", help="toy smoke run (< 60 s)")
     args = parser.parse_args(argv)
     if args.quick:

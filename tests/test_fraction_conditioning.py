@@ -286,7 +286,9 @@ def test_bench_fractions_quick(tmp_path):
     import bench_fractions
 
     out = tmp_path / "bench.json"
-    result = bench_fractions.main(["--quick", "--work", str(tmp_path / "work"), "--json", str(out)])
+    result = bench_fractions.main(
+        ["--quick", "--fid", "--work", str(tmp_path / "work"), "--json", str(out)]
+    )
     assert json.loads(out.read_text())["settings"]["quick"] is True
     assert set(result["summary"]) == set(NAMES)
     for name, row in result["summary"].items():
@@ -298,6 +300,8 @@ def test_bench_fractions_quick(tmp_path):
         assert sum(row["target_vector"].values()) == pytest.approx(1)
         assert sum(row["achieved_mean"].values()) == pytest.approx(1, abs=1e-5)
     assert result["unconditional"]["mask_stats"]["grain"]["components_per_mask"] >= 0
+    assert result["unconditional"]["mask_fid"] >= 0
+    assert all(row["mask_fid"] >= 0 for row in result["rows"])
 
 
 def test_two_stage_steers_its_mask_stage(tmp_path):

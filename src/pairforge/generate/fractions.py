@@ -96,9 +96,18 @@ def resolve_fixed(
 def training_fractions(run, count: int = TRAIN_POOL_SIZE, seed: int = 0) -> np.ndarray:
     """(count, K) class fractions of random training crops of `run` at its model resolution (the
     crops of its config's data.path / data.split, inside its label budget when it had one)."""
+    from pairforge.models.fractions import mask_fractions
+
+    masks, num_classes = training_masks(run, count, seed)
+    fractions, labeled = mask_fractions(masks, num_classes)
+    return fractions[labeled].double().numpy()
+
+
+def training_masks(run, count: int = TRAIN_POOL_SIZE, seed: int = 0):
+    """((count, res, res) long masks of random training crops of `run` at its model
+    resolution, K): the crops `training_fractions` measures."""
     from pairforge.data.dataset import load_dataset
     from pairforge.data.views import RandomCropDataset
-    from pairforge.models.fractions import mask_fractions
 
     config = run.config
     if config is None:
@@ -117,9 +126,7 @@ def training_fractions(run, count: int = TRAIN_POOL_SIZE, seed: int = 0) -> np.n
         ds, ids, crop_size=config.data.crop_size, resolution=config.data.resolution,
         augment=False, length=count, require_mask=True, seed=seed,
     )  # fmt: skip
-    masks = torch.stack([crops[i]["mask"] for i in range(count)])
-    fractions, labeled = mask_fractions(masks, ds.num_classes)
-    return fractions[labeled].double().numpy()
+    return torch.stack([crops[i]["mask"] for i in range(count)]), ds.num_classes
 
 
 @dataclass
