@@ -176,11 +176,14 @@ def summarize_quality(result: dict, overlaps: list[int]) -> list[dict]:
 def markdown(result: dict) -> str:
     from pairforge.core.stats import format_difference
 
-    lines = [f"# Whole-measurement prediction (`seg predict`): {result['data']}", "",
-             f"{result['machine']}, {result['threads']} threads; median of {result['repeats']} "
-             "interleaved runs per overlap; peak RSS of the child process.", "",
+    lines = ["# Whole-measurement prediction (`seg predict`)", "",
+             f"Timing on {result['data']}: {result['machine']}, {result['threads']} threads; "
+             f"median of {result['repeats']} interleaved runs per overlap; peak RSS of the "
+             "child process.", "",
              "| overlap (model px) | windows | wall (s) | " + " | ".join(STEPS) +
              " | peak RSS (GiB) |", "|---" * (len(STEPS) + 4) + "|"]  # fmt: skip
+    if not result["timing"]:
+        lines = lines[:2]  # no timing asked for (--no-timing)
     for line in result["timing"]:
         steps = " | ".join(f"{line['steps'][s]:.1f}" for s in STEPS)
         lines.append(f"| {line['overlap']} | {line['windows']} | {line['wall']:.1f} | {steps} | "
