@@ -391,3 +391,24 @@ def test_import_with_ignore_index_keeps_unlabeled_pixels_and_labels_new_samples(
     assert np.array_equal(new, expected) and (expected == 7).any()
     budget = json.loads((tmp / "ignlabel" / "budget.json").read_text())
     assert len(budget["tiles"]) == 24 and budget["pool"] == 24
+
+
+def test_train_on_a_budget_file(setup, tmp_path):
+    """`pairforge train --labels BUDGET.json`: a mask run reads exactly the file's tiles
+    (recorded as its label_budget); a budget of tiles smaller than the crops is refused."""
+    from test_train_helpers import tiny_config
+
+    from pairforge.train.loop import train
+
+    tmp, head = setup
+    budget_file = tmp_path / "budget.json"
+    budget_file.write_text(json.dumps(head.label_budget.to_dict()))
+    config = tiny_config(tmp / "data", "task=mask", "data.crop_size=32", "data.resolution=16",
+                         f"data.labels={budget_file}", "optim.max_steps=2")  # fmt: skip
+    run = train(config, tmp_path / "run", progress=False)
+    record = json.loads((run / "model" / "pairforge.json").read_text())
+    assert record["label_budget"] == head.label_budget.to_dict()
+    small = tiny_config(tmp / "data", "task=mask", "data.crop_size=64", "data.resolution=16",
+                        f"data.labels={budget_file}", "optim.max_steps=2")  # fmt: skip
+    with pytest.raises(PairforgeError, match="its tiles are 32 px, smaller than data.crop_size 64"):
+        train(small, tmp_path / "run2", progress=False)

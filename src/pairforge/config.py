@@ -33,11 +33,12 @@ class DataConfig(_Section):
     resolution: int = Field(64, ge=8, description="model side in pixels; crops are downsampled")
     augment: bool = Field(True, description="random flips and 90-degree rotations")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
-    labels: int | Literal["all"] | None = Field(
+    labels: int | str | None = Field(
         None,
         description="label budget of tasks that read masks: the number of labeled tiles of "
         "data.split the run may read masks from, drawn by data.label_seed ('all' = every tile "
-        "of the split; None = every mask of data.split, no budget)",
+        "of the split; a path ending in .json = that budget file, e.g. the budget.json of seg "
+        "import-labels; None = every mask of data.split, no budget)",
     )
     label_seed: int = Field(0, ge=0, description="seed of the label budget's tile draw")
     label_tile: int | None = Field(
@@ -52,11 +53,13 @@ class DataConfig(_Section):
             return None
         if isinstance(value, str) and value.strip().lower() == "all":
             return "all"
+        if isinstance(value, str) and value.strip().lower().endswith(".json"):
+            return value.strip()  # a budget file, read and checked when training starts
         if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
             return value
         raise ValueError(
-            "give a number of labeled tiles >= 1 (e.g. 8), 'all' (every tile of data.split) or "
-            "null (every mask of data.split, no budget)"
+            "give a number of labeled tiles >= 1 (e.g. 8), 'all' (every tile of data.split), a "
+            "budget file (.json) or null (every mask of data.split, no budget)"
         )
 
     @model_validator(mode="after")

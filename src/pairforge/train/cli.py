@@ -84,11 +84,11 @@ def train_command(
 
 def _label_overrides(labels: str | None, seed: int | None, tile: int | None) -> list[str]:
     """--labels / --label-seed / --label-tile as --set assignments of data.labels / ..."""
-    from pairforge.data.budget import parse_labels
+    from pairforge.data.budget import parse_labels_choice
 
     out = []
     if labels is not None:
-        size = parse_labels(labels, "--labels")  # the error names the flag
+        size = parse_labels_choice(labels, "--labels")  # the error names the flag
         out.append(f"data.labels={'all' if size is None else size}")
     if seed is not None:
         out.append(f"data.label_seed={seed}")

@@ -27,6 +27,8 @@ def training_budget(config: TrainConfig, task, ds):
     check_labels_option(config, task)
     if config.data.labels is None:
         return None
+    if isinstance(config.data.labels, str) and config.data.labels.lower().endswith(".json"):
+        return _budget_file(config, ds)
     size = None if config.data.labels == "all" else int(config.data.labels)
     try:
         return make_budget(
@@ -37,6 +39,26 @@ def training_budget(config: TrainConfig, task, ds):
         raise PairforgeError(
             str(err).replace(f"--labels {size}:", f"data.labels={size}:", 1)
         ) from None
+
+
+def _budget_file(config: TrainConfig, ds):
+    """The budget in the file data.labels names, checked against the training data; its tiles
+    must hold a whole training crop."""
+    from pairforge.data.budget import load_budget_file
+
+    budget = load_budget_file(config.data.labels, ds, config.data.split, flag="data.labels")
+    if budget.tile_size < config.data.crop_size:
+        raise PairforgeError(
+            f"data.labels={config.data.labels}: its tiles are {budget.tile_size} px, smaller "
+            f"than data.crop_size {config.data.crop_size}; training crops lie inside the labeled "
+            f"tiles, so use a budget of tiles >= {config.data.crop_size} px"
+        )
+    if config.data.label_tile is not None and config.data.label_tile != budget.tile_size:
+        raise PairforgeError(
+            f"data.labels={config.data.labels}: its tiles are {budget.tile_size} px, not "
+            f"data.label_tile {config.data.label_tile}; leave data.label_tile unset"
+        )
+    return budget
 
 
 def check_same_budget(run_dir: Path, budget) -> None:
