@@ -308,9 +308,13 @@ def suggest_command(
     """Rank the tiles outside the head's label budget by ensemble disagreement (mean JS) and
     feature diversity; reads no mask.
 
-    Example:
+    Examples (label the exported tiles in any tool, then import them and fit the next head):
 
       pairforge seg suggest heads/g8 --data data/grains --out suggest/g8 --n 8 --export label/g8
+
+      pairforge seg import-labels label/g8 --data data/grains
+
+      pairforge seg fit --run runs/image --data data/grains --labels label/g8/budget.json --out heads/g16
     """
     from pairforge.seg.head import SegmentationHead
 
