@@ -30,6 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_io import write_outputs  # noqa: E402
+
 
 def pairforge(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "pairforge.cli", *args], check=True)
@@ -162,12 +165,7 @@ def main(argv=None) -> dict:
         f"{format_difference(result['oversample_minus_train_miou'])}.",
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    if args.markdown:
-        args.markdown.write_text(text)
+    write_outputs(result, "\n".join(lines), args.json, args.markdown)
     return result
 
 

@@ -314,14 +314,9 @@ def main(argv: list[str] | None = None) -> dict:
         "seconds": time.perf_counter() - start,
         "machine": {"platform": platform.platform(), "processor": platform.processor()},
     }
-    text = markdown(result)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2, default=str))
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(text)
+    from bench_io import write_outputs
+
+    write_outputs(result, markdown(result), args.json, args.markdown)
     return result
 
 

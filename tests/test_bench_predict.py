@@ -1,22 +1,13 @@
 """bench/bench_predict.py on a toy head: the step breakdown adds up to the child's wall time,
 the masks it writes are `seg predict`'s, and the overlap study pairs heads per overlap."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from bench_modules import load_bench
 from PIL import Image
 from test_seg_cli import _invoke, _tiny_run, _toy_dataset
-
-
-def _bench():
-    path = Path(__file__).resolve().parents[1] / "bench" / "bench_predict.py"
-    spec = importlib.util.spec_from_file_location("bench_predict", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.usefixtures("single_thread")
@@ -30,7 +21,7 @@ def test_bench_predict_toy(tmp_path):
                  heads[-1], "--num-models", 2, "--epochs", 2, "--timesteps", "50,150",
                  "--labels", 4, "--label-seed", seed, "--seed", seed])  # fmt: skip
     _invoke(["seg", "predict", heads[0], "--data", tmp_path / "data", "--out", tmp_path / "ref"])
-    bench = _bench()
+    bench = load_bench("bench_predict")
     result = bench.main(["--head", str(heads[0]), "--full", str(tmp_path / "w"), "--data",
                          str(tmp_path / "data"), "--overlaps", "8,0", "--quality-data",
                          str(tmp_path / "data"), "--quality-heads", *map(str, heads),

@@ -12,6 +12,7 @@ import tifffile
 import torch
 import torch.nn.functional as F
 import typer
+from bench_modules import load_bench
 from PIL import Image
 from test_seg_cli import _invoke, _tiny_run, _toy_dataset
 from typer.testing import CliRunner
@@ -298,14 +299,8 @@ def test_budget_from_tiles_order_parts_and_errors(setup):
 
 
 def test_bench_suggest_quick_loop(setup, tmp_path):
-    import importlib.util
-    from pathlib import Path
-
     tmp, _ = setup
-    path = Path(__file__).resolve().parents[1] / "bench" / "bench_suggest.py"
-    spec = importlib.util.spec_from_file_location("bench_suggest", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("bench_suggest")
     result = bench.main(["--data", str(tmp / "data"), "--image-run", str(tmp / "run"),
                          "--seeds", "0,1", "--rounds", "4,8,12", "--quick",
                          "--json", str(tmp_path / "b.json"), "--markdown", str(tmp_path / "b.md")])  # fmt: skip
@@ -329,21 +324,10 @@ def test_bench_suggest_quick_loop(setup, tmp_path):
         tmp_path / "b.md").read_text()  # fmt: skip
 
 
-def _bench_suggest():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "bench_suggest.py"
-    spec = importlib.util.spec_from_file_location("bench_suggest", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
-
-
 @pytest.mark.slow
 def test_bench_suggest_final_segmenters_resume(setup, tmp_path):
     tmp, _ = setup
-    bench = _bench_suggest()
+    bench = load_bench("bench_suggest")
     flags = ["--data", str(tmp / "data"), "--image-run", str(tmp / "run"), "--seeds", "0,1",
              "--rounds", "4,8", "--quick", "--work", str(tmp_path / "work"), "--final",
              "--markdown", str(tmp_path / "b.md")]  # fmt: skip
