@@ -39,86 +39,112 @@ STEPS = ("read", "normalize+downsample", "U-Net features", "pixel MLPs", "stitch
          "full-res upsample+argmax", "write")  # fmt: skip
 
 
-def child(head_dir: Path, data: Path, overlap: int | None, out: Path) -> dict:
-    """Run predict_to_folder on `data` with timers around each step; the breakdown (s)."""
+def _whole_predict(head, items, out, uncertainty, overlap=None, echo=print):
+    """`seg predict` before banding (kept for the comparison): segment_measurement's K + 2
+    full-resolution maps at once, then the same files as predict_to_folder."""
+    import numpy as np
+    import tifffile
+    from PIL import Image
+
+    from pairforge.seg.ensemble import image_scores
+    from pairforge.seg.sliding import segment_measurement
+
+    for folder in ("masks", "uncertainty"):
+        (out / folder).mkdir(parents=True, exist_ok=True)
+    for sample_id, read in items:
+        result = segment_measurement(head, read(), overlap=overlap)
+        maps = result.uncertainty(uncertainty)
+        Image.fromarray(result.mask.numpy().astype(np.uint8)).save(
+            out / "masks" / f"{sample_id}.png"
+        )
+        tifffile.imwrite(out / "uncertainty" / f"{sample_id}.tif", maps.numpy().astype(np.float32))
+        echo(f"{sample_id}: score {float(image_scores(maps[None])[0]):.4f}")
+
+
+def child(head_dir: Path, data: Path, overlap: int | None, out: Path, path: str) -> dict:
+    """Run predict_to_folder (path "banded", today's seg predict) or `_whole_predict` ("whole")
+    on `data` with timers around each step; the breakdown (s)."""
+    import pairforge.data.views as views
     import pairforge.seg.sliding as sliding
+    from pairforge.data.normalize import ChannelNormalizer
     from pairforge.seg.commands import predict_to_folder
     from pairforge.seg.data import measurements
     from pairforge.seg.head import SegmentationHead
 
     seconds = dict.fromkeys(STEPS, 0.0)
+    clock = {"sliding": 0.0, "segment": 0.0}
 
-    def timed(step, function):
+    def timed(step, function, into=seconds):
         def wrapper(*args, **kwargs):
             start = time.perf_counter()
             try:
                 return function(*args, **kwargs)
             finally:
-                seconds[step] += time.perf_counter() - start
+                into[step] += time.perf_counter() - start
 
         return wrapper
 
     head = SegmentationHead.load(head_dir)
     head.extractor.extract = timed("U-Net features", head.extractor.extract)
     head.ensemble.segment = timed("pixel MLPs", head.ensemble.segment)
-    sliding.stitch = timed("stitch", sliding.stitch)
-    import pairforge.data.views as views
-    from pairforge.data.normalize import ChannelNormalizer
-
+    views.TileStitcher.add = timed("stitch", views.TileStitcher.add)
+    views.TileStitcher.result = timed("stitch", views.TileStitcher.result)
     views.downsample_image = timed("normalize+downsample", views.downsample_image)
     ChannelNormalizer.encode = timed("normalize+downsample", ChannelNormalizer.encode)
     windows = []
     coords = sliding.tile_coords
 
     def counted(*args, **kwargs):
-        windows.append(len(coords(*args, **kwargs)))
-        return coords(*args, **kwargs)
+        found = coords(*args, **kwargs)
+        windows.append(len(found))
+        return found
 
     sliding.tile_coords = counted
-    inner = {"sliding": 0.0}
-    segment_sliding = sliding.segment_sliding
-
-    def sliding_timed(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return segment_sliding(*args, **kwargs)
-        finally:
-            inner["sliding"] += time.perf_counter() - start
-
-    sliding.segment_sliding = sliding_timed
-    measure = sliding.segment_measurement
-    total = {"segment": 0.0}
-
-    def measurement_timed(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return measure(*args, **kwargs)
-        finally:
-            total["segment"] += time.perf_counter() - start
-
-    sliding.segment_measurement = measurement_timed
+    sliding.segment_sliding = timed("sliding", sliding.segment_sliding, clock)
+    name = "segment_measurement_maps" if path == "banded" else "segment_measurement"
+    setattr(sliding, name, timed("segment", getattr(sliding, name), clock))
     items = [(i, timed("read", read)) for i, read in measurements(data, None, None)]
+    run = predict_to_folder if path == "banded" else _whole_predict
     start = time.perf_counter()
-    predict_to_folder(head, items, out, "js", overlap=overlap, echo=lambda _: None)
+    run(head, items, out, "js", overlap=overlap, echo=lambda _: None)
     wall = time.perf_counter() - start
-    # segment_measurement outside the windows: normalize + downsample (timed) and the
-    # full-resolution maps; predict_to_folder outside segment_measurement: reading and writing.
+    # segment_measurement(_maps) outside the windows: normalize + downsample (timed) and the
+    # full-resolution maps; predict_to_folder outside it: reading and writing.
     seconds["full-res upsample+argmax"] = (
-        total["segment"] - inner["sliding"] - seconds["normalize+downsample"]
+        clock["segment"] - clock["sliding"] - seconds["normalize+downsample"]
     )
-    other = inner["sliding"] - seconds["U-Net features"] - seconds["pixel MLPs"] - seconds["stitch"]
-    seconds["write"] = wall - total["segment"] - seconds["read"]
-    return {"wall": wall, "steps": seconds, "windows": sum(windows),
+    other = clock["sliding"] - seconds["U-Net features"] - seconds["pixel MLPs"] - seconds["stitch"]
+    seconds["write"] = wall - clock["segment"] - seconds["read"]
+    return {"wall": wall, "steps": seconds, "windows": sum(windows), "path": path,
             "windows_other": other,  # cutting windows out, padding: the rest of the loop
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}  # fmt: skip
 
 
-def run_child(args, overlap: int, out: Path) -> dict:
+def run_child(args, path: str, overlap: int, out: Path) -> dict:
     command = [sys.executable, __file__, "--child", "--head", str(args.head), "--full",
                str(args.full), "--data", str(args.data), "--overlap", str(overlap),
-               "--child-out", str(out)]  # fmt: skip
+               "--child-out", str(out), "--paths", path]  # fmt: skip
     text = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(text.strip().splitlines()[-1])
+
+
+def agree(folder: Path, overlap: int) -> dict:
+    """Banded vs whole outputs of one overlap: identical mask pixels, largest uncertainty gap."""
+    import numpy as np
+    import tifffile
+    from PIL import Image
+
+    same = pixels = 0
+    gap = 0.0
+    for png in sorted((folder / f"pred-banded-o{overlap}" / "masks").glob("*.png")):
+        other = folder / f"pred-whole-o{overlap}"
+        a, b = np.asarray(Image.open(png)), np.asarray(Image.open(other / "masks" / png.name))
+        same, pixels = same + int((a == b).sum()), pixels + a.size
+        tif = f"uncertainty/{png.stem}.tif"
+        u = tifffile.imread(png.parent.parent / tif) - tifffile.imread(other / tif)
+        gap = max(gap, float(np.abs(u).max()))
+    return {"overlap": overlap, "identical": same / pixels, "pixels": pixels,
+            "max_uncertainty_diff": gap}  # fmt: skip
 
 
 def quality(heads: list[Path], data: Path, split: str, overlaps: list[int]) -> dict:
@@ -180,14 +206,18 @@ def markdown(result: dict) -> str:
              f"Timing on {result['data']}: {result['machine']}, {result['threads']} threads; "
              f"median of {result['repeats']} interleaved runs per overlap; peak RSS of the "
              "child process.", "",
-             "| overlap (model px) | windows | wall (s) | " + " | ".join(STEPS) +
-             " | peak RSS (GiB) |", "|---" * (len(STEPS) + 4) + "|"]  # fmt: skip
+             "| code path | overlap (model px) | windows | wall (s) | " + " | ".join(STEPS) +
+             " | peak RSS (GiB) |", "|---" * (len(STEPS) + 5) + "|"]  # fmt: skip
     if not result["timing"]:
         lines = lines[:2]  # no timing asked for (--no-timing)
     for line in result["timing"]:
         steps = " | ".join(f"{line['steps'][s]:.1f}" for s in STEPS)
-        lines.append(f"| {line['overlap']} | {line['windows']} | {line['wall']:.1f} | {steps} | "
-                     f"{line['peak_rss_gib']:.2f} |")  # fmt: skip
+        lines.append(f"| {line['path']} | {line['overlap']} | {line['windows']} | "
+                     f"{line['wall']:.1f} | {steps} | {line['peak_rss_gib']:.2f} |")  # fmt: skip
+    for line in result.get("agreement", []):
+        lines.append(f"\nOverlap {line['overlap']}: banded vs whole masks identical on "
+                     f"{100 * line['identical']:.4f} % of {line['pixels']} px; uncertainty max "
+                     f"|diff| {line['max_uncertainty_diff']:.2e}.")  # fmt: skip
     if result.get("quality"):
         q = result["quality"]
         lines += ["", f"## Full-resolution mIoU by overlap ({q['split']} split: "
@@ -213,6 +243,8 @@ def main(argv=None) -> dict | None:
         help="time on this dataset instead of FULL/data (e.g. a toy one)",
     )
     parser.add_argument("--overlaps", default="16,8,0", help="first = the default (window // 2)")
+    parser.add_argument("--paths", default="banded,whole",
+                        help="banded: seg predict today; whole: K + 2 full-size maps at once")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--quality-data", type=Path, default=None)
     parser.add_argument("--quality-split", default="val")
@@ -225,29 +257,34 @@ def main(argv=None) -> dict | None:
     parser.add_argument("--child-out", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.head, args.data, args.overlap, args.child_out)))
+        print(json.dumps(child(args.head, args.data, args.overlap, args.child_out, args.paths)))
         return None
     from bench_pseudolabel_memory import one_full_measurement
 
     overlaps = [int(o) for o in args.overlaps.split(",")]
     if args.data is None:
         args.data = one_full_measurement(args.full)
-    timing = []
+    timing, agreement = [], []
     if not args.no_timing:
-        runs: dict[int, list] = {o: [] for o in overlaps}
+        paths = args.paths.split(",")
+        variants = [(path, overlap) for overlap in overlaps for path in paths]
+        runs: dict[tuple, list] = {v: [] for v in variants}
         for rep in range(args.repeats):
-            for overlap in overlaps if rep % 2 == 0 else overlaps[::-1]:
-                run = run_child(args, overlap, args.full / f"pred-o{overlap}")
-                print(f"overlap {overlap}: {run['wall']:.1f} s, {run['peak_rss_gib']:.2f} GiB",
-                      flush=True)  # fmt: skip
-                runs[overlap].append(run)
-        for overlap in overlaps:
-            ordered = sorted(runs[overlap], key=lambda r: r["wall"])
+            for path, overlap in variants if rep % 2 == 0 else variants[::-1]:
+                run = run_child(args, path, overlap, args.full / f"pred-{path}-o{overlap}")
+                print(f"{path} overlap {overlap}: {run['wall']:.1f} s, "
+                      f"{run['peak_rss_gib']:.2f} GiB", flush=True)  # fmt: skip
+                runs[path, overlap].append(run)
+        for variant in variants:
+            ordered = sorted(runs[variant], key=lambda r: r["wall"])
             middle = ordered[len(ordered) // 2]
-            timing.append({"overlap": overlap, **middle,
-                           "walls": [r["wall"] for r in runs[overlap]]})  # fmt: skip
+            timing.append({"overlap": variant[1], **middle,
+                           "walls": [r["wall"] for r in runs[variant]]})  # fmt: skip
+        if {"banded", "whole"} <= set(paths):
+            agreement = [agree(args.full, overlap) for overlap in overlaps]
     result = {
         "timing": timing,
+        "agreement": agreement,
         "repeats": args.repeats,
         "head": str(args.head),
         "data": str(args.data),

@@ -91,3 +91,31 @@ def test_segment_measurement_works_at_training_scale_and_returns_full_size():
     assert result.js.shape == (64, 96) and float(result.js.min()) >= 0.0
     low = segment_measurement(head, measurement, full_resolution=False)
     assert low.mask.shape == (32, 48)
+
+
+@pytest.mark.parametrize("size", [(64, 96), (70, 99), (33, 200)])
+def test_upsample_rows_equals_whole_bilinear_interpolation(size):
+    from pairforge.seg.sliding import upsample_rows
+
+    maps = torch.rand(5, 17, 25, generator=torch.Generator().manual_seed(1))
+    whole = torch.nn.functional.interpolate(maps[None], size=size, mode="bilinear",
+                                            align_corners=False)[0]  # fmt: skip
+    for band in (1, 7, size[0]):
+        rows = torch.cat([upsample_rows(maps, size, start, min(size[0], start + band))
+                          for start in range(0, size[0], band)], dim=1)  # fmt: skip
+        assert rows.shape == whole.shape
+        assert float((rows - whole).abs().max()) < 1e-6
+
+
+@pytest.mark.parametrize("kind", ["js", "entropy", "disagreement"])
+def test_banded_measurement_maps_equal_segment_measurement(kind):
+    from pairforge.seg.sliding import segment_measurement_maps
+
+    normalizer = ChannelNormalizer(low=[0.0, -5.0], high=[1.0, 5.0])
+    head = _head(resolution=16, crop_size=32, normalizer=normalizer)
+    measurement = np.random.default_rng(0).uniform(0, 1, size=(2, 70, 99)).astype(np.float32)
+    full = segment_measurement(head, measurement)
+    labels, values = segment_measurement_maps(head, measurement, kind, band_rows=9)
+    assert labels.dtype == np.uint8 and values.dtype == np.float32
+    assert np.array_equal(labels, full.mask.numpy())
+    assert np.allclose(values, full.uncertainty(kind).numpy(), atol=1e-6)

@@ -108,21 +108,40 @@ def _blend_window(tile_h: int, tile_w: int, blend: str) -> torch.Tensor:
     raise PairforgeError(f"unknown blend {blend!r}; use 'mean' or 'hann'")
 
 
+class TileStitcher:
+    """Incremental `stitch`: add (n, C, th, tw) tiles batch by batch, then `result()`; only the
+    (C, H, W) float64 sums are kept, not the tiles. Tiles added in the same order give the same
+    floats as `stitch`."""
+
+    def __init__(self, channels: int, shape: tuple[int, int], tile: tuple[int, int], blend: str):
+        self.window = _blend_window(*tile, blend)
+        self.acc = torch.zeros(channels, *shape, dtype=torch.float64)
+        self.weight = torch.zeros(shape, dtype=torch.float64)
+        self.tile = tuple(tile)
+
+    def add(self, tiles: torch.Tensor, coords) -> None:
+        th, tw = self.tile
+        if tiles.shape[0] != len(coords):
+            raise PairforgeError(f"stitch got {tiles.shape[0]} tiles but {len(coords)} coordinates")
+        for tile, (y, x) in zip(tiles.double(), coords):
+            self.acc[:, y : y + th, x : x + tw] += tile * self.window
+            self.weight[y : y + th, x : x + tw] += self.window
+
+    def result(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        if (self.weight == 0).any():
+            raise PairforgeError("stitch: the tiles do not cover the whole image")
+        return (self.acc / self.weight).to(dtype)
+
+
 def stitch(tiles, coords, shape: tuple[int, int], blend: str = "mean"):
     """Weighted average of (N, C, th, tw) tiles placed at `coords` into (C, H, W)."""
     t, was_np = _as_tensor(tiles)
     n, c, th, tw = t.shape
     if n != len(coords):
         raise PairforgeError(f"stitch got {n} tiles but {len(coords)} coordinates")
-    window = _blend_window(th, tw, blend)
-    acc = torch.zeros(c, *shape, dtype=torch.float64)
-    weight = torch.zeros(shape, dtype=torch.float64)
-    for tile, (y, x) in zip(t.double(), coords):
-        acc[:, y : y + th, x : x + tw] += tile * window
-        weight[y : y + th, x : x + tw] += window
-    if (weight == 0).any():
-        raise PairforgeError("stitch: the tiles do not cover the whole image")
-    out = (acc / weight).to(t.dtype if t.is_floating_point() else torch.float32)
+    stitcher = TileStitcher(c, shape, (th, tw), blend)
+    stitcher.add(t, coords)
+    out = stitcher.result(t.dtype if t.is_floating_point() else torch.float32)
     return out.numpy() if was_np else out
 
 

@@ -184,20 +184,18 @@ def predict_to_folder(
     from PIL import Image
 
     from pairforge.seg.ensemble import image_scores
-    from pairforge.seg.sliding import segment_measurement
+    from pairforge.seg.sliding import segment_measurement_maps
 
     (out / "masks").mkdir(parents=True, exist_ok=True)
     (out / "uncertainty").mkdir(parents=True, exist_ok=True)
     scores = {}
     for sample_id, read in items:
-        result = segment_measurement(head, read(), overlap=overlap)
-        maps = result.uncertainty(uncertainty)
-        Image.fromarray(result.mask.numpy().astype(np.uint8)).save(
-            out / "masks" / f"{sample_id}.png"
-        )
-        tifffile.imwrite(out / "uncertainty" / f"{sample_id}.tif", maps.numpy().astype(np.float32))
-        scores[sample_id] = float(image_scores(maps[None])[0])
-        echo(f"{sample_id}: {tuple(result.mask.shape)} score {scores[sample_id]:.4f}")
+        # In bands of full-resolution rows: bounded memory (sliding.segment_measurement_maps).
+        labels, maps = segment_measurement_maps(head, read(), uncertainty, overlap=overlap)
+        Image.fromarray(labels.astype(np.uint8)).save(out / "masks" / f"{sample_id}.png")
+        tifffile.imwrite(out / "uncertainty" / f"{sample_id}.tif", maps)
+        scores[sample_id] = float(image_scores(torch.from_numpy(maps)[None])[0])
+        echo(f"{sample_id}: {labels.shape} score {scores[sample_id]:.4f}")
     atomic_write_text(
         out / "scores.json", json.dumps({"uncertainty": uncertainty, "scores": scores})
     )

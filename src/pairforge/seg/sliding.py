@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pairforge.data.views import stitch, tile_coords
+from pairforge.data.views import TileStitcher, tile_coords
 from pairforge.errors import PairforgeError
 from pairforge.seg.ensemble import UncertaintyMaps, entropy_of
 
@@ -65,19 +65,16 @@ def segment_sliding(
     padded = _pad_to_window(image, window)
     padded_h, padded_w = padded.shape[-2:]
     coords = tile_coords(padded_h, padded_w, window, overlap)
-    probs_tiles, map_tiles = [], []
+    # Blended batch by batch (the tiles are not kept): the same sums, in the same order, as
+    # `stitch` of all tiles at once.
+    stitcher = TileStitcher(head.num_classes + 2, (padded_h, padded_w), (window, window), blend)
     for first in range(0, len(coords), batch_size):
-        batch = torch.stack(
-            [
-                padded[:, y : y + window, x : x + window]
-                for y, x in coords[first : first + batch_size]
-            ]
-        )
+        chunk = coords[first : first + batch_size]
+        batch = torch.stack([padded[:, y : y + window, x : x + window] for y, x in chunk])
         result = head.segment(batch, keep_probs=True, batch_size=batch_size)
-        probs_tiles.append(result.mean_probs)
-        map_tiles.append(torch.stack([result.disagreement, result.member_entropy], dim=1))
-    tiles = torch.cat([torch.cat(probs_tiles), torch.cat(map_tiles)], dim=1)
-    blended = stitch(tiles, coords, (padded_h, padded_w), blend=blend)[:, :height, :width]
+        maps = torch.stack([result.disagreement, result.member_entropy], dim=1)
+        stitcher.add(torch.cat([result.mean_probs, maps], dim=1), chunk)
+    blended = stitcher.result(torch.float32)[:, :height, :width]
     return _result(blended[:-2], blended[-2:])
 
 
@@ -128,3 +125,71 @@ def segment_measurement(
     # Bilinear weights are a mixture too: JS recomputed from the upsampled maps stays >= 0.
     maps = F.interpolate(maps[None], size=size, mode="bilinear", align_corners=False)[0]
     return _result(maps[:-2], maps[-2:])
+
+
+def upsample_rows(maps: torch.Tensor, size: tuple[int, int], start: int, stop: int):
+    """Rows start..stop-1 of `F.interpolate(maps[None], size, mode="bilinear",
+    align_corners=False)[0]` for maps (C, h, w), computed from only the source rows they need.
+
+    Same source indices and weights as torch's kernel (scale h / H in float32, source index
+    scale * (y + 0.5) - 0.5 with one rounding, as its fused multiply-add, clamped at 0): columns
+    first by torch itself (rows unchanged at scale 1), then rows. Floats differ from the whole
+    interpolation by at most an ulp or two (another association of the same weighted sum).
+    """
+    _, h, _ = maps.shape
+    height, width = size
+    scale = (torch.tensor(h, dtype=torch.float32) / height).double()
+    dst = torch.arange(start, stop, dtype=torch.float64)
+    src = ((dst + 0.5) * scale - 0.5).float().clamp_min(0)
+    y0 = src.long().clamp(max=h - 1)
+    y1 = (y0 + 1).clamp(max=h - 1)
+    low = (src - y0.float()).clamp(0, 1)
+    high_rows = int(y1.max()) + 1
+    first = int(y0.min())
+    cols = F.interpolate(maps[None, :, first:high_rows], size=(high_rows - first, width),
+                         mode="bilinear", align_corners=False)[0]  # fmt: skip
+    return (1 - low)[:, None] * cols[:, y0 - first] + low[:, None] * cols[:, y1 - first]
+
+
+def segment_measurement_maps(
+    head,
+    image: np.ndarray,
+    uncertainty: str = "js",
+    overlap: int | None = None,
+    blend: str = "hann",
+    batch_size: int = 8,
+    band_rows: int = 128,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(labels (H, W) uint8 (int32 over 256 classes), uncertainty of `uncertainty` (H, W)
+    float32) of a measurement: `segment_measurement(...)`'s full-resolution mask and
+    `.uncertainty(kind)`, computed in bands of `band_rows` output rows, so only the model-scale
+    maps and one band of full-resolution maps exist at a time (not K + 2 full-size float maps
+    and their temporaries). Equal to segment_measurement up to float rounding of the bilinear
+    weights (an ulp): the same labels except at exact ties.
+    """
+    from pairforge.data.views import downsample_image
+
+    normalizer = head.normalizer
+    if normalizer is None:
+        raise PairforgeError(
+            "this head stores no normalizer; pass normalized images to segment_sliding instead"
+        )
+    normalized = torch.from_numpy(np.ascontiguousarray(normalizer.encode(image), dtype=np.float32))
+    factor = head.scale
+    small = downsample_image(normalized, factor) if factor != 1 else normalized
+    del normalized
+    result = segment_sliding(head, small, overlap=overlap, blend=blend, batch_size=batch_size)
+    dtype = np.uint8 if head.num_classes <= 256 else np.int32
+    if factor == 1:
+        return result.mask.numpy().astype(dtype), result.uncertainty(uncertainty).numpy()
+    size = tuple(image.shape[-2:])
+    maps = torch.cat([result.probs, result.disagreement[None], result.member_entropy[None]])
+    labels = np.empty(size, dtype)
+    values = np.empty(size, np.float32)
+    for start in range(0, size[0], band_rows):
+        stop = min(size[0], start + band_rows)
+        band = upsample_rows(maps, size, start, stop)
+        part = _result(band[:-2], band[-2:])
+        labels[start:stop] = part.mask.numpy()
+        values[start:stop] = part.uncertainty(uncertainty).numpy()
+    return labels, values
