@@ -93,6 +93,23 @@ def _pad_to_window(image: torch.Tensor, window: int) -> torch.Tensor:
     return image
 
 
+def _at_model_scale(head, image: np.ndarray, overlap, blend: str, batch_size: int):
+    """SlidingResult of a physical-unit measurement at the head's training scale: normalized
+    with the head's normalizer, area-downsampled by crop_size / resolution, windows slid."""
+    from pairforge.data.views import downsample_image
+
+    normalizer = head.normalizer
+    if normalizer is None:
+        raise PairforgeError(
+            "this head stores no normalizer; pass normalized images to segment_sliding instead"
+        )
+    normalized = torch.from_numpy(np.ascontiguousarray(normalizer.encode(image), dtype=np.float32))
+    factor = head.scale
+    small = downsample_image(normalized, factor) if factor != 1 else normalized
+    del normalized  # the full-size copy is not needed past here
+    return segment_sliding(head, small, overlap=overlap, blend=blend, batch_size=batch_size)
+
+
 def segment_measurement(
     head,
     image: np.ndarray,
@@ -107,17 +124,8 @@ def segment_measurement(
     training scale), slides windows, and (full_resolution) upsamples the blended probabilities
     and uncertainty bilinearly back to (H, W) before taking the argmax.
     """
-    from pairforge.data.views import downsample_image
-
-    normalizer = head.normalizer
-    if normalizer is None:
-        raise PairforgeError(
-            "this head stores no normalizer; pass normalized images to segment_sliding instead"
-        )
-    normalized = torch.from_numpy(np.ascontiguousarray(normalizer.encode(image), dtype=np.float32))
+    result = _at_model_scale(head, image, overlap, blend, batch_size)
     factor = head.scale
-    small = downsample_image(normalized, factor) if factor != 1 else normalized
-    result = segment_sliding(head, small, overlap=overlap, blend=blend, batch_size=batch_size)
     if not full_resolution or factor == 1:
         return result
     size = tuple(image.shape[-2:])
@@ -167,18 +175,8 @@ def segment_measurement_maps(
     and their temporaries). Equal to segment_measurement up to float rounding of the bilinear
     weights (an ulp): the same labels except at exact ties.
     """
-    from pairforge.data.views import downsample_image
-
-    normalizer = head.normalizer
-    if normalizer is None:
-        raise PairforgeError(
-            "this head stores no normalizer; pass normalized images to segment_sliding instead"
-        )
-    normalized = torch.from_numpy(np.ascontiguousarray(normalizer.encode(image), dtype=np.float32))
+    result = _at_model_scale(head, image, overlap, blend, batch_size)
     factor = head.scale
-    small = downsample_image(normalized, factor) if factor != 1 else normalized
-    del normalized
-    result = segment_sliding(head, small, overlap=overlap, blend=blend, batch_size=batch_size)
     dtype = np.uint8 if head.num_classes <= 256 else np.int32
     if factor == 1:
         return result.mask.numpy().astype(dtype), result.uncertainty(uncertainty).numpy()
