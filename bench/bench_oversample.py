@@ -64,9 +64,10 @@ def downstream(args, name: str, folder: Path) -> dict:
     return json.loads((out / "downstream.json").read_text())
 
 
-def class_iou(report: dict, condition: str, index: int) -> dict[int, float]:
+def per_seed(report: dict, condition: str, index: int | None = None) -> dict[int, float]:
+    """{seed: test IoU of class `index`} of one condition's runs (index None: test mIoU)."""
     return {
-        run["seed"]: float(run["test_per_class_iou"][index])
+        run["seed"]: float(run["test_miou"] if index is None else run["test_per_class_iou"][index])
         for run in report["runs"]
         if run["condition"] == condition
     }
@@ -96,8 +97,8 @@ def main(argv=None) -> dict:
     from pairforge.core.stats import format_difference, paired_difference
     from pairforge.data.dataset import load_dataset
 
-    names = [c.name for c in load_dataset(args.data).spec.classes]
-    ids = [c.id for c in load_dataset(args.data).spec.classes]
+    classes = load_dataset(args.data).spec.classes
+    names, ids = [c.name for c in classes], [c.id for c in classes]
     if args.cls not in names:
         parser.error(f"--class {args.cls!r}: the dataset's classes are {', '.join(names)}")
     index = names.index(args.cls)
@@ -109,19 +110,12 @@ def main(argv=None) -> dict:
     if args.unconditional:
         sets["unconditional"] = generate(args, "unconditional", [])
     reports = {name: downstream(args, name, folder) for name, folder in sets.items()}
-    real = class_iou(reports["train"], "real", index)
-    mixed = {name: class_iou(report, "mixed", index) for name, report in reports.items()}
-    miou = {
-        name: {r["seed"]: float(r["test_miou"]) for r in rep["runs"] if r["condition"] == "mixed"}
-        for name, rep in reports.items()
-    }
-    real_miou = {
-        r["seed"]: float(r["test_miou"])
-        for r in reports["train"]["runs"]
-        if r["condition"] == "real"
-    }
+    real = per_seed(reports["train"], "real", index)
+    mixed = {name: per_seed(report, "mixed", index) for name, report in reports.items()}
+    miou = {name: per_seed(report, "mixed") for name, report in reports.items()}
+    real_miou = per_seed(reports["train"], "real")
     for name, report in reports.items():  # real-only runs are the same in every report
-        if class_iou(report, "real", index) != real:
+        if per_seed(report, "real", index) != real:
             raise SystemExit(f"the real-only runs of {name} differ from train's: not one protocol")
     result = {
         "settings": {

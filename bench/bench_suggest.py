@@ -154,9 +154,7 @@ def distill_round(folder: Path, data: Path, seed: int, quick: bool) -> dict:
 
 def add_final(rows: list[dict], args) -> None:
     """rows[i]["final_miou"]: the distilled segmenter's test mIoU (shared round: once)."""
-    for row in rows:
-        if row["work"] is None:
-            raise SystemExit("--final needs --work (the heads and budgets are kept there)")
+    for row in rows:  # main() refuses --final without --work, so every row has a folder
         start = time.perf_counter()
         report = distill_round(Path(row["work"]), args.data, row["seed"], args.quick)
         if report["labels"]["fingerprint"] != row["labels"]["fingerprint"]:
@@ -199,7 +197,7 @@ def summarize(rows: list[dict], rounds: list[int], key: str = "miou") -> dict:
 
 
 def markdown(result: dict) -> str:
-    from pairforge.core.stats import format_difference
+    from pairforge.core.stats import format_difference, format_mean_std
 
     settings = result["settings"]
     lines = [
@@ -211,10 +209,6 @@ def markdown(result: dict) -> str:
         f"{' (quick: numbers mean nothing)' if settings['quick'] else ''}.",
     ]
 
-    def cell(part):
-        std = "" if part["std"] is None else f" +- {100 * part['std']:.1f}"
-        return f"{100 * part['mean']:.1f}{std}"
-
     parts = [("Head (pixel-MLP ensemble)", result["summary"])]
     if result.get("summary_final"):
         parts.append(("Final segmenter (distilled U-Net, factory settings; seeds "
@@ -225,8 +219,8 @@ def markdown(result: dict) -> str:
                   "| labeled tiles | random | suggested | suggested - random (paired 95 % CI) |",
                   "|---|---|---|---|"]  # fmt: skip
         for line in summary["rounds"]:
-            lines.append(f"| {line['tiles']} | {cell(line['random'])} | "
-                         f"{cell(line['suggested'])} | "
+            lines.append(f"| {line['tiles']} | {format_mean_std(line['random'])} | "
+                         f"{format_mean_std(line['suggested'])} | "
                          f"{format_difference(line['suggested_minus_random'])} |")  # fmt: skip
         goal = summary["goal"]
         lines += ["", f"Goal: {goal['suggested_tiles']} suggested vs {goal['random_tiles']} "

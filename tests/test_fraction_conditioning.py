@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from bench_modules import load_bench
 from PIL import Image
 from test_train_helpers import tiny_config, write_tiny_dataset
 from typer.testing import CliRunner
@@ -279,12 +280,7 @@ def test_drop_prob_zero_writes_no_diffusers_pipeline(tmp_path):
 
 
 def test_bench_fractions_quick(tmp_path):
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-    import bench_fractions
-
+    bench_fractions = load_bench("bench_fractions")
     out = tmp_path / "bench.json"
     result = bench_fractions.main(
         ["--quick", "--fid", "--work", str(tmp_path / "work"), "--json", str(out)]
@@ -351,14 +347,10 @@ def test_a_conditioned_joint_run_is_a_feature_source(steered_run):
 def test_bench_oversample_tiny(tmp_path):
     """bench_oversample end to end on a tiny steered joint run (budget 'all') and a dataset
     with a test split: three comparisons paired over 2 seeds, one shared real-only protocol."""
-    import sys
-    from pathlib import Path
-
     from pairforge.data.dataset import DatasetWriter, load_dataset
     from pairforge.train.loop import train
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-    import bench_oversample
+    bench_oversample = load_bench("bench_oversample")
 
     tiny = load_dataset(write_tiny_dataset(tmp_path / "tiny", num_samples=4))
     with DatasetWriter(tmp_path / "data", tiny.spec.model_copy(update={"splits": {}})) as writer:

@@ -1,11 +1,10 @@
 """bench/bench_features.py runs end to end on a tiny image run and a tiny joint run (1 seed)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from bench_modules import load_bench
 from test_seg_cli import SPEC, _tiny_run, _toy_dataset
 
 from pairforge.data.codec import MaskCodec
@@ -14,14 +13,9 @@ from pairforge.diffusion.schedule import make_scheduler_config
 from pairforge.errors import PairforgeError
 from pairforge.models.factory import build_model
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_features.py"
-
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_features", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("bench_features")
 
 
 def _tiny_joint_run(run_dir):

@@ -1,18 +1,11 @@
 """bench/bench_seg.py runs end to end on a tiny image run: head and baseline on one budget."""
 
-import importlib.util
-from pathlib import Path
-
+from bench_modules import load_bench
 from test_seg_cli import _tiny_run, _toy_dataset
-
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_seg.py"
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_seg", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("bench_seg")
 
 
 def test_bench_seg_trains_head_and_baseline_on_the_budget(tmp_path, capsys):

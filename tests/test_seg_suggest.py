@@ -396,3 +396,8 @@ def test_train_on_a_budget_file(setup, tmp_path):
                         f"data.labels={budget_file}", "optim.max_steps=2")  # fmt: skip
     with pytest.raises(PairforgeError, match="its tiles are 32 px, smaller than data.crop_size 64"):
         train(small, tmp_path / "run2", progress=False)
+    other_tile = tiny_config(tmp / "data", "task=mask", "data.crop_size=32",
+                             "data.resolution=16", "data.label_tile=64",
+                             f"data.labels={budget_file}", "optim.max_steps=2")  # fmt: skip
+    with pytest.raises(PairforgeError, match="data.labels .*tiles are 32 px, not 64 px"):
+        train(other_tile, tmp_path / "run3", progress=False)

@@ -136,10 +136,8 @@ class TileStitcher:
 def stitch(tiles, coords, shape: tuple[int, int], blend: str = "mean"):
     """Weighted average of (N, C, th, tw) tiles placed at `coords` into (C, H, W)."""
     t, was_np = _as_tensor(tiles)
-    n, c, th, tw = t.shape
-    if n != len(coords):
-        raise PairforgeError(f"stitch got {n} tiles but {len(coords)} coordinates")
-    stitcher = TileStitcher(c, shape, (th, tw), blend)
+    _, c, th, tw = t.shape
+    stitcher = TileStitcher(c, shape, (th, tw), blend)  # add() checks tiles against coords
     stitcher.add(t, coords)
     out = stitcher.result(t.dtype if t.is_floating_point() else torch.float32)
     return out.numpy() if was_np else out

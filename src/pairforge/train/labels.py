@@ -22,14 +22,14 @@ def check_labels_option(config: TrainConfig, task) -> None:
 
 def training_budget(config: TrainConfig, task, ds):
     """The LabelBudget of data.labels drawn on `ds` (the training data), or None without one."""
-    from pairforge.data.budget import make_budget
+    from pairforge.data.budget import make_budget, parse_labels_choice
 
     check_labels_option(config, task)
     if config.data.labels is None:
         return None
-    if isinstance(config.data.labels, str) and config.data.labels.lower().endswith(".json"):
-        return _budget_file(config, ds)
-    size = None if config.data.labels == "all" else int(config.data.labels)
+    size = parse_labels_choice(config.data.labels, "data.labels")  # tiles, None = all, or a file
+    if isinstance(size, Path):
+        return _budget_file(config, size, ds)
     try:
         return make_budget(
             ds, size, config.data.label_seed, config.data.label_tile_size, config.data.split
@@ -41,22 +41,18 @@ def training_budget(config: TrainConfig, task, ds):
         ) from None
 
 
-def _budget_file(config: TrainConfig, ds):
-    """The budget in the file data.labels names, checked against the training data; its tiles
-    must hold a whole training crop."""
+def _budget_file(config: TrainConfig, path: Path, ds):
+    """The budget in the file data.labels names, checked against the training data (split,
+    data.label_tile when set); its tiles must hold a whole training crop."""
     from pairforge.data.budget import load_budget_file
 
-    budget = load_budget_file(config.data.labels, ds, config.data.split, flag="data.labels")
+    budget = load_budget_file(path, ds, config.data.split, config.data.label_tile,
+                              flag="data.labels")  # fmt: skip
     if budget.tile_size < config.data.crop_size:
         raise PairforgeError(
             f"data.labels={config.data.labels}: its tiles are {budget.tile_size} px, smaller "
             f"than data.crop_size {config.data.crop_size}; training crops lie inside the labeled "
             f"tiles, so use a budget of tiles >= {config.data.crop_size} px"
-        )
-    if config.data.label_tile is not None and config.data.label_tile != budget.tile_size:
-        raise PairforgeError(
-            f"data.labels={config.data.labels}: its tiles are {budget.tile_size} px, not "
-            f"data.label_tile {config.data.label_tile}; leave data.label_tile unset"
         )
     return budget
 
