@@ -27,3 +27,22 @@ def single_thread():
 def single_thread_module():
     """One torch thread for a whole test module."""
     yield from _one_thread()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _pairforge_cache(tmp_path_factory):
+    """Per-machine caches (the channels_last probe's results, torch.compile artifacts) go to
+    a folder of this test session, not to the user's ~/.cache/pairforge; subprocesses that the
+    tests start inherit it."""
+    import os
+
+    from pairforge.train.memory_format import CACHE_ENV
+
+    folder = tmp_path_factory.mktemp("pairforge-cache")
+    previous = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = previous

@@ -194,9 +194,15 @@ class TrainConfig(_Section):
         "fp32",
         description="auto = bf16 where the device has native bf16 (AMX CPUs, GPUs), else fp32",
     )
-    channels_last: bool = False
+    channels_last: bool | Literal["auto"] = Field(
+        "auto",
+        description="NHWC convolutions; auto = measured on this machine before the first step "
+        "(both layouts timed on a real batch, cached per machine), true / false to force",
+    )
     compile: bool = Field(
-        False, description="torch.compile the U-Net: ~1.3x faster steps, minutes to start on CPU"
+        False,
+        description="torch.compile the U-Net; its artifacts are cached per machine "
+        "(PAIRFORGE_CACHE_DIR), so only the first run pays the minutes of compilation on a CPU",
     )
     mask_codec: Literal["auto", "onehot", "bits"] = "auto"
     seed: int = Field(0, ge=0)

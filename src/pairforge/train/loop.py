@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -20,6 +21,8 @@ RESUMABLE_CHANGES = (
     "log.",
     "data.num_workers",
     "data.path",
+    "channels_last",  # speed settings: the layout and compilation change no math
+    "compile",
 )
 
 
@@ -143,7 +146,15 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
         config.diffusion.schedule, config.diffusion.prediction, config.diffusion.num_train_timesteps
     )
     abar = alphas_cumprod(scheduler_config).to(device)
-    model, ema, optimizer = _build_model(config, task, layout, device)
+
+    def probe_inputs(model):  # one real batch, for timing the layouts (channels_last: auto)
+        return _probe_inputs(model, task, layout, task_settings, crops, abar, opt.batch_size)
+
+    model, ema, optimizer, memory_layout = _build_model(
+        config, task, layout, device, bf16, probe_inputs, accelerator
+    )
+    if is_main and (log.progress if progress is None else progress):
+        print(memory_layout.describe(), file=sys.stderr)
 
     # Resume from the last complete checkpoint.
     checkpoint, start_step, seconds_before = _resume(run_dir, model, ema, optimizer, is_main)
@@ -163,7 +174,7 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
         min_snr_gamma=config.diffusion.min_snr_gamma,
         grad_clip=opt.grad_clip,
         bf16=bf16,
-        channels_last=config.channels_last,
+        channels_last=memory_layout.channels_last,
     )
     loader = torch.utils.data.DataLoader(
         crops,
@@ -241,10 +252,14 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
     return run_dir
 
 
-def _build_model(config: TrainConfig, task, layout, device: torch.device):
-    """(model on `device`, EMA or None, AdamW) with identical initial weights in every process."""
+def _build_model(
+    config: TrainConfig, task, layout, device: torch.device, bf16: bool, probe_inputs, accelerator
+):
+    """(model on `device`, EMA or None, AdamW, train.memory_format.LayoutChoice) with identical
+    initial weights and the same layout in every process."""
     from pairforge.models.factory import build_model
     from pairforge.train.ema import EMA
+    from pairforge.train.memory_format import choose_channels_last
 
     torch.manual_seed(config.seed)  # identical initial weights in every process
     model = build_model(
@@ -261,13 +276,56 @@ def _build_model(config: TrainConfig, task, layout, device: torch.device):
         if config.ema.enabled
         else None
     )
-    if config.channels_last:
+    # channels_last: auto is measured by the main process (cached per machine) and shared.
+    choice = None
+    if accelerator.is_main_process:
+        choice = choose_channels_last(
+            config.channels_last, model, lambda: probe_inputs(model), device, bf16
+        )
+    if accelerator.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        choice = broadcast_object_list([choice])[0]
+    if choice.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = config.optim
     optimizer = _adamw(model, opt.lr, opt.betas, opt.weight_decay)
     if config.compile:
+        _use_compile_cache()
         model.compile()  # in place: parameter names (and saved keys) stay unprefixed
-    return model, ema, optimizer
+    return model, ema, optimizer, choice
+
+
+def _probe_inputs(model, task, layout, task_settings, crops, abar, batch_size: int) -> dict:
+    """{"x", "t", "condition"}: x_t of the first training items as train_step builds it (at
+    most PROBE_MAX_BATCH of them), for timing memory layouts; reads crops, draws nothing from
+    the global RNG."""
+    from pairforge.diffusion.objectives import q_sample
+    from pairforge.train.memory_format import PROBE_MAX_BATCH
+
+    items = [crops[i] for i in range(min(batch_size, PROBE_MAX_BATCH, len(crops)))]
+    batch = {k: torch.stack([item[k] for item in items]) for k in items[0]}
+    generator = torch.Generator().manual_seed(0)
+    settings = task_settings.for_model(model)
+    x0, condition = task.training_inputs(layout, batch, generator, settings)
+    t = torch.randint(0, len(abar), (x0.shape[0],), generator=generator)
+    eps = torch.randn(x0.shape, generator=generator)
+    device = abar.device
+    x_t = q_sample(x0.to(device), eps.to(device), t.to(device), abar).float()
+    return {
+        "x": x_t,
+        "t": t.to(device),
+        "condition": {k: v.to(device) for k, v in condition.items()},
+    }
+
+
+def _use_compile_cache() -> None:
+    """Keep torch.compile's artifacts (inductor's FX graph and kernel caches) in pairforge's
+    per-machine cache folder unless TORCHINDUCTOR_CACHE_DIR says otherwise, so compilation
+    (minutes on a CPU) is paid once per machine and torch version, not once per run."""
+    from pairforge.train.memory_format import cache_dir
+
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
 
 
 def _resume(run_dir: Path, model, ema, optimizer, is_main: bool):
