@@ -124,3 +124,26 @@ def test_a_run_trains_in_the_layout_it_chose(tmp_path, cache, task, monkeypatch)
     assert seen == [(True, True), (True, True)]
     (entry,) = json.loads((cache / memory_format.CACHE_FILE).read_text()).values()
     assert entry["channels_last"] is True and entry["seconds"] == forced
+
+
+CALLS = []
+
+
+class _CountingNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, x, t):
+        CALLS.append(x.is_contiguous(memory_format=torch.channels_last))
+        return type("Out", (), {"sample": self.conv(x)})
+
+
+@pytest.mark.parametrize(("slow_step_s", "timed_rounds"), [(1e9, 3), (0.0, 1)])
+def test_probe_rounds_shrink_for_slow_models(monkeypatch, slow_step_s, timed_rounds):
+    monkeypatch.setattr(memory_format, "PROBE_SLOW_STEP_S", slow_step_s)
+    CALLS.clear()
+    seconds = memory_format.time_layouts(_CountingNet(), _inputs(), torch.device("cpu"), False)
+    assert set(seconds) == {"contiguous", "channels_last"}
+    # One warm-up round, then the timed ones; each round runs contiguous, then channels_last.
+    assert CALLS == [False, True] * (1 + timed_rounds)

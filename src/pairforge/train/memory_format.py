@@ -32,6 +32,9 @@ CACHE_FILE = "memory-format.json"
 MIN_GAIN = 0.05
 PROBE_REPEATS = 3
 PROBE_MAX_BATCH = 16
+# A model whose warm-up step takes longer than this is timed once per layout (a base U-Net at
+# 128 px took 21 s per CPU step: three rounds would cost the run three minutes).
+PROBE_SLOW_STEP_S = 2.0
 
 
 def cache_dir() -> Path:
@@ -107,31 +110,37 @@ def time_layouts(
     repeats: int = PROBE_REPEATS,
 ) -> dict[str, float]:
     """Median seconds of forward + backward of `model(**inputs)` in each layout, interleaved,
-    after one warm-up each. Works on copies: `model`, its gradients and the global RNG state
-    are left as they were."""
+    after one warm-up each (`repeats` rounds, one when a warm-up step is slower than
+    PROBE_SLOW_STEP_S). Works on copies: `model`, its gradients and the global RNG state are
+    left as they were."""
     copies = {
         "contiguous": copy.deepcopy(model).to(memory_format=torch.contiguous_format),
         "channels_last": copy.deepcopy(model).to(memory_format=torch.channels_last),
     }
     layout_of = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
     rng_devices = [device] if device.type == "cuda" else []
+
+    def one_round(record: dict[str, list[float]]) -> None:
+        for name, net in copies.items():
+            x = inputs["x"].contiguous(memory_format=layout_of[name])
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                out = net(x, inputs["t"], **inputs.get("condition", {})).sample
+            out.float().square().mean().backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            record[name].append(time.perf_counter() - start)
+            net.zero_grad(set_to_none=True)
+
+    warm_up: dict[str, list[float]] = {name: [] for name in copies}
     seconds: dict[str, list[float]] = {name: [] for name in copies}
     with torch.random.fork_rng(devices=rng_devices):
-        for round_index in range(repeats + 1):
-            for name, net in copies.items():
-                x = inputs["x"].contiguous(memory_format=layout_of[name])
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                start = time.perf_counter()
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    out = net(x, inputs["t"], **inputs.get("condition", {})).sample
-                out.float().square().mean().backward()
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                elapsed = time.perf_counter() - start
-                net.zero_grad(set_to_none=True)
-                if round_index > 0:  # round 0 warms up allocators and kernel caches
-                    seconds[name].append(elapsed)
+        one_round(warm_up)  # allocators, kernel caches
+        slow = max(v[0] for v in warm_up.values()) > PROBE_SLOW_STEP_S
+        for _ in range(1 if slow else repeats):
+            one_round(seconds)
     return {name: statistics.median(values) for name, values in seconds.items()}
 
 
