@@ -179,10 +179,15 @@ def test_data_workers_do_not_change_the_result(data_path, tmp_path):
 def test_time_budget_bounds_total_training_time_across_reruns(data_path, tmp_path):
     # A budget of ~0 minutes stops after the first step; continuing the finished run trains
     # no further (the budget is the run's total, like max_steps), but the run stays usable.
-    config = tiny_config(data_path, "optim.max_steps=50", "optim.max_minutes=1e-6")
+    config = tiny_config(
+        data_path, "optim.max_steps=50", "optim.max_minutes=1e-6", "log.every=10"
+    )
     run_dir = train(config, tmp_path / "run")
     steps = [s for s, _ in list_checkpoints(run_dir)]
     assert steps == [1]
+    # The step that spent the budget has its metrics row (log.every is larger).
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1] and rows[0]["train_seconds"] > 0
     train(config, run_dir)
     assert [s for s, _ in list_checkpoints(run_dir)] == [1]
     assert load_run(run_dir).info["step"] == 1

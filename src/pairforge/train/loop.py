@@ -225,16 +225,17 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
         step += 1
 
         # Metrics: mean loss over processes, throughput, progress bar.
+        # The last step (max_steps, or the time budget spent) always gets a metrics row.
         elapsed = time.perf_counter() - started
+        out_of_time = budget_s is not None and seconds_before + elapsed >= budget_s
+        out_of_time = bool(accelerator.reduce(torch.tensor(float(out_of_time), device=device)))
+        finished = step == opt.max_steps or out_of_time
         metrics.step_done(result.loss)
-        if step % log.every == 0 or step == opt.max_steps:
+        if step % log.every == 0 or finished:
             metrics.write_row(step, lr, result, seconds_before + elapsed, outputs.last_saved)
 
         # Sample grids and checkpoints; stop early when the time budget is spent.
         saving_started = time.perf_counter()
-        out_of_time = budget_s is not None and seconds_before + elapsed >= budget_s
-        out_of_time = bool(accelerator.reduce(torch.tensor(float(out_of_time), device=device)))
-        finished = step == opt.max_steps or out_of_time
         if (log.sample_every and step % log.sample_every == 0) or finished:
             outputs.save_preview(step)
         if (log.checkpoint_every and step % log.checkpoint_every == 0) or finished:
