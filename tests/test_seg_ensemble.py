@@ -81,6 +81,24 @@ def test_same_seed_same_ensemble():
     assert not torch.equal(weights[0], weights[1])
 
 
+def test_validation_in_chunks_gives_the_same_early_stopping(monkeypatch):
+    """Validation pixels are scored in float32 chunks (bounded memory): the chunk size changes
+    neither the scores, the best epochs nor the kept weights."""
+    from pairforge.seg import ensemble_training
+
+    train, val = _toy_pixels(seed=4), _toy_pixels(num_images=2, seed=5, spread=0.8)
+    settings = EnsembleSettings(num_models=2, max_epochs=6, patience=3, seed=1)
+    results = []
+    for chunk in (ensemble_training.VAL_CHUNK_ROWS, 37):
+        monkeypatch.setattr(ensemble_training, "VAL_CHUNK_ROWS", chunk)
+        results.append(train_ensemble(train, 3, settings, val_pixels=val, progress=False))
+    (whole, whole_history), (chunked, chunked_history) = results
+    for a, b in zip(whole_history["members"], chunked_history["members"], strict=True):
+        assert (a["best_epoch"], a["best_val_miou"]) == (b["best_epoch"], b["best_val_miou"])
+    for key, value in whole.state_dict().items():
+        assert torch.equal(value, chunked.state_dict()[key]), key
+
+
 def test_default_widths_follow_the_paper():
     assert EnsembleConfig(64, 3).hidden_widths == (128, 32)
     assert EnsembleConfig(64, 34).hidden_widths == (256, 128)
