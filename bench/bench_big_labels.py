@@ -11,8 +11,9 @@ against the measured peak, and what the same pixels would need the way Baranchuk
 holds them (float32 features of every pixel of every tile in RAM).
 
 Accuracy (`--compare`): on a smaller budget where every pixel fits, heads fitted on every
-pixel vs on `--sample` pixels per tile (same budget, same ensemble seed), the latter with the
-same epochs and with as many more epochs as make the same number of optimizer steps; each
+pixel vs on `--sample` pixels per tile (same budget, same ensemble seed), the latter with
+epochs counted over the labeled pixels (seg fit's default: as many optimizer steps as every
+pixel) and over the stored ones (an epoch of a quarter of the pixels is a quarter pass); each
 scored on every tile of the test split; paired differences over seeds with Student-t 95 %
 intervals.
 
@@ -174,21 +175,21 @@ def compare(args) -> dict:
     names = class_names(args.data)
     crop, res = source.extra["crop_size"], source.extra["resolution"]
     test = labeled_tiles(args.data, "test", crop, res, source.normalizer or dataset.normalizer)
-    # Sampling keeps 1/ratio of the pixels, so an epoch has 1/ratio of the batches: the third
-    # arm trains ratio x the epochs, the same number of optimizer steps as every pixel.
-    ratio = max(1, round(res * res / args.sample))
+    # Sampling keeps 1/4 (say) of the pixels, so an epoch over them has 1/4 of the batches:
+    # seg fit counts epochs and patience over the labeled pixels (HeadSettings.
+    # epochs_over_labels); the third arm counts them over the stored pixels, as before.
     arms = {
-        "every pixel": (None, args.epochs),
-        f"{args.sample} per tile": (args.sample, args.epochs),
-        f"{args.sample} per tile, {ratio}x epochs": (args.sample, ratio * args.epochs),
+        "every pixel": (None, True),
+        f"{args.sample} per tile": (args.sample, True),
+        f"{args.sample} per tile, epochs over stored pixels": (args.sample, False),
     }
     scores: dict[str, dict[int, float]] = {arm: {} for arm in arms}
     for seed in [int(s) for s in args.seeds.split(",")]:
         budget = make_budget(dataset, args.labels, seed, crop, "train")
-        for arm, (pixels, epochs) in arms.items():
+        for arm, (pixels, over_labels) in arms.items():
             settings = SimpleNamespace(
-                num_models=args.num_models, mlp_epochs=epochs, timesteps=args.timesteps,
-                device="cpu", pixels_per_image=pixels,
+                num_models=args.num_models, mlp_epochs=args.epochs, timesteps=args.timesteps,
+                device="cpu", pixels_per_image=pixels, epochs_over_labels=over_labels,
             )  # fmt: skip
             _, miou, seconds = fit_and_score(source, dataset, budget, test, names, settings, seed)
             scores[arm][seed] = 100 * miou

@@ -60,7 +60,8 @@ def fit_and_score(source, dataset, budget, test, names, args, seed):
     head, _ = fit_head(
         source, fit.images, fit.masks, num_classes=len(names),
         settings=HeadSettings(num_models=args.num_models, max_epochs=args.mlp_epochs, seed=seed,
-                              pixels_per_image=getattr(args, "pixels_per_image", None)),
+                              pixels_per_image=getattr(args, "pixels_per_image", None),
+                              epochs_over_labels=getattr(args, "epochs_over_labels", True)),
         feature_config=FeatureConfig(timesteps=timesteps),
         val_images=select.images if select else None,
         val_masks=select.masks if select else None,

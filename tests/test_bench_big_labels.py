@@ -37,10 +37,17 @@ def test_bench_big_labels_toy(tmp_path):
         assert 0.05 < row["peak_anon_rss_gib"] <= row["peak_rss_gib"] + 0.01
     assert (work / "head-64" / "head.json").is_file()
     compare = result["compare"]
-    assert set(compare["miou"]) == {"every pixel", "64 per tile", "64 per tile, 4x epochs"}
+    assert set(compare["miou"]) == {
+        "every pixel",
+        "64 per tile",
+        "64 per tile, epochs over stored pixels",
+    }
     for arm in compare["miou"].values():
         assert set(arm["per_seed"]) == {0, 1} and 0 <= arm["mean"] <= 100
-    assert set(compare["minus_every_pixel"]) == {"64 per tile", "64 per tile, 4x epochs"}
+    assert set(compare["minus_every_pixel"]) == {
+        "64 per tile",
+        "64 per tile, epochs over stored pixels",
+    }
     assert all(diff["n"] == 2 for diff in compare["minus_every_pixel"].values())
     assert json.loads((tmp_path / "b.json").read_text())["compare"]["sample"] == 64
 

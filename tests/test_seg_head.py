@@ -76,6 +76,24 @@ def test_fit_segment_save_load_roundtrip(tmp_path):
     torch.testing.assert_close(again.entropy, prediction.entropy)
 
 
+@pytest.mark.parametrize(
+    ("pixels", "over_labels", "scale"), [(None, True, 1), (64, True, 4), (64, False, 1)]
+)
+def test_sampled_pixels_train_as_many_steps_as_every_pixel(tmp_path, pixels, over_labels, scale):
+    """With 64 of 256 pixels per tile stored, epochs and patience count passes over the labeled
+    pixels: 4x the epochs over the stored ones (unless epochs_over_labels is off)."""
+    source = load_feature_source(_model_dir(tmp_path))
+    images, masks = _blobs(4, 0)
+    masks[0, :8] = 255  # ignore pixels are not labels: 4 * 256 - 128 labeled, 4 * 64 stored
+    settings = HeadSettings(num_models=1, max_epochs=2, patience=1, pixels_per_image=pixels,
+                            epochs_over_labels=over_labels, val_fraction=0.0)  # fmt: skip
+    _, history = fit_head(source, images, masks, num_classes=2, settings=settings,
+                          feature_config=FeatureConfig(timesteps=(50,)), progress=False)  # fmt: skip
+    assert history["epoch_scale"] == scale
+    # No validation pixels: every member trains all its (scaled) epochs.
+    assert history["members"][0]["epochs_run"] == 2 * scale
+
+
 def _saved_one_member_head(tmp_path, seed: int):
     """A 1-member, 1-epoch head on the tiny model, saved to tmp_path/head."""
     source = load_feature_source(_model_dir(tmp_path))

@@ -69,9 +69,17 @@ _MASK_FILL = typer.Option(
     "fractions; measured best) | zeros | noise.",
 )
 _NUM_MODELS = typer.Option(10, "--num-models", min=1, help="Ensemble size.")
-_MLP_EPOCHS = typer.Option(20, "--epochs", min=1, help="Max epochs per MLP.")
+_MLP_EPOCHS = typer.Option(
+    20,
+    "--epochs",
+    min=1,
+    help="Max epochs per MLP (passes over the labeled pixels, also when --pixels-per-image samples them).",
+)
 _PIXELS_PER_IMAGE = typer.Option(
-    None, "--pixels-per-image", min=1, help="Subsample labeled pixels per tile."
+    None,
+    "--pixels-per-image",
+    min=1,
+    help="Store at most this many labeled pixels per tile (less memory); epochs and patience scale so the MLPs take as many steps as on every pixel.",
 )
 _CACHE = typer.Option(None, "--cache", help="Memory-map features into this folder.")
 _MEMORY_BUDGET_GIB = typer.Option(

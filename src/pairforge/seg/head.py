@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from pairforge.data.codec import IGNORE_INDEX
 from pairforge.errors import PairforgeError
 from pairforge.seg.ensemble import PixelEnsemble, PixelPrediction
 from pairforge.seg.ensemble_training import EnsembleSettings, train_ensemble
@@ -188,10 +189,16 @@ class HeadSettings(EnsembleSettings):
     pixels_per_image: labeled pixels sampled per image (None: all); memory_budget_bytes: the
     feature-storage budget checked before allocating (over it: PairforgeError naming --cache /
     --pixels-per-image).
+    epochs_over_labels: with sampled pixels, max_epochs and patience count passes over the
+    labeled pixels, not over the stored ones. So a head on 1/4 of the pixels trains 4x the
+    epochs and takes as many optimizer steps as one on every pixel. Without this, a head on
+    256 of 1024 pixels per tile stopped early (patience 3 quarter-passes) at 83.2 test mIoU
+    against 89.2 on every pixel (demo grains, 32 tiles, seed 0).
     """
 
     pixels_per_image: int | None = None
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES
+    epochs_over_labels: bool = True
 
 
 def fit_head(
@@ -251,10 +258,16 @@ def fit_head(
     if val_images is not None and val_masks is not None:
         val_pixels = pixels_of(val_images, val_masks, "val")
     feature_seconds = time.perf_counter() - start
+    epoch_scale = _epoch_scale(settings, train_masks, train_pixels.estimate.num_pixels)
     ensemble, history = train_ensemble(
         train_pixels,
         num_classes,
-        settings,  # a HeadSettings is an EnsembleSettings
+        settings.model_copy(  # a HeadSettings is an EnsembleSettings
+            update={
+                "max_epochs": settings.max_epochs * epoch_scale,
+                "patience": settings.patience * epoch_scale,
+            }
+        ),
         val_pixels=val_pixels,
         device=device,
         progress=progress,
@@ -265,9 +278,19 @@ def fit_head(
         feature_bytes=train_pixels.estimate.stored_bytes
         + (val_pixels.estimate.stored_bytes if val_pixels else 0),
         num_pixels=train_pixels.estimate.num_pixels,
+        epoch_scale=epoch_scale,
     )
     head_info = HeadInfo.model_validate({**_source_info(source, num_classes), **(info or {})})
     return SegmentationHead(extractor, ensemble, head_info), history
+
+
+def _epoch_scale(settings: HeadSettings, masks: torch.Tensor, stored_pixels: int) -> int:
+    """How many epochs over the stored pixels make one pass over the labeled ones (1 unless
+    pixels were sampled and settings.epochs_over_labels)."""
+    labeled = int((masks != IGNORE_INDEX).sum())
+    if not settings.epochs_over_labels or stored_pixels <= 0 or stored_pixels >= labeled:
+        return 1
+    return max(1, round(labeled / stored_pixels))
 
 
 def _source_info(source: FeatureSource, num_classes: int) -> dict[str, Any]:
