@@ -147,3 +147,65 @@ def test_probe_rounds_shrink_for_slow_models(monkeypatch, slow_step_s, timed_rou
     assert set(seconds) == {"contiguous", "channels_last"}
     # One warm-up round, then the timed ones; each round runs contiguous, then channels_last.
     assert CALLS == [False, True] * (1 + timed_rounds)
+
+
+def test_the_probe_key_is_the_same_in_every_process():
+    """diffusers' config holds a set-ordered private list (_use_default_values): the key must
+    not depend on it, or every new process would measure again (and could pick another
+    layout for a resumed run)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch;"
+        "from pairforge.models.factory import build_model;"
+        "from pairforge.train.memory_format import probe_key;"
+        "torch.set_num_threads(1);"
+        "m = build_model('UNet2DModel', 'tiny', 2, 2, 16);"
+        "print(probe_key(m, {'x': torch.zeros(4, 2, 16, 16)}, torch.device('cpu'), False))"
+    )
+    keys = {
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        for _ in range(2)
+    }
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        here = memory_format.probe_key(
+            build_model("UNet2DModel", "tiny", 2, 2, 16),
+            {"x": torch.zeros(4, 2, 16, 16)},
+            torch.device("cpu"),
+            False,
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert keys == {here}
+
+
+def test_a_run_keeps_the_layout_it_started_with(tmp_path, cache, monkeypatch):
+    model = build_model("UNet2DModel", "tiny", 2, 2, 16)
+    run = tmp_path / "run"
+    run.mkdir()
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(memory_format, "time_layouts",
+                        lambda *a, **k: {"contiguous": 1.0, "channels_last": 0.5})  # fmt: skip
+    first = memory_format.choose_channels_last("auto", model, _inputs, cpu, False, run_dir=run)
+    assert (first.channels_last, first.source) == (True, "probe")
+    assert json.loads((run / memory_format.RUN_FILE).read_text())["channels_last"] is True
+    # The machine's cache now says otherwise (measured again elsewhere): the run keeps its own.
+    (entry,) = json.loads((cache / memory_format.CACHE_FILE).read_text()).items()
+    (cache / memory_format.CACHE_FILE).write_text(
+        json.dumps({entry[0]: {**entry[1], "channels_last": False}})
+    )
+    again = memory_format.choose_channels_last("auto", model, _inputs, cpu, False, run_dir=run)
+    assert (again.channels_last, again.source) == (True, "run")
+    assert "as when this run started" in again.describe()
+    other = tmp_path / "other"
+    other.mkdir()
+    fresh = memory_format.choose_channels_last("auto", model, _inputs, cpu, False, run_dir=other)
+    assert (fresh.channels_last, fresh.source) == (False, "cache")
+    # An explicit setting wins over the record.
+    forced = memory_format.choose_channels_last(False, model, _inputs, cpu, False, run_dir=run)
+    assert (forced.channels_last, forced.source) == (False, "config")

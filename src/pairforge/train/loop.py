@@ -151,7 +151,7 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
         return _probe_inputs(model, task, layout, task_settings, crops, abar, opt.batch_size)
 
     model, ema, optimizer, memory_layout = _build_model(
-        config, task, layout, device, bf16, probe_inputs, accelerator
+        config, task, layout, device, bf16, probe_inputs, accelerator, run_dir
     )
     if is_main and (log.progress if progress is None else progress):
         print(memory_layout.describe(), file=sys.stderr)
@@ -254,7 +254,7 @@ def train(config: TrainConfig, run_dir: str | Path, progress: bool | None = None
 
 
 def _build_model(
-    config: TrainConfig, task, layout, device: torch.device, bf16: bool, probe_inputs, accelerator
+    config: TrainConfig, task, layout, device, bf16: bool, probe_inputs, accelerator, run_dir
 ):
     """(model on `device`, EMA or None, AdamW, train.memory_format.LayoutChoice) with identical
     initial weights and the same layout in every process."""
@@ -277,12 +277,14 @@ def _build_model(
         if config.ema.enabled
         else None
     )
-    # channels_last: auto is measured by the main process (cached per machine) and shared.
+    # channels_last: auto is measured by the main process (cached per machine, recorded in the
+    # run so that a resumed run keeps its layout) and shared.
     choice = None
     if accelerator.is_main_process:
         choice = choose_channels_last(
-            config.channels_last, model, lambda: probe_inputs(model), device, bf16
-        )
+            config.channels_last, model, lambda: probe_inputs(model), device, bf16,
+            run_dir=run_dir,
+        )  # fmt: skip
     if accelerator.num_processes > 1:
         from accelerate.utils import broadcast_object_list
 

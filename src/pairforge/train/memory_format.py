@@ -8,7 +8,9 @@ step, the run times forward + backward of its own model on one real training bat
 layouts, interleaved, and keeps channels_last only where it is clearly faster (by
 `MIN_GAIN`). The decision is cached per machine, torch version, thread count, model config,
 batch shape and precision in PAIRFORGE_CACHE_DIR (default ~/.cache/pairforge), so the probe
-(seconds) is paid once, and a resumed run takes the same layout.
+(seconds) is paid once, and recorded in the run (RUN/memory-format.json), so a resumed run
+keeps the layout it started with (and stays bit-identical to an uninterrupted one) whatever
+the cache says.
 
 The layout changes only how tensors are strided, not the math: results agree to rounding.
 """
@@ -21,6 +23,7 @@ import json
 import os
 import statistics
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +31,7 @@ import torch
 
 CACHE_ENV = "PAIRFORGE_CACHE_DIR"
 CACHE_FILE = "memory-format.json"
+RUN_FILE = "memory-format.json"  # in the run folder: the layout the run started with
 # channels_last must beat contiguous by this fraction of the step time to be chosen.
 MIN_GAIN = 0.05
 PROBE_REPEATS = 3
@@ -61,8 +65,8 @@ def device_description(device: torch.device) -> str:
 @dataclass(frozen=True)
 class LayoutChoice:
     """The layout a run trains in and why: source "config" (set explicitly), "probe" (measured
-    now) or "cache" (measured before on this machine); seconds: median forward + backward time
-    per layout ({} when set explicitly)."""
+    now), "cache" (measured before on this machine) or "run" (the layout this run started
+    with); seconds: median forward + backward time per layout ({} when set explicitly)."""
 
     channels_last: bool
     source: str
@@ -73,7 +77,11 @@ class LayoutChoice:
         if self.source == "config":
             return f"memory format: {layout} (set in the config)"
         times = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in self.seconds.items())
-        where = "measured now" if self.source == "probe" else "measured earlier on this machine"
+        where = {
+            "probe": "measured now",
+            "cache": "measured earlier on this machine",
+            "run": "as when this run started, measured",
+        }[self.source]
         return f"memory format: {layout} (channels_last: auto, {where}: {times} per step)"
 
 
@@ -85,7 +93,10 @@ def decide(seconds: dict[str, float], min_gain: float = MIN_GAIN) -> bool:
 def probe_key(model: torch.nn.Module, inputs: dict, device: torch.device, bf16: bool) -> str:
     """What the measured ratio depends on: device, torch, model config, input shapes, precision."""
     config = getattr(model, "config", None)
-    config_text = json.dumps(dict(config) if config is not None else repr(model), sort_keys=True,
+    # diffusers' private keys (e.g. _use_default_values, a set: its order varies by process)
+    # say nothing about the network.
+    public = {k: v for k, v in dict(config).items() if not k.startswith("_")} if config else None
+    config_text = json.dumps(public if public is not None else repr(model), sort_keys=True,
                              default=str)  # fmt: skip
     shapes = {k: list(v.shape) for k, v in sorted(inputs.items()) if torch.is_tensor(v)}
     text = json.dumps(
@@ -152,14 +163,36 @@ def choose_channels_last(
     bf16: bool,
     *,
     use_cache: bool = True,
+    run_dir: Path | None = None,
 ) -> LayoutChoice:
-    """The layout to train in: `setting` True / False as given; "auto" measured (or cached).
+    """The layout to train in: `setting` True / False as given; "auto": the one recorded in
+    `run_dir` (a resumed run), else measured (or cached), then recorded there.
 
     make_inputs: () -> {"x": x_t, "t": timesteps, "condition": {model kwargs}} on `device`, one
     real training batch (called only when a measurement is needed).
     """
     if setting is True or setting is False:
         return LayoutChoice(bool(setting), "config")
+    recorded = _read_cache(run_dir / RUN_FILE) if run_dir is not None else {}
+    if "channels_last" in recorded:
+        return LayoutChoice(bool(recorded["channels_last"]), "run", dict(recorded["seconds"]))
+    choice = _measured_choice(model, make_inputs, device, bf16, use_cache)
+    if run_dir is not None:
+        from pairforge import io
+
+        try:
+            io.atomic_write_json(
+                run_dir / RUN_FILE,
+                {"channels_last": choice.channels_last, "seconds": choice.seconds,
+                 "device": device_description(device)},
+            )  # fmt: skip
+        except OSError as err:
+            raise io.write_error(run_dir / RUN_FILE, "the run's memory layout", err) from err
+    return choice
+
+
+def _measured_choice(model, make_inputs, device, bf16, use_cache: bool) -> LayoutChoice:
+    """channels_last by measurement, from the per-machine cache when it has this case."""
     inputs = make_inputs()
     key = probe_key(model, inputs, device, bf16)
     path = cache_dir() / CACHE_FILE
@@ -184,7 +217,9 @@ def _read_cache(path: Path) -> dict:
 
 def _write_cache(path: Path, key: str, choice: LayoutChoice, device: torch.device) -> None:
     """Add one entry, written atomically (a temporary file renamed over the cache); a cache
-    that cannot be written only costs the next run its probe."""
+    that cannot be written warns and only costs the next run its probe."""
+    from pairforge import io
+
     entries = _read_cache(path)
     entries[key] = {
         "channels_last": choice.channels_last,
@@ -194,8 +229,10 @@ def _write_cache(path: Path, key: str, choice: LayoutChoice, device: torch.devic
     }
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(entries, indent=1, sort_keys=True))
-        os.replace(tmp, path)
-    except OSError:
-        pass
+        io.atomic_write_json(path, entries)
+    except OSError as err:
+        warnings.warn(
+            f"could not write the memory-layout cache {path} ({err}); the next run measures "
+            f"again. Set {CACHE_ENV} to a writable folder to keep it.",
+            stacklevel=2,
+        )
